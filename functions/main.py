@@ -1,0 +1,76 @@
+"""Cloud Functions entry points: each parses its message and hands it to the engine.
+
+A message that can never be processed is logged with its reason and
+acknowledged (the function returns normally), so Pub/Sub does not redeliver it
+forever; the rollout it named is unchanged. Infrastructure errors raise, and
+Pub/Sub redelivers: every input is idempotent.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import functions_framework
+from cloudevents.http.event import CloudEvent
+
+from pitstop import messages
+from pitstop.log import log
+
+_engine = None
+
+
+def engine():
+    """Built on first use and kept for the instance's life (clients are reused)."""
+    global _engine
+    if _engine is None:
+        from pitstop.app import build_engine
+
+        _engine = build_engine()
+    return _engine
+
+
+def _guarded(kind: str, event: CloudEvent, handle: Callable[[], None]) -> None:
+    try:
+        handle()
+    except messages.BadMessage as err:
+        log("ERROR", f"rejected {kind} message {event['id']}: {err}. Acknowledged; nothing changed.",
+            event_id=event["id"], source=event["source"])
+
+
+@functions_framework.cloud_event
+def on_build(event: CloudEvent) -> None:
+    def handle() -> None:
+        payload, attributes, _ = messages.envelope(event.data)
+        engine().on_build(messages.parse_build(payload, attributes))
+    _guarded("Cloud Build", event, handle)
+
+
+@functions_framework.cloud_event
+def on_health(event: CloudEvent) -> None:
+    def handle() -> None:
+        payload, _, message_id = messages.envelope(event.data)
+        engine().on_health(messages.parse_health(payload, message_id))
+    _guarded("health sample", event, handle)
+
+
+@functions_framework.cloud_event
+def on_alert(event: CloudEvent) -> None:
+    def handle() -> None:
+        payload, _, message_id = messages.envelope(event.data)
+        engine().on_alert(messages.parse_alert(payload, message_id))
+    _guarded("Cloud Monitoring incident", event, handle)
+
+
+@functions_framework.cloud_event
+def on_command(event: CloudEvent) -> None:
+    def handle() -> None:
+        payload, _, message_id = messages.envelope(event.data)
+        engine().on_command(messages.parse_command(payload, message_id))
+    _guarded("operator command", event, handle)
+
+
+@functions_framework.cloud_event
+def on_tick(event: CloudEvent) -> None:
+    def handle() -> None:
+        engine().on_tick(messages.parse_tick(messages.message_id(event.data)))
+    _guarded("tick", event, handle)

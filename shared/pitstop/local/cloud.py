@@ -1,0 +1,94 @@
+"""The "local cloud": Cloud Run API, its router and Cloud Monitoring in one process.
+
+    python -m pitstop.local.cloud --state-dir DIR --api-port A --monitoring-port M
+
+They share one RequestLog: what the router serves is what Monitoring reports.
+Prints one JSON line `{"event": "ready", ...}` to stdout once listening, logs
+JSON lines to stderr, and on SIGTERM/SIGINT stops every revision process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from pitstop.local.cloudrun import LocalCloudRun
+from pitstop.local.requestlog import RequestLog
+
+log = logging.getLogger("pitstop.local.cloud")
+
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, as Cloud Logging reads them; `extra=` fields included."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "severity": record.levelname,
+            "message": record.getMessage(),
+            "logger": record.name,
+        }
+        entry |= {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def start_monitoring(request_log: RequestLog, host: str, port: int) -> Any | None:
+    """The local Monitoring gRPC server, or None (with a warning) if that module is not there."""
+    try:
+        from pitstop.local.monitoring import start_monitoring_server
+    except ImportError as e:
+        log.warning("local Cloud Monitoring not available; running without it", extra={"error": str(e)})
+        return None
+    return start_monitoring_server(request_log, host, port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pitstop.local.cloud", description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", type=Path, required=True, help="images, revision logs")
+    parser.add_argument("--api-port", type=int, required=True, help="Cloud Run Admin API (REST)")
+    parser.add_argument("--monitoring-port", type=int, required=True, help="Cloud Monitoring (gRPC)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--project", default="local-project", help="reported in the ready line")
+    args = parser.parse_args(argv)
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    request_log = RequestLog()
+    cloud_run = LocalCloudRun(args.state_dir, args.host, args.api_port, request_log)
+    cloud_run.start()
+    monitoring = start_monitoring(request_log, args.host, args.monitoring_port)
+    ready = {
+        "event": "ready",
+        "project": args.project,
+        "cloud_run_api": cloud_run.url,
+        "monitoring": f"{args.host}:{args.monitoring_port}" if monitoring is not None else None,
+        "state_dir": str(args.state_dir),
+    }
+    print(json.dumps(ready), flush=True)
+    try:
+        stop.wait()
+    finally:
+        log.info("stopping the local cloud")
+        if monitoring is not None:
+            monitoring.stop(grace=2).wait()
+        cloud_run.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,609 @@
+"""A local Cloud Run: the Admin API v2 subset pitstop calls, over REST.
+
+Production code reaches it through the real client, only the endpoint differs:
+
+    run_v2.ServicesClient(credentials=AnonymousCredentials(), transport="rest",
+        client_options=ClientOptions(api_endpoint=local_cloud_run.url))
+
+Services: create, get, list, update (PATCH, `allowMissing`), delete; revisions:
+get, list; long-running operations: get. Bodies are the v2 JSON the client
+sends (integer enums, zero values omitted), parsed into the client's own proto
+types so a field the real API would reject is rejected here too.
+
+An update that changes the template creates a revision: a real local process
+(see revisions.py) started from the image manifest (images.py) and the
+container settings. The update's operation finishes once that process answers
+HTTP and the router (router.py) sends traffic as asked, or fails with the reason
+(process exited, image not found) while the old traffic keeps flowing.
+State lives in memory; the state directory holds images and revision logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import threading
+import urllib.parse
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from google.cloud.run_v2.types import condition as condition_types
+from google.cloud.run_v2.types import revision as revision_types
+from google.cloud.run_v2.types import service as service_types
+from google.cloud.run_v2.types import traffic_target as traffic_types
+from google.protobuf import json_format
+
+from pitstop.local.images import ImageNotFound, resolve_image
+from pitstop.local.requestlog import RequestLog
+from pitstop.local.revisions import RevisionFailed, RevisionProcess, launch_spec
+from pitstop.local.router import Backend, Router
+
+log = logging.getLogger(__name__)
+
+Service = service_types.Service
+Revision = revision_types.Revision
+Condition = condition_types.Condition
+State = Condition.State
+TrafficTarget = traffic_types.TrafficTarget
+TrafficTargetStatus = traffic_types.TrafficTargetStatus
+LATEST = traffic_types.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
+REVISION = traffic_types.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
+
+SERVICE_TYPE_URL = "type.googleapis.com/google.cloud.run.v2.Service"
+FAILED_PRECONDITION = 9  # google.rpc.Code, for failed operations
+ABORTED = 10
+QUICK_OPERATION_S = 0.5  # how long a create/update waits to answer an already finished operation
+
+SERVICE_ID = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# Service fields only the server sets: an update's body cannot change them.
+OUTPUT_ONLY = frozenset({
+    "name", "uid", "generation", "createTime", "updateTime", "deleteTime", "expireTime",
+    "creator", "lastModifier", "observedGeneration", "terminalCondition", "conditions",
+    "latestReadyRevision", "latestCreatedRevision", "trafficStatuses", "uri", "urls",
+    "satisfiesPzs", "reconciling", "etag",
+})
+
+
+class ApiError(Exception):
+    def __init__(self, http_status: int, status: str, message: str) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.status = status
+        self.message = message
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.http_status, "message": self.message, "status": self.status}}
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(400, "INVALID_ARGUMENT", message)
+
+
+def not_found(message: str) -> ApiError:
+    return ApiError(404, "NOT_FOUND", message)
+
+
+class NotServable(Exception):
+    """The traffic asks for a revision that cannot serve."""
+
+
+@dataclass
+class _RevisionState:
+    resource: Revision
+    template_key: str  # canonical JSON of the template it was made from
+    process: RevisionProcess | None = None
+    ready: bool = False
+
+
+@dataclass
+class _ServiceState:
+    resource: Service
+    revisions: dict[str, _RevisionState] = field(default_factory=dict)  # by short name
+    reconciling: threading.Lock = field(default_factory=threading.Lock)  # one rollout at a time
+
+
+@dataclass(frozen=True)
+class _Plan:
+    generation: int
+    new_revision: str | None  # short name of the revision this update creates
+
+
+class LocalCloudRun:
+    """The API server, its router and the revision processes, in this process."""
+
+    def __init__(
+        self,
+        state_dir: Path | str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        request_log: RequestLog | None = None,
+        startup_timeout_s: float = 60.0,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.host = host
+        self.request_log = request_log if request_log is not None else RequestLog()
+        self.startup_timeout_s = startup_timeout_s
+        self.router = Router(self.request_log, host)
+        self._services: dict[str, _ServiceState] = {}
+        self._operations: dict[str, dict[str, Any]] = {}
+        self._lock = threading.RLock()
+        self._stopped = False
+        self._server = ThreadingHTTPServer((host, port), _ApiHandler)
+        self._server.daemon_threads = True
+        self._server.cloud_run = self  # type: ignore[attr-defined]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="cloud run api", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self._server.server_address[1]}"
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+        log.info("local Cloud Run API listening", extra={"url": self.url})
+
+    def stop(self) -> None:
+        """Stop serving and stop every revision process."""
+        with self._lock:
+            self._stopped = True
+            processes = [r.process for s in self._services.values() for r in s.revisions.values() if r.process]
+        self._server.shutdown()
+        self._server.server_close()
+        self.router.stop()
+        for process in processes:
+            process.stop()
+        log.info("local Cloud Run stopped", extra={"revision_processes_stopped": len(processes)})
+
+    def revision_pids(self) -> list[int]:
+        """Pids of all revision processes started so far (for checks that none outlive stop)."""
+        with self._lock:
+            return [r.process.pid for s in self._services.values() for r in s.revisions.values() if r.process]
+
+    # --- services ---------------------------------------------------------
+
+    def create_service(self, parent: str, service_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        if not SERVICE_ID.match(service_id):
+            raise invalid(
+                f"Service id '{service_id}' is invalid: use lowercase letters, digits and '-', "
+                "start with a letter, do not end with '-', at most 49 characters."
+            )
+        spec = _parse_service(body)
+        name = f"{parent}/services/{service_id}"
+        with self._lock:
+            if name in self._services:
+                raise ApiError(409, "ALREADY_EXISTS", f"Service '{service_id}' already exists in {parent}.")
+            state = _ServiceState(resource=Service(name=name, uid=str(uuid.uuid4()), create_time=_now()))
+            plan = self._plan(state, spec)
+            uri = self.router.add_service(name)
+            state.resource.uri = uri
+            state.resource.urls = [uri]
+            self._services[name] = state
+            op_name, worker = self._begin(state, spec, plan)
+        return self._operation_after(op_name, worker)
+
+    def update_service(self, name: str, body: dict[str, Any], allow_missing: bool) -> dict[str, Any]:
+        spec = _parse_service(body)
+        if spec.name and spec.name != name:
+            raise invalid(f"service.name '{spec.name}' does not match the URL's '{name}'.")
+        with self._lock:
+            state = self._services.get(name)
+            if state is not None:
+                op_name, worker = self._begin(state, spec, self._plan(state, spec))
+        if state is None:
+            if not allow_missing:
+                raise not_found(f"Service '{name}' not found.")
+            parent, _, service_id = name.rpartition("/services/")
+            return self.create_service(parent, service_id, body)
+        return self._operation_after(op_name, worker)
+
+    def get_service(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            return _to_json(self._service_state(name).resource)
+
+    def list_services(self, parent: str) -> dict[str, Any]:
+        with self._lock:
+            services = [_to_json(s.resource) for n, s in sorted(self._services.items()) if n.startswith(parent + "/")]
+        return {"services": services} if services else {}
+
+    def delete_service(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            state = self._service_state(name)
+            del self._services[name]
+            state.resource.delete_time = _now()
+            processes = [r.process for r in state.revisions.values() if r.process]
+        self.router.remove_service(name)
+        for process in processes:
+            process.stop()
+        log.info("service deleted", extra={"service": name})
+        with self._lock:
+            return self._finish(self._new_operation(state.resource), state.resource, None)
+
+    # --- revisions and operations ----------------------------------------
+
+    def get_revision(self, name: str) -> dict[str, Any]:
+        service_name, _, revision = name.partition("/revisions/")
+        with self._lock:
+            found = self._service_state(service_name).revisions.get(revision)
+            if found is None:
+                raise not_found(f"Revision '{name}' not found.")
+            return _to_json(found.resource)
+
+    def list_revisions(self, service_name: str) -> dict[str, Any]:
+        with self._lock:
+            states = self._service_state(service_name).revisions.values()
+            newest_first = sorted(states, key=lambda r: r.resource.create_time, reverse=True)
+            revisions = [_to_json(r.resource) for r in newest_first]
+        return {"revisions": revisions} if revisions else {}
+
+    def get_operation(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            if name not in self._operations:
+                raise not_found(f"Operation '{name}' not found.")
+            return dict(self._operations[name])
+
+    # --- update: validate, record, reconcile in the background -----------
+
+    def _plan(self, state: _ServiceState, spec: Service) -> _Plan:
+        """Validate an update against the current state; decide whether it makes a revision."""
+        service_id = state.resource.name.rsplit("/", 1)[1]
+        generation = state.resource.generation + 1
+        template = spec.template
+        if not template.containers:
+            raise invalid("service.template.containers must name one container.")
+        if len(template.containers) > 1:
+            raise invalid("The local Cloud Run runs one container per revision; sidecars are not supported.")
+        if not template.containers[0].image:
+            raise invalid("service.template.containers[0].image is required.")
+        key = _template_key(template)
+        new_revision: str | None = None
+        if template.revision:
+            _check_revision_name(template.revision, service_id)
+            existing = state.revisions.get(template.revision)
+            if existing is None:
+                new_revision = template.revision
+            elif existing.template_key != key:
+                raise ApiError(
+                    409, "ALREADY_EXISTS",
+                    f"Revision named '{template.revision}' with different configuration already exists.",
+                )
+        elif not state.revisions or key != _template_key(state.resource.template):
+            new_revision = f"{service_id}-{generation:05d}-{secrets.token_hex(2)[:3]}"
+        _check_traffic(spec.traffic, known=set(state.revisions) | {new_revision} - {None})
+        return _Plan(generation=generation, new_revision=new_revision)
+
+    def _operation_after(self, op_name: str, worker: threading.Thread) -> dict[str, Any]:
+        # Most traffic-only updates finish in milliseconds: answering them done
+        # spares the client's first poll, which waits a second.
+        worker.join(QUICK_OPERATION_S)
+        return self.get_operation(op_name)
+
+    def _begin(self, state: _ServiceState, spec: Service, plan: _Plan) -> tuple[str, threading.Thread]:
+        """Record the new spec and generation, then reconcile in the background."""
+        service = _with_outputs(spec, state.resource)
+        if not service.traffic:
+            service.traffic = [TrafficTarget(type_=LATEST, percent=100)]  # Cloud Run's default
+        service.generation = plan.generation
+        service.update_time = _now()
+        service.reconciling = True
+        service.terminal_condition = _condition("Ready", State.CONDITION_RECONCILING, "Deploying.")
+        service.etag = _etag()
+        if plan.new_revision:
+            revision = self._new_revision(service, plan.new_revision)
+            state.revisions[plan.new_revision] = revision
+            service.latest_created_revision = revision.resource.name
+        state.resource = service
+        op_name = self._new_operation(service)
+        worker = threading.Thread(
+            target=self._reconcile, args=(state, plan, op_name), name=f"reconcile {service.name}", daemon=True
+        )
+        worker.start()
+        log.info(
+            "service update accepted",
+            extra={"service": service.name, "generation": plan.generation, "new_revision": plan.new_revision},
+        )
+        return op_name, worker
+
+    def _new_revision(self, service: Service, short_name: str) -> _RevisionState:
+        template = service.template
+        resource = Revision(
+            name=f"{service.name}/revisions/{short_name}",
+            uid=str(uuid.uuid4()),
+            generation=1,
+            service=service.name,
+            labels=template.labels,
+            annotations=template.annotations,
+            scaling=template.scaling,
+            timeout=template.timeout,
+            service_account=template.service_account,
+            max_instance_request_concurrency=template.max_instance_request_concurrency,
+            containers=template.containers,
+            create_time=_now(),
+            reconciling=True,
+            conditions=[_condition("Ready", State.CONDITION_RECONCILING, "Starting.")],
+            etag=_etag(),
+        )
+        return _RevisionState(resource=resource, template_key=_template_key(template))
+
+    def _reconcile(self, state: _ServiceState, plan: _Plan, op_name: str) -> None:
+        with state.reconciling:
+            try:
+                if plan.new_revision:
+                    self._start_revision(state, state.revisions[plan.new_revision])
+                with self._lock:
+                    if state.resource.generation != plan.generation:
+                        # A newer update is queued behind us; it decides the traffic.
+                        self._finish(op_name, state.resource, None)
+                        return
+                    self._route(state)
+                    self._settle(state, plan, None)
+                    self._finish(op_name, state.resource, None)
+            except (RevisionFailed, ImageNotFound, NotServable) as e:
+                message = str(e)
+                if plan.new_revision and not isinstance(e, NotServable):
+                    message = f"Revision '{plan.new_revision}' is not ready and cannot serve traffic. {e}"
+                with self._lock:
+                    self._settle(state, plan, message)
+                    self._finish(op_name, state.resource, {"code": FAILED_PRECONDITION, "message": message})
+                log.error("service update failed", extra={"service": state.resource.name, "error": message})
+            except _Abandoned as e:
+                with self._lock:
+                    self._finish(op_name, state.resource, {"code": ABORTED, "message": str(e)})
+
+    def _start_revision(self, state: _ServiceState, revision: _RevisionState) -> None:
+        service_id = state.resource.name.rsplit("/", 1)[1]
+        short_name = revision.resource.name.rsplit("/", 1)[1]
+        container = revision.resource.containers[0]
+        try:
+            manifest = resolve_image(self.state_dir, container.image)
+            spec = launch_spec(
+                manifest,
+                command=list(container.command),
+                args=list(container.args),
+                env={e.name: e.value for e in container.env},
+                platform_env={"K_SERVICE": service_id, "K_REVISION": short_name, "K_CONFIGURATION": service_id},
+            )
+            process = RevisionProcess(short_name, spec, self.state_dir / "revisions" / service_id, self.host)
+        except (ImageNotFound, RevisionFailed) as e:
+            self._revision_failed(revision, str(e))
+            raise
+        with self._lock:
+            abandoned = self._stopped or self._services.get(state.resource.name) is not state
+            revision.process = process
+            revision.resource.log_uri = process.stderr_path.as_uri()
+        if abandoned:
+            process.stop()
+            raise _Abandoned(f"Service '{state.resource.name}' was deleted or the local cloud stopped.")
+        try:
+            process.wait_ready(self.startup_timeout_s)
+        except RevisionFailed as e:
+            self._revision_failed(revision, str(e))
+            raise
+        with self._lock:
+            revision.ready = True
+            revision.resource.reconciling = False
+            revision.resource.observed_generation = 1
+            revision.resource.conditions = [_condition("Ready", State.CONDITION_SUCCEEDED, "")]
+            state.resource.latest_ready_revision = revision.resource.name
+        log.info("revision ready", extra={"revision": short_name, "port": process.port, "pid": process.pid})
+
+    def _revision_failed(self, revision: _RevisionState, message: str) -> None:
+        with self._lock:
+            revision.resource.reconciling = False
+            revision.resource.conditions = [_condition("Ready", State.CONDITION_FAILED, message)]
+
+    def _route(self, state: _ServiceState) -> None:
+        """Point the router at the service's traffic; raise NotServable if a target can't serve."""
+        service = state.resource
+        latest_ready = service.latest_ready_revision.rsplit("/", 1)[-1]
+        split: list[tuple[Backend, int]] = []
+        tags: dict[str, Backend] = {}
+        for target in service.traffic:
+            name = target.revision if target.type_ == REVISION else latest_ready
+            revision = state.revisions.get(name)
+            if revision is None or not revision.ready or revision.process is None:
+                what = f"Revision '{name}'" if target.type_ == REVISION else "No latest ready revision"
+                raise NotServable(f"{what} is not ready and cannot serve traffic.")
+            backend = Backend(name, revision.process.port)
+            split.append((backend, target.percent))
+            if target.tag:
+                tags[target.tag] = backend
+        urls = self.router.set_routes(service.name, split, tags)
+        service.traffic_statuses = [
+            TrafficTargetStatus(
+                type_=t.type_, revision=t.revision, percent=t.percent, tag=t.tag, uri=urls.get(t.tag, "")
+            )
+            for t in service.traffic
+        ]
+
+    def _settle(self, state: _ServiceState, plan: _Plan, error: str | None) -> None:
+        """Report the outcome of reconciling `plan` on the service, unless a newer update took over."""
+        service = state.resource
+        if service.generation != plan.generation:
+            return
+        service.observed_generation = plan.generation
+        service.reconciling = False
+        service.update_time = _now()
+        service.etag = _etag()
+        if error is None:
+            service.terminal_condition = _condition("Ready", State.CONDITION_SUCCEEDED, "")
+            service.conditions = [
+                _condition("ConfigurationsReady", State.CONDITION_SUCCEEDED, ""),
+                _condition("RoutesReady", State.CONDITION_SUCCEEDED, ""),
+            ]
+        else:
+            service.terminal_condition = _condition("Ready", State.CONDITION_FAILED, error)
+
+    def _new_operation(self, service: Service) -> str:
+        project_location = service.name.split("/services/")[0]
+        name = f"{project_location}/operations/{uuid.uuid4()}"
+        op = {"name": name, "metadata": {"@type": SERVICE_TYPE_URL, **_to_json(service)}, "done": False}
+        self._operations[name] = op
+        return name
+
+    def _finish(self, op_name: str, service: Service, error: dict[str, Any] | None) -> dict[str, Any]:
+        op = dict(self._operations[op_name], done=True)
+        if error is None:
+            op["response"] = {"@type": SERVICE_TYPE_URL, **_to_json(service)}
+        else:
+            op["error"] = error
+        self._operations[op_name] = op
+        return dict(op)
+
+    def _service_state(self, name: str) -> _ServiceState:
+        state = self._services.get(name)
+        if state is None:
+            raise not_found(f"Service '{name}' not found.")
+        return state
+
+
+class _Abandoned(Exception):
+    """The service went away (deleted, or the cloud stopped) while its revision started."""
+
+
+def _check_revision_name(name: str, service_id: str) -> None:
+    if not name.startswith(f"{service_id}-"):
+        raise invalid(f"Revision name '{name}' is invalid: it must start with the service name followed by '-' ('{service_id}-').")
+    if len(name) > 63 or not DNS_LABEL.match(name):
+        raise invalid(
+            f"Revision name '{name}' is invalid: use lowercase letters, digits and '-', "
+            "do not end with '-', at most 63 characters."
+        )
+
+
+def _check_traffic(traffic: list[TrafficTarget], known: set[str]) -> None:
+    tags: set[str] = set()
+    for i, target in enumerate(traffic):
+        where = f"traffic[{i}]"
+        if target.percent < 0 or target.percent > 100:
+            raise invalid(f"{where}.percent must be between 0 and 100, got {target.percent}.")
+        if target.type_ not in (LATEST, REVISION):
+            raise invalid(f"{where}.type must be TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST or _REVISION.")
+        if target.type_ == LATEST and target.revision:
+            raise invalid(f"{where} is of type LATEST and must not name a revision (got '{target.revision}').")
+        if target.type_ == REVISION:
+            if not target.revision:
+                raise invalid(f"{where} is of type REVISION and must name a revision.")
+            if target.revision not in known:
+                raise invalid(f"{where} names revision '{target.revision}', which does not exist.")
+        if target.tag:
+            if len(target.tag) > 63 or not DNS_LABEL.match(target.tag):
+                raise invalid(
+                    f"{where}.tag '{target.tag}' is invalid: use lowercase letters, digits and '-', "
+                    "start with a letter, at most 63 characters."
+                )
+            if target.tag in tags:
+                raise invalid(f"Tag '{target.tag}' is used by more than one traffic target; tags must be unique.")
+            tags.add(target.tag)
+    total = sum(t.percent for t in traffic)
+    if traffic and total != 100:
+        raise invalid(f"Traffic percents must add up to 100, got {total}.")
+
+
+def _parse_service(body: dict[str, Any]) -> Service:
+    try:
+        return Service.wrap(json_format.ParseDict(body, Service.pb(Service())))
+    except json_format.ParseError as e:
+        raise invalid(f"Invalid Service JSON: {e}") from e
+
+
+def _with_outputs(spec: Service, current: Service) -> Service:
+    """The body's spec with the server-set fields of the current service."""
+    merged = {k: v for k, v in _to_json(spec).items() if k not in OUTPUT_ONLY}
+    merged |= {k: v for k, v in _to_json(current).items() if k in OUTPUT_ONLY}
+    return Service.wrap(json_format.ParseDict(merged, Service.pb(Service())))
+
+
+def _to_json(message: Service | Revision) -> dict[str, Any]:
+    return json_format.MessageToDict(type(message).pb(message), use_integers_for_enums=True)
+
+
+def _template_key(template: Any) -> str:
+    return json.dumps(json_format.MessageToDict(type(template).pb(template)), sort_keys=True)
+
+
+def _condition(type_: str, state: State, message: str) -> Condition:
+    severity = Condition.Severity.ERROR if state == State.CONDITION_FAILED else Condition.Severity.SEVERITY_UNSPECIFIED
+    return Condition(type_=type_, state=state, message=message, severity=severity, last_transition_time=_now())
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _etag() -> str:
+    return f'W/"{secrets.token_hex(8)}"'
+
+
+# --- HTTP ---------------------------------------------------------------------
+
+_P = r"projects/[^/]+/locations/[^/]+"
+_ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    ("POST", re.compile(rf"^/v2/({_P})/services$"), "create"),
+    ("GET", re.compile(rf"^/v2/({_P})/services$"), "list_services"),
+    ("GET", re.compile(rf"^/v2/({_P}/services/[^/:]+)$"), "get_service"),
+    ("PATCH", re.compile(rf"^/v2/({_P}/services/[^/:]+)$"), "update"),
+    ("DELETE", re.compile(rf"^/v2/({_P}/services/[^/:]+)$"), "delete_service"),
+    ("GET", re.compile(rf"^/v2/({_P}/services/[^/:]+)/revisions$"), "list_revisions"),
+    ("GET", re.compile(rf"^/v2/({_P}/services/[^/:]+/revisions/[^/:]+)$"), "get_revision"),
+    ("GET", re.compile(rf"^/v2/({_P}/operations/[^/:]+)$"), "get_operation"),
+]
+
+
+class _ApiHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _dispatch(self) -> None:
+        cloud: LocalCloudRun = self.server.cloud_run  # type: ignore[attr-defined]
+        url = urllib.parse.urlsplit(self.path)
+        path = urllib.parse.unquote(url.path)
+        query = urllib.parse.parse_qs(url.query)
+        try:
+            body = self._json_body()
+            for method, pattern, action in _ROUTES:
+                match = pattern.match(path)
+                if method == self.command and match:
+                    resource = match.group(1)
+                    if action == "create":
+                        result = cloud.create_service(resource, query.get("serviceId", [""])[0], body)
+                    elif action == "update":
+                        allow_missing = query.get("allowMissing", ["false"])[0] == "true"
+                        result = cloud.update_service(resource, body, allow_missing)
+                    else:
+                        result = getattr(cloud, action)(resource)
+                    return self._send(200, result)
+            raise not_found(f"No such method: {self.command} {path}")
+        except ApiError as e:
+            log.warning("API request refused", extra={"method": self.command, "path": path, "error": e.message})
+            self._send(e.http_status, e.body())
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _dispatch
+
+    def _json_body(self) -> dict[str, Any]:
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if not raw:
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError as e:
+            raise invalid(f"Request body is not JSON: {e}") from e
+        if not isinstance(body, dict):
+            raise invalid("Request body must be a JSON object.")
+        return body
+
+    def _send(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("api request", extra={"request": format % args})

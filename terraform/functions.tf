@@ -1,0 +1,116 @@
+resource "google_storage_bucket" "source" {
+  #checkov:skip=CKV_GCP_62:Access logs of a bucket that only holds build inputs add cost and no audit value; Cloud Audit Logs record writes.
+  project                     = var.project_id
+  name                        = coalesce(var.source_bucket_name, "${var.project_id}-pitstop-source")
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  labels                      = var.labels
+
+  # Keeps an overwritten or deleted source archive recoverable.
+  versioning {
+    enabled = true
+  }
+
+  depends_on = [google_project_service.this]
+}
+
+# The bundle directory comes from `pitstop package` (main.py, pitstop/ without CLI/local modules,
+# requirements.txt). Zipping it here keeps one source of truth and makes the object name change
+# exactly when the code does, which is what makes Terraform redeploy the functions.
+data "archive_file" "source" {
+  type             = "zip"
+  source_dir       = var.source_dir
+  output_path      = "${path.root}/.terraform/pitstop-functions-source.zip"
+  output_file_mode = "0644"
+  excludes         = ["**/__pycache__/**", "**/*.pyc"]
+}
+
+resource "google_storage_bucket_object" "source" {
+  bucket = google_storage_bucket.source.name
+  name   = "functions/pitstop-${data.archive_file.source.output_md5}.zip"
+  source = data.archive_file.source.output_path
+}
+
+resource "google_service_account" "function" {
+  for_each = local.functions
+
+  project      = var.project_id
+  account_id   = "pitstop-${replace(each.key, "_", "-")}"
+  display_name = "pitstop ${each.key}"
+  description  = "Runtime identity of the pitstop ${each.key} function (one per function, least privilege)."
+}
+
+# The identity Pub/Sub puts in the OIDC token of each push; it may only invoke the functions.
+resource "google_service_account" "pusher" {
+  project      = var.project_id
+  account_id   = "pitstop-push"
+  display_name = "pitstop Pub/Sub push"
+  description  = "Signs Pub/Sub push requests to the pitstop functions."
+}
+
+resource "google_cloudfunctions2_function" "function" {
+  for_each = local.functions
+
+  project     = var.project_id
+  location    = var.region
+  name        = "pitstop-${replace(each.key, "_", "-")}"
+  description = "pitstop ${each.key}: fed by topic ${each.value.topic}"
+  labels      = var.labels
+
+  build_config {
+    runtime         = var.runtime
+    entry_point     = each.key
+    service_account = var.build_service_account == null ? null : "projects/${var.project_id}/serviceAccounts/${var.build_service_account}"
+
+    source {
+      storage_source {
+        bucket = google_storage_bucket.source.name
+        object = google_storage_bucket_object.source.name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email = google_service_account.function[each.key].email
+    timeout_seconds       = var.function_timeout_seconds
+    available_memory      = var.function_memory
+    min_instance_count    = 0
+    max_instance_count    = var.max_instances
+    # One event at a time per instance keeps Firestore transaction contention and memory predictable.
+    max_instance_request_concurrency = 1
+    # Only Pub/Sub push (internal to the project) reaches the functions; IAM is still enforced.
+    ingress_settings               = "ALLOW_INTERNAL_ONLY"
+    all_traffic_on_latest_revision = true
+
+    environment_variables = {
+      GOOGLE_CLOUD_PROJECT = var.project_id
+      PITSTOP_REGION       = var.region
+      PITSTOP_HEALTH_LAG   = tostring(var.health_lag_seconds)
+      PITSTOP_EVENTS_TOPIC = local.pitstop_topics["events"]
+    }
+  }
+
+  # No event_trigger: the functions are fed by the push subscriptions in pubsub.tf, which carry the
+  # retry and dead-letter policies an Eventarc-managed subscription cannot.
+
+  depends_on = [google_project_service.this]
+}
+
+resource "google_cloud_run_v2_service_iam_member" "pusher_invokes" {
+  for_each = google_cloudfunctions2_function.function
+
+  project  = var.project_id
+  location = var.region
+  name     = each.value.service_config[0].service
+  role     = "roles/run.invoker"
+  member   = google_service_account.pusher.member
+}
+
+# Projects created before April 2021 need this for Pub/Sub to mint the push OIDC token; scoped to
+# the push identity only.
+resource "google_service_account_iam_member" "pubsub_mints_push_tokens" {
+  service_account_id = google_service_account.pusher.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.pubsub_agent
+}

@@ -1,0 +1,80 @@
+# Least privilege, per function. No primitive role (owner/editor/viewer) is granted anywhere;
+# tests/infra/test_terraform.py fails if one appears.
+
+# Firestore permissions are project-wide (datastore.* has no per-collection IAM).
+resource "google_project_iam_member" "function_firestore" {
+  for_each = local.functions
+
+  project = var.project_id
+  role    = "roles/datastore.user"
+  member  = google_service_account.function[each.key].member
+}
+
+# Publisher only on the topics each function publishes to, granted on the topic itself.
+resource "google_pubsub_topic_iam_member" "function_publishes" {
+  for_each = merge([
+    for fn, f in local.functions : {
+      for topic in f.publishes : "${fn}/${topic}" => { function = fn, topic = topic }
+    }
+  ]...)
+
+  project = var.project_id
+  topic   = local.topic_ids[each.value.topic]
+  role    = "roles/pubsub.publisher"
+  member  = google_service_account.function[each.value.function].member
+}
+
+# Only on_tick reads Cloud Monitoring (time series have no finer-grained IAM than the project).
+resource "google_project_iam_member" "function_reads_metrics" {
+  for_each = { for fn, f in local.functions : fn => f if f.reads_metrics }
+
+  project = var.project_id
+  role    = "roles/monitoring.viewer"
+  member  = google_service_account.function[each.key].member
+}
+
+# Cloud Run: get/update on the managed services only, one binding per service and function.
+resource "google_cloud_run_v2_service_iam_member" "function_manages_service" {
+  for_each = merge([
+    for fn in keys(local.functions) : {
+      for key, svc in local.managed_services : "${fn}/${key}" => { function = fn, service = svc }
+    }
+  ]...)
+
+  project  = var.project_id
+  location = each.value.service.location
+  name     = each.value.service.name
+  role     = "roles/run.developer"
+  member   = google_service_account.function[each.value.function].member
+}
+
+# update_service returns a long-running operation; polling it (operations.get) is checked at the
+# project level, where a service-level binding does not reach. This role holds only that permission.
+resource "google_project_iam_custom_role" "run_operations_reader" {
+  project     = var.project_id
+  role_id     = "pitstopRunOperationsReader"
+  title       = "pitstop: read Cloud Run operations"
+  description = "Lets pitstop wait for the Cloud Run service updates it starts."
+  permissions = ["run.operations.get"]
+}
+
+resource "google_project_iam_member" "function_reads_run_operations" {
+  for_each = local.functions
+
+  project = var.project_id
+  role    = google_project_iam_custom_role.run_operations_reader.name
+  member  = google_service_account.function[each.key].member
+}
+
+# Deploying a revision that runs as a service account requires actAs on that account.
+resource "google_service_account_iam_member" "function_acts_as_runtime" {
+  for_each = merge([
+    for fn in keys(local.functions) : {
+      for sa in local.runtime_service_accounts : "${fn}/${sa}" => { function = fn, service_account = sa }
+    }
+  ]...)
+
+  service_account_id = "projects/${var.project_id}/serviceAccounts/${each.value.service_account}"
+  role               = "roles/iam.serviceAccountUser"
+  member             = google_service_account.function[each.value.function].member
+}

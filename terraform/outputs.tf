@@ -1,0 +1,34 @@
+output "function_names" {
+  description = "Cloud Functions by entry point."
+  value       = { for k, f in google_cloudfunctions2_function.function : k => f.name }
+}
+
+output "function_service_accounts" {
+  description = "Runtime service account email of each function, by entry point."
+  value       = { for k, sa in google_service_account.function : k => sa.email }
+}
+
+output "topics" {
+  description = "Pub/Sub topic IDs by name (projects/P/topics/NAME)."
+  value       = local.topic_ids
+}
+
+output "subscriptions" {
+  description = "Push subscription feeding each function, by entry point."
+  value       = { for k, s in google_pubsub_subscription.function : k => s.name }
+}
+
+output "dead_letter_subscription" {
+  description = "Pull subscription holding messages no function could process."
+  value       = google_pubsub_subscription.dead_letter.name
+}
+
+output "notification_channel" {
+  description = "Monitoring notification channel to attach to your own alert policies so pitstop sees their incidents."
+  value       = google_monitoring_notification_channel.alerts.id
+}
+
+output "source_object" {
+  description = "gs:// URL of the deployed functions source archive."
+  value       = "gs://${google_storage_bucket.source.name}/${google_storage_bucket_object.source.name}"
+}

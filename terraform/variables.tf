@@ -1,0 +1,203 @@
+variable "project_id" {
+  description = "Project that runs pitstop and the Cloud Run services it manages."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be a project ID (6-30 lowercase letters, digits or hyphens), not a project number or name."
+  }
+}
+
+variable "region" {
+  description = "Region of the functions, the Scheduler job and the source bucket. Also passed to the functions as PITSTOP_REGION."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]$", var.region))
+    error_message = "region must be a single Google Cloud region such as us-central1 (not a multi-region)."
+  }
+}
+
+variable "source_dir" {
+  description = "Directory holding the functions' source bundle, made by `pitstop package DIR` (or `python -m pitstop.package DIR`): main.py, the pitstop package and requirements.txt at its root."
+  type        = string
+
+  validation {
+    condition     = fileexists("${var.source_dir}/main.py") && fileexists("${var.source_dir}/requirements.txt")
+    error_message = "source_dir must contain main.py and requirements.txt; run `pitstop package <source_dir>` first."
+  }
+}
+
+variable "managed_services" {
+  description = <<-EOT
+    Cloud Run services pitstop may roll out, all in project_id. `name` is the service name,
+    `location` its region (defaults to var.region), `service_account` the email of the service's
+    runtime service account (pitstop must act as it to create revisions), and `alert_on_5xx`
+    whether to create the example 5xx-ratio alert policy for it.
+  EOT
+  type = list(object({
+    name            = string
+    location        = optional(string)
+    service_account = string
+    alert_on_5xx    = optional(bool, true)
+  }))
+  default = []
+
+  validation {
+    condition     = alltrue([for s in var.managed_services : can(regex("^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$", s.name))])
+    error_message = "Each managed service name must be a Cloud Run service name: lowercase letters, digits and hyphens, starting with a letter, at most 49 characters."
+  }
+
+  validation {
+    condition     = alltrue([for s in var.managed_services : can(regex("^[^@\\s]+@[^@\\s]+\\.gserviceaccount\\.com$", s.service_account))])
+    error_message = "Each managed service's service_account must be a service account email (…@….gserviceaccount.com)."
+  }
+
+  validation {
+    condition     = length(distinct([for s in var.managed_services : "${coalesce(s.location, "-")}/${s.name}"])) == length(var.managed_services)
+    error_message = "managed_services lists the same service (name and location) twice."
+  }
+}
+
+variable "runtime" {
+  description = "Cloud Functions Python runtime."
+  type        = string
+  default     = "python312"
+
+  validation {
+    condition     = contains(["python311", "python312"], var.runtime)
+    error_message = "runtime must be python311 or python312 (the versions pitstop is tested on)."
+  }
+}
+
+variable "function_timeout_seconds" {
+  description = "Timeout of each function. Also the subscriptions' ack deadline, so Pub/Sub does not redeliver a message the function is still working on."
+  type        = number
+  default     = 300
+
+  validation {
+    # 600 s is the largest ack deadline Pub/Sub accepts.
+    condition     = var.function_timeout_seconds >= 10 && var.function_timeout_seconds <= 600
+    error_message = "function_timeout_seconds must be between 10 and 600 (the Pub/Sub ack deadline limits)."
+  }
+}
+
+variable "function_memory" {
+  description = "Memory of each function instance (Cloud Functions syntax, e.g. 256M, 512M, 1Gi)."
+  type        = string
+  default     = "512M"
+
+  validation {
+    condition     = can(regex("^[0-9]+(M|Mi|G|Gi)$", var.function_memory))
+    error_message = "function_memory must look like 256M, 512M, 1G or 1Gi."
+  }
+}
+
+variable "max_instances" {
+  description = "Upper bound on instances per function. Rollout decisions are serialised by Firestore transactions, so a small number is enough."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.max_instances >= 1 && var.max_instances <= 100
+    error_message = "max_instances must be between 1 and 100."
+  }
+}
+
+variable "health_lag_seconds" {
+  description = "How long Cloud Monitoring data may take to become visible; a health window is only judged after it (PITSTOP_HEALTH_LAG)."
+  type        = number
+  default     = 180
+
+  validation {
+    condition     = var.health_lag_seconds >= 0 && var.health_lag_seconds <= 900
+    error_message = "health_lag_seconds must be between 0 and 900."
+  }
+}
+
+variable "max_delivery_attempts" {
+  description = "Deliveries of one message before Pub/Sub moves it to pitstop-dead-letter."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
+    error_message = "max_delivery_attempts must be between 5 and 100 (Pub/Sub limits)."
+  }
+}
+
+variable "tick_schedule" {
+  description = "Cron schedule (UTC) of the tick that finds due rollouts. Cloud Scheduler's resolution is one minute."
+  type        = string
+  default     = "* * * * *"
+
+  validation {
+    condition     = length(split(" ", trimspace(var.tick_schedule))) == 5
+    error_message = "tick_schedule must be a five-field cron expression."
+  }
+}
+
+variable "create_firestore_database" {
+  description = "Create the (default) Firestore database in Native mode. Set false if the project already has one (it must be Native mode)."
+  type        = bool
+  default     = true
+}
+
+variable "firestore_location" {
+  description = "Firestore location (e.g. nam5, eur3 or a region). Defaults to var.region. Only used when create_firestore_database is true."
+  type        = string
+  default     = null
+}
+
+variable "create_cloud_builds_topic" {
+  description = "Create the `cloud-builds` topic Cloud Build publishes to. Set false when it already exists in the project (`gcloud pubsub topics describe cloud-builds`), or import it."
+  type        = bool
+  default     = true
+}
+
+variable "enable_apis" {
+  description = "Enable the Google APIs pitstop needs. Set false when the project's APIs are managed elsewhere."
+  type        = bool
+  default     = true
+}
+
+variable "build_service_account" {
+  description = "Email of the service account Cloud Build uses to build the functions. null uses the project default, which in projects created after mid-2024 may lack roles/cloudbuild.builds.builder."
+  type        = string
+  default     = null
+}
+
+variable "source_bucket_name" {
+  description = "Name of the bucket holding the functions' source archive. Defaults to <project_id>-pitstop-source."
+  type        = string
+  default     = null
+}
+
+variable "command_publishers" {
+  description = "IAM members (e.g. group:deployers@example.com) allowed to publish rollout commands (promote, pause, abort, …) to pitstop-commands."
+  type        = list(string)
+  default     = []
+}
+
+variable "health_publishers" {
+  description = "IAM members (probes, test suites) allowed to publish health samples to pitstop-health."
+  type        = list(string)
+  default     = []
+}
+
+variable "alert_error_ratio" {
+  description = "5xx ratio above which the example alert policy opens an incident (0.05 = 5 %)."
+  type        = number
+  default     = 0.05
+
+  validation {
+    condition     = var.alert_error_ratio > 0 && var.alert_error_ratio < 1
+    error_message = "alert_error_ratio must be a fraction between 0 and 1."
+  }
+}
+
+variable "labels" {
+  description = "Labels added to the resources that take labels."
+  type        = map(string)
+  default     = {}
+}
