@@ -32,24 +32,23 @@ def message_id(event_data: Any) -> str:
 
 def envelope(event_data: Any) -> tuple[dict[str, Any], dict[str, str], str]:
     """The Pub/Sub message inside a CloudEvent: (json payload, attributes, message id)."""
-    message_id = globals()["message_id"](event_data)
+    mid = message_id(event_data)
     message = event_data["message"]
-    attributes = message.get("attributes") or {}
+    name = f"message {mid or '?'}"
     raw = message.get("data")
     if not raw:
-        raise BadMessage(f"message {message_id or '?'} has no data")
+        raise BadMessage(f"{name} has no data")
     try:
         text = base64.b64decode(raw, validate=True).decode("utf-8")
     except (binascii.Error, ValueError) as err:
-        raise BadMessage(f"message {message_id or '?'}: data is not valid base64-encoded UTF-8 ({err})") from None
+        raise BadMessage(f"{name}: data is not valid base64-encoded UTF-8 ({err})") from None
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as err:
-        raise BadMessage(f"message {message_id or '?'}: data is not JSON ({err.msg} at line {err.lineno} "
-                         f"column {err.colno})") from None
+        raise BadMessage(f"{name}: data is not JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
     if not isinstance(payload, dict):
-        raise BadMessage(f"message {message_id or '?'}: data is JSON {type(payload).__name__}, expected an object")
-    return payload, dict(attributes), message_id
+        raise BadMessage(f"{name}: data is JSON {type(payload).__name__}, expected an object")
+    return payload, dict(message.get("attributes") or {}), mid
 
 
 def _explain(err: ValidationError, what: str) -> BadMessage:

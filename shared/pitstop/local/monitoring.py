@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
-from google.api import distribution_pb2
+from google.api import distribution_pb2, metric_pb2
 from google.cloud import monitoring_v3
 from google.protobuf import timestamp_pb2
 
@@ -70,9 +70,13 @@ LATENCY_BUCKETS = distribution_pb2.Distribution.BucketOptions(
 
 Aligner = monitoring_v3.Aggregation.Aligner
 Reducer = monitoring_v3.Aggregation.Reducer
-ValueType = monitoring_v3.TimeSeries.meta.fields["value_type"].enum
-MetricKind = monitoring_v3.TimeSeries.meta.fields["metric_kind"].enum
-INT64, DOUBLE, DISTRIBUTION = ValueType.INT64, ValueType.DOUBLE, ValueType.DISTRIBUTION
+ValueType = int  # google.api.MetricDescriptor.ValueType (a plain protobuf enum: ints)
+INT64, DOUBLE, DISTRIBUTION = (metric_pb2.MetricDescriptor.ValueType.Value(n) for n in ("INT64", "DOUBLE", "DISTRIBUTION"))
+DELTA, GAUGE = (metric_pb2.MetricDescriptor.MetricKind.Value(n) for n in ("DELTA", "GAUGE"))
+
+
+def _type_name(value_type: ValueType) -> str:
+    return metric_pb2.MetricDescriptor.ValueType.Name(value_type)
 
 _METRIC_VALUE_TYPE = {REQUEST_COUNT: INT64, REQUEST_LATENCIES: DISTRIBUTION}
 _METRIC_UNIT = {REQUEST_COUNT: "1", REQUEST_LATENCIES: "ms"}
@@ -271,10 +275,10 @@ def _check_aggregation(
         raise QueryError(f"{aligner.name} needs an alignment_period of at least 1 s, got {period:g} s")
     aligned = _ALIGNED_TYPE.get((value_type, aligner))
     if aligned is None:
-        raise QueryError(f"{aligner.name} is not supported for {metric} ({value_type.name}) by the local Monitoring")
+        raise QueryError(f"{aligner.name} is not supported for {metric} ({_type_name(value_type)}) by the local Monitoring")
     if reducer != Reducer.REDUCE_NONE and (aligned, reducer) not in _REDUCED_TYPE:
         raise QueryError(
-            f"{reducer.name} after {aligner.name} ({aligned.name} values) is not supported by the local Monitoring"
+            f"{reducer.name} after {aligner.name} ({_type_name(aligned)} values) is not supported by the local Monitoring"
         )
 
 
@@ -328,7 +332,7 @@ Value = int | float | _Latencies
 class _Series:
     resource: Labels
     metric: Labels
-    kind: MetricKind
+    kind: int
     value_type: ValueType
     points: dict[int, Value]  # period index (0 = newest) or raw minute -> value
     raw: bool = False
@@ -353,7 +357,7 @@ class _Series:
             end = min(index * RAW_POINT_SECONDS, query.end)
         else:
             end = query.end - index * query.period
-            start = end - query.period if self.kind == MetricKind.DELTA else end
+            start = end - query.period if self.kind == DELTA else end
         return monitoring_v3.Point(
             interval={"start_time": _timestamp(start), "end_time": _timestamp(end)},
             value=_typed_value(self.points[index]),
@@ -367,13 +371,13 @@ def _raw_series(series: dict[_SeriesKey, list[Served]], query: _Query) -> list[_
         for item in items:
             by_minute[math.ceil(item.at / RAW_POINT_SECONDS)].append(item)  # minute (m-1, m] in minutes
         points = {m: _delta(query.value_type, group) for m, group in by_minute.items()}
-        out.append(_Series(key.resource, key.metric, MetricKind.DELTA, query.value_type, points, raw=True))
+        out.append(_Series(key.resource, key.metric, DELTA, query.value_type, points, raw=True))
     return out
 
 
 def _align(series: dict[_SeriesKey, list[Served]], query: _Query) -> list[_Series]:
     aligner = query.aligner
-    kind = MetricKind.GAUGE if aligner in _GAUGE_ALIGNERS else MetricKind.DELTA
+    kind = GAUGE if aligner in _GAUGE_ALIGNERS else DELTA
     value_type = _ALIGNED_TYPE[(query.value_type, aligner)]
     out = []
     for key, items in series.items():

@@ -1,0 +1,246 @@
+"""The rollout state machine, scenario by scenario."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from pitstop import machine
+from pitstop.models import Alert, Superseded
+
+from sim import Sim, spec
+
+NEW = "web-v2-b2000000"
+
+
+def test_canary_walks_every_step_to_100_on_healthy_samples():
+    s = Sim(spec())
+    assert s.rollout.revision == NEW
+    assert (s.rollout.state, s.split) == ("progressing", {"web-v1-aaaa": 95, NEW: 5})
+    for weight in (10, 25):
+        s.advance(60)
+        s.sample()
+        assert s.split[NEW] != weight, "a healthy sample alone must not skip the pause"
+        s.advance(240)
+        s.tick()
+        assert s.split[NEW] == weight
+    s.advance(300)
+    s.sample()
+    assert s.rollout.state == "succeeded"
+    assert s.split == {NEW: 100, "web-v1-aaaa": 0}
+    assert [t.tag for t in s.rollout.desired] == ["stable", "previous"]
+    assert "promoted to 100 %" in s.notes[-1]
+
+
+def test_healthy_sample_after_deadline_promotes_at_once():
+    s = Sim(spec())
+    s.advance(301)
+    s.sample()
+    assert s.split[NEW] == 10
+    assert s.audit[-2].decision == "advanced" or s.audit[-1].decision == "step_started"
+
+
+def test_unhealthy_sample_rolls_back_in_one_event_with_values_and_thresholds():
+    s = Sim(spec(), auto_apply=False)
+    s.apply_pending()  # deploy at 0 %
+    s.apply_pending()  # 5 %
+    s.advance(60)
+    d = s.sample(requests=400, errors=120, p99=150)
+    assert s.rollout.state == "rolling_back"
+    assert s.split == {"web-v1-aaaa": 100, NEW: 0}
+    assert d.audit.verdict.outcome == "fail"
+    rate = next(c for c in d.audit.verdict.checks if c.name == "error_rate")
+    assert (rate.measured, rate.threshold, rate.passed) == (0.3, 0.05, False)
+    assert "error rate 30.0% is above the 5.0% limit" in d.audit.reasons[-1]
+    assert s.notes[-1] == ("New version failed health checks after deployment. Automatically rolled back web "
+                           "to version v1. 5 % of requests reached it.")
+    s.apply_pending()
+    assert s.rollout.state == "rolled_back"
+    assert s.rollout.finished_at == s.now
+
+
+@pytest.mark.parametrize("p99, baseline, outcome", [(1500, None, "fail"), (300, 200, "fail"), (230, 200, "pass")])
+def test_latency_absolute_and_relative_to_stable(p99, baseline, outcome):
+    s = Sim(spec())
+    s.advance(60)
+    if baseline:
+        s.sample(revision="web-v1-aaaa", p99=baseline, requests=1000)
+        assert s.rollout.baseline.latency_p99_ms == baseline
+    d = s.sample(p99=p99)
+    assert d.audit.verdict.outcome == outcome
+    if baseline and outcome == "fail":
+        assert "above the stable revision's 200 ms" in d.audit.verdict.rule
+
+
+def test_no_data_holds_then_pauses_for_a_person_never_promotes():
+    s = Sim(spec())
+    s.advance(300)
+    d = s.tick()
+    assert d.audit.decision == "held" and s.split[NEW] == 5
+    assert "never promotes on no data" in d.audit.reasons[0]
+    s.advance(100)
+    s.sample(requests=10)  # too few: inconclusive
+    assert s.rollout.verdict.outcome == "inconclusive" and s.split[NEW] == 5
+    s.advance(201)
+    d = s.tick()
+    assert s.rollout.state == "paused" and s.split[NEW] == 5
+    assert "pitstop promote" in s.notes[-1]
+    s.advance(86400)
+    s.tick()
+    assert s.rollout.state == "rolled_back"
+
+
+def test_few_requests_with_many_errors_already_fail():
+    s = Sim(spec())
+    s.advance(30)
+    d = s.sample(requests=10, errors=8)
+    assert d.audit.verdict.outcome == "fail" and s.rollout.state == "rolled_back"
+
+
+def test_stale_and_foreign_samples_are_ignored_with_reason():
+    s = Sim(spec())
+    started = s.rollout.step_started_at
+    s.advance(60)
+    d = s.sample(errors=190, start=started - timedelta(minutes=5), end=started)
+    assert d.audit.decision == "ignored" and "stale" in d.audit.reasons[0]
+    d = s.sample(errors=190, revision="web-other-1")
+    assert d.audit.decision == "ignored" and "neither the new" in d.audit.reasons[0]
+    assert s.rollout.state == "progressing"
+
+
+def test_alert_for_new_revision_rolls_back_and_test_alert_does_not():
+    s = Sim(spec())
+    d = s.send(Alert(id="a1", incident_id="i1", state="open", test=True, service="web", revision=NEW))
+    assert d.audit.decision == "ignored" and s.rollout.state == "progressing"
+    d = s.send(Alert(id="a2", incident_id="i2", state="open", service="web", revision="web-v1-aaaa"))
+    assert d.audit.decision == "ignored"
+    s.send(Alert(id="a3", incident_id="i3", state="open", service="web", revision=NEW, policy="web 5xx rate",
+                 observed_value="0.31", threshold_value="0.05"))
+    assert s.rollout.state == "rolled_back"
+    assert "A Cloud Monitoring alert fired" in s.notes[-1]
+
+
+def test_operator_commands():
+    s = Sim(spec())
+    s.command("promote")
+    assert s.split[NEW] == 10
+    s.command("pause")
+    assert s.rollout.state == "paused"
+    s.advance(400)
+    s.sample()
+    assert s.rollout.state == "paused" and s.split[NEW] == 10, "a paused rollout holds even when healthy"
+    s.command("resume")
+    assert s.rollout.state == "progressing"
+    s.command("promote", full=True)
+    assert s.rollout.state == "succeeded" and s.split[NEW] == 100
+
+
+def test_abort_rolls_back_and_rolled_back_revision_never_gets_traffic_again():
+    s = Sim(spec())
+    s.command("abort", reason="bad migration")
+    assert s.rollout.state == "rolled_back"
+    assert "Rolled back by alice" in s.notes[-1]
+    for action in ("promote", "resume", "approve"):
+        d = s.command(action)
+        assert d.audit.decision == "ignored"
+    s.advance(1000)
+    s.sample()
+    assert s.split[NEW] == 0
+
+
+def test_approval_gate():
+    text = """
+service: web
+regions: [us-central1]
+match: {repo: web}
+strategy: {canary: {steps: [{weight: 20, pause: 1m, approve: true}]}}
+"""
+    s = Sim(spec(text))
+    s.advance(61)
+    s.sample()
+    assert s.rollout.state == "awaiting_approval" and s.split[NEW] == 20
+    s.command("approve")
+    assert s.rollout.state == "succeeded"
+
+
+def test_blue_green_verifies_at_zero_switches_and_bakes():
+    text = """
+service: web
+regions: [us-central1]
+match: {repo: web}
+strategy: {blue_green: {verify: 1m, bake: 10m}}
+health: {min_requests: 20}
+"""
+    s = Sim(spec(text))
+    assert s.rollout.state == "verifying" and s.split[NEW] == 0
+    assert {t.tag for t in s.rollout.desired} == {"stable", "green"}
+    s.advance(61)
+    s.sample(requests=30)
+    assert s.rollout.state == "baking" and s.split == {NEW: 100, "web-v1-aaaa": 0}
+    s.advance(60)
+    s.sample(requests=500, errors=100)
+    assert s.rollout.state == "rolled_back" and s.split == {"web-v1-aaaa": 100, NEW: 0}
+
+
+def test_first_version_goes_straight_to_100():
+    s = Sim(spec(), stable=None)
+    assert s.rollout.kind == "initial" and s.rollout.state == "succeeded"
+    assert s.split == {NEW: 100}
+
+
+def test_cloud_run_errors_retry_with_backoff_then_roll_back_then_fail():
+    s = Sim(spec(), auto_apply=False)
+    s.apply_pending()
+    s.apply_pending()
+    s.advance(301)
+    s.sample()
+    assert s.split[NEW] == 10
+    for attempt in range(1, machine.MAX_APPLY_ATTEMPTS):
+        s.fail_pending()
+        assert s.rollout.state == "progressing" and s.rollout.apply_attempts == attempt
+        assert "never counts as the new version failing" in s.audit[-1].reasons[0]
+        s.advance((s.rollout.retry_at - s.now).total_seconds())
+        d = s.tick()
+        assert d.audit.decision == "reconcile"
+    s.fail_pending()
+    assert s.rollout.state == "rolling_back"
+    for _ in range(machine.MAX_APPLY_ATTEMPTS):
+        s.fail_pending()
+        if s.rollout.state == "failed":
+            break
+        s.advance((s.rollout.retry_at - s.now).total_seconds())
+        s.tick()
+    assert s.rollout.state == "failed"
+    assert "FAILED and needs a person" in s.notes[-1] and "web-v1-aaaa 95%" in s.notes[-1]
+
+
+def test_revision_that_cannot_start_leaves_stable_untouched():
+    s = Sim(spec(), auto_apply=False)
+    s.fail_pending(error="Cloud Run operation failed: container exited", permanent=True)
+    assert s.rollout.state == "rolled_back"
+    assert s.split == {"web-v1-aaaa": 100}
+    assert "No customer impact" in s.notes[-1]
+
+
+def test_crash_between_transaction_and_cloud_run_call_is_reconciled_by_a_tick():
+    s = Sim(spec(), auto_apply=False)
+    s.pending.clear()  # the process died before applying the split
+    s.advance(10)
+    assert s.tick().audit is None, "too early: the applier may still be working"
+    s.advance(machine.RECONCILE_AFTER)
+    d = s.tick()
+    assert d.audit.decision == "reconcile" and s.pending[0].create_revision
+    s.apply_pending()
+    assert s.rollout.state == "progressing"
+
+
+def test_superseded():
+    s = Sim(spec())
+    s.send(Superseded(id="sup", by_rollout="web-r2", by_version="v3"))
+    assert s.rollout.state == "superseded" and s.rollout.due_at is None
+
+
+def test_due_at_follows_deadlines():
+    s = Sim(spec())
+    assert s.rollout.due_at == s.rollout.next_step_at == s.now + timedelta(minutes=5)
