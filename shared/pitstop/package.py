@@ -4,7 +4,7 @@ The bundle is the directory Terraform zips and uploads (terraform/functions.tf):
 
     OUT_DIR/main.py            copied from functions/main.py
     OUT_DIR/pitstop/           the core package, without the CLI and the local stack
-    OUT_DIR/requirements.txt   the runtime dependencies from pyproject.toml, minus CLI-only ones
+    OUT_DIR/requirements.txt   the runtime dependencies from pyproject.toml, minus dev-only ones
 
 Cloud Functions puts the source root on sys.path, so `import pitstop` in main.py
 finds the copied package; nothing is pip-installed from this repository.
@@ -21,8 +21,9 @@ from pathlib import Path
 # Paths inside pitstop/ that production never imports: the CLI, the laptop stack, this tool.
 EXCLUDED = ("cli.py", "__main__.py", "local", "package.py")
 
-# Distributions in [project].dependencies that only the CLI uses.
-CLI_ONLY_REQUIREMENTS = ("typer", "rich")
+# Distributions in [project].dependencies that only the CLI (typer, rich) and the local stack
+# (httpx) use. tests/infra/test_bundle.py fails if bundled code imports one of them.
+DEV_ONLY_REQUIREMENTS = ("typer", "rich", "httpx")
 
 _BUNDLE_ENTRIES = {"main.py", "pitstop", "requirements.txt"}
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -37,9 +38,9 @@ def requirement_name(requirement: str) -> str:
 
 
 def runtime_requirements(pyproject: Path) -> list[str]:
-    """[project].dependencies of `pyproject` without the CLI-only ones, as written there."""
+    """[project].dependencies of `pyproject` without the dev-only ones, as written there."""
     dependencies = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
-    excluded = {requirement_name(r) for r in CLI_ONLY_REQUIREMENTS}
+    excluded = {requirement_name(r) for r in DEV_ONLY_REQUIREMENTS}
     return [d for d in dependencies if requirement_name(d) not in excluded]
 
 

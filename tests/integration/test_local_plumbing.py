@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from pitstop.local import emulators as emulators_module
 from pitstop.local.emulators import (
-    Emulators, MissingTool, check_prerequisites, start_firestore, start_pubsub, wipe_firestore,
+    Emulators, MissingTool, PortInUse, check_prerequisites, start_firestore, start_pubsub, wipe_firestore,
 )
 from pitstop.local.functions import start_function
 from pitstop.local.wiring import ROUTES, TOPICS, create_push_subscription, publish, wire
@@ -199,17 +200,33 @@ def test_function_that_cannot_load_fails_with_its_traceback(tmp_path: Path) -> N
     assert "no_such_module_in_pitstop" in str(failure.value)
 
 
-def test_emulator_that_cannot_bind_fails_with_its_log(tmp_path: Path) -> None:
+def test_emulator_on_a_taken_port_fails_fast_with_its_log() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
 
-        with pytest.raises(RuntimeError, match="Pub/Sub emulator .* before it was ready") as failure:
+        with pytest.raises(PortInUse, match="Pub/Sub emulator .* could not bind") as failure:
             start_pubsub("pitstop-bind-test", port=port)
 
     assert "Last lines of its log" in str(failure.value)
-    assert "pubsub" in str(failure.value).split("Last lines of its log", 1)[1]
+    assert "Address already in use" in str(failure.value)
+
+
+def test_emulator_picks_another_port_when_its_free_port_was_taken(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        taken_port = taken.getsockname()[1]
+        # The race free_port() cannot exclude: another process takes the port first.
+        ports = iter([taken_port])
+        real_free_port = emulators_module.free_port
+        monkeypatch.setattr(emulators_module, "free_port", lambda: next(ports, None) or real_free_port())
+
+        with start_pubsub("pitstop-retry-test") as emulator:
+            assert emulator.host != f"127.0.0.1:{taken_port}"
+            assert _port_open(emulator.host)
 
 
 def _path_with(tmp_path: Path, **programs: str | None) -> str:

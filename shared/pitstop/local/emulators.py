@@ -39,6 +39,15 @@ class MissingTool(Exception):
     """A program the local stack needs is not installed."""
 
 
+class PortInUse(RuntimeError):
+    """The process could not bind its port because something else holds it."""
+
+
+# What a JVM or Python server prints when its port is taken. The Pub/Sub
+# emulator keeps running after that, so without this it would look merely slow.
+PORT_IN_USE_MARKERS = ("Address already in use", "BindException")
+
+
 def check_prerequisites(path: str | None = None) -> None:
     """Raise MissingTool naming every missing tool and how to install it.
 
@@ -122,16 +131,24 @@ class ManagedProcess:
         """Poll `ready` until true; on exit or timeout stop and raise with the log tail."""
         deadline = time.monotonic() + timeout
         while not ready():
+            if any(marker in self._log_text() for marker in PORT_IN_USE_MARKERS):
+                self._fail("could not bind its port: something else is using it", PortInUse)
             if self.popen.poll() is not None:
                 self._fail(f"exited with status {self.popen.returncode} before it was ready")
             if time.monotonic() > deadline:
                 self._fail(f"was not ready after {timeout:.0f} s")
             time.sleep(0.1)
 
-    def _fail(self, what: str) -> None:
+    def _log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _fail(self, what: str, error: type[RuntimeError] = RuntimeError) -> None:
         self.failed = True
         self.stop()
-        raise RuntimeError(
+        raise error(
             f"{self.name} {what}. Last lines of its log ({self.log_path}):\n{tail(self.log_path)}"
         )
 
@@ -215,12 +232,20 @@ class Emulator(ManagedProcess):
                 shutil.rmtree(self._workdir, ignore_errors=True)
 
 
-def _start(name: str, argv: list[str], port: int, env_var: str,
-           workdir: Path, timeout: float) -> Emulator:
+def _start(name: str, argv: Callable[[int, Path], list[str]], port: int, env_var: str,
+           workdir_prefix: str, timeout: float, retries: int = 2) -> Emulator:
+    """Start and wait; a port we picked ourselves that got taken meanwhile is picked again."""
     check_prerequisites()
-    emulator = Emulator(name, argv, port, env_var, workdir)
+    chosen = port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix=workdir_prefix))
+    emulator = Emulator(f"{name} (port {chosen})", argv(chosen, workdir), chosen, env_var, workdir)
     try:
         emulator.wait_until(lambda: _answers_http(emulator.host), timeout)
+    except PortInUse:
+        if port or not retries:
+            raise
+        shutil.rmtree(workdir, ignore_errors=True)
+        return _start(name, argv, 0, env_var, workdir_prefix, timeout, retries - 1)
     except BaseException:  # also Ctrl-C: never leave a JVM behind
         emulator.stop()
         raise
@@ -229,21 +254,22 @@ def _start(name: str, argv: list[str], port: int, env_var: str,
 
 def start_firestore(project: str, port: int = 0, timeout: float = START_TIMEOUT_S) -> Emulator:
     """Start the Firestore emulator; `project` only names it (it serves any project)."""
-    port = port or free_port()
-    workdir = Path(tempfile.mkdtemp(prefix=f"pitstop-firestore-{project}-"))
-    argv = ["gcloud", "emulators", "firestore", "start", f"--host-port=127.0.0.1:{port}"]
-    return _start(f"Firestore emulator (port {port})", argv, port,
-                  "FIRESTORE_EMULATOR_HOST", workdir, timeout)
+    return _start(
+        "Firestore emulator",
+        lambda p, _: ["gcloud", "emulators", "firestore", "start", f"--host-port=127.0.0.1:{p}"],
+        port, "FIRESTORE_EMULATOR_HOST", f"pitstop-firestore-{project}-", timeout,
+    )
 
 
 def start_pubsub(project: str, port: int = 0, timeout: float = START_TIMEOUT_S) -> Emulator:
     """Start the Pub/Sub emulator with its own data dir, so runs don't share state."""
-    port = port or free_port()
-    workdir = Path(tempfile.mkdtemp(prefix=f"pitstop-pubsub-{project}-"))
-    argv = ["gcloud", "beta", "emulators", "pubsub", "start",
-            f"--host-port=127.0.0.1:{port}", f"--project={project}", f"--data-dir={workdir}"]
-    return _start(f"Pub/Sub emulator (port {port})", argv, port,
-                  "PUBSUB_EMULATOR_HOST", workdir, timeout)
+    return _start(
+        "Pub/Sub emulator",
+        lambda p, workdir: ["gcloud", "beta", "emulators", "pubsub", "start",
+                            f"--host-port=127.0.0.1:{p}", f"--project={project}",
+                            f"--data-dir={workdir}"],
+        port, "PUBSUB_EMULATOR_HOST", f"pitstop-pubsub-{project}-", timeout,
+    )
 
 
 @dataclass
