@@ -76,10 +76,11 @@ class CloudRun:
                 return self._create(project, region, service, split, revision, image)
             if revision and image and not self._has_revision(svc, revision):
                 svc = self._deploy(svc, revision, image)
+            svc.name = name  # the PATCH is addressed by it; never trust an answer to carry it
             svc.traffic = [_target(t) for t in split]
             return _observed(self._update(svc))
         except exceptions.GoogleAPICallError as err:
-            permanent = isinstance(err, (exceptions.BadRequest, exceptions.PermissionDenied,
+            permanent = isinstance(err, (exceptions.BadRequest, exceptions.PermissionDenied, exceptions.Forbidden,
                                          exceptions.NotFound, exceptions.FailedPrecondition))
             raise CloudRunError(f"{type(err).__name__}: {err.message}", permanent=permanent) from err
 

@@ -1,0 +1,151 @@
+"""The functions' source bundle: its contents, and that it imports in a fresh virtualenv holding
+only its requirements.txt, as the Cloud Functions Python runtime builds it."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+
+import pytest
+
+from pitstop.package import DEV_ONLY_REQUIREMENTS, build_bundle, requirement_name, runtime_requirements
+
+ROOT = Path(__file__).resolve().parents[2]
+_install_seconds: list[float] = []  # reported by the cold-start test, for humans
+
+
+def _entry_points(main_py: Path) -> list[str]:
+    tree = ast.parse(main_py.read_text())
+    return [n.name for n in tree.body if isinstance(n, ast.FunctionDef)
+            and any(ast.unparse(d) == "functions_framework.cloud_event" for d in n.decorator_list)]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "functions"
+    # Through the module's command line, as `python -m pitstop.package OUT_DIR` is documented.
+    subprocess.run([sys.executable, "-m", "pitstop.package", str(out)], check=True, cwd=ROOT)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fresh_python(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new venv (no system site-packages) with only the bundle's requirements installed."""
+    env_dir = tmp_path_factory.mktemp("venv")
+    started = time.perf_counter()
+    venv.EnvBuilder(with_pip=True, system_site_packages=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    "-r", str(bundle / "requirements.txt")], check=True)
+    _install_seconds.append(time.perf_counter() - started)
+    return python
+
+
+def test_bundle_layout(bundle: Path) -> None:
+    assert (bundle / "main.py").read_text() == (ROOT / "functions" / "main.py").read_text()
+    assert (bundle / "pitstop" / "__init__.py").is_file()
+    assert not (bundle / "pitstop" / "local").exists()
+    for dev_only in ("cli.py", "__main__.py", "package.py"):
+        assert not (bundle / "pitstop" / dev_only).exists(), dev_only
+    assert not list(bundle.rglob("__pycache__"))
+    # Every other module of the package is shipped.
+    shipped = {p.relative_to(bundle / "pitstop") for p in (bundle / "pitstop").rglob("*.py")}
+    source = ROOT / "shared" / "pitstop"
+    expected = {p.relative_to(source) for p in source.rglob("*.py")
+                if p.relative_to(source).parts[0] not in ("local", "cli.py", "__main__.py", "package.py")}
+    assert shipped == expected
+
+
+def test_requirements_are_the_runtime_dependencies(bundle: Path) -> None:
+    lines = [line for line in (bundle / "requirements.txt").read_text().splitlines()
+             if line and not line.startswith("#")]
+    names = {requirement_name(line) for line in lines}
+    assert names.isdisjoint(requirement_name(r) for r in DEV_ONLY_REQUIREMENTS)
+    assert {"functions-framework", "google-cloud-firestore", "pydantic"} <= names
+    assert lines == runtime_requirements(ROOT / "pyproject.toml")
+
+
+def test_rebuild_replaces_an_old_bundle_but_never_a_foreign_directory(tmp_path: Path) -> None:
+    out = build_bundle(tmp_path / "b")
+    (out / "pitstop" / "stale.py").write_text("")
+    build_bundle(out)
+    assert not (out / "pitstop" / "stale.py").exists()
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="does not look like a pitstop bundle"):
+        build_bundle(foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute modules a file imports, late imports included, `if TYPE_CHECKING:` blocks excluded."""
+    found: set[str] = set()
+
+    class Visitor(ast.NodeVisitor):
+        def visit_If(self, node: ast.If) -> None:
+            if "TYPE_CHECKING" in ast.unparse(node.test):
+                for child in node.orelse:
+                    self.visit(child)
+            else:
+                self.generic_visit(node)
+
+        def visit_Import(self, node: ast.Import) -> None:
+            found.update(alias.name for alias in node.names)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            if node.level == 0 and node.module:
+                found.add(node.module)
+
+    Visitor().visit(ast.parse(path.read_text()))
+    return found - {"__future__"}
+
+
+def test_every_import_in_the_bundle_resolves_in_a_fresh_venv(bundle: Path, fresh_python: Path) -> None:
+    # Module-level imports are exercised below; this also covers imports inside functions,
+    # which only run on the first event in production.
+    modules = sorted(set().union(*(_imports(p) for p in bundle.rglob("*.py"))))
+    script = ("import importlib.util, json, sys\n"
+              f"missing = [m for m in {modules!r} if importlib.util.find_spec(m) is None]\n"
+              "print(json.dumps(missing))")
+    result = subprocess.run([str(fresh_python), "-c", script], cwd=bundle, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+_COLD_START = """
+import json, sys, time
+started = time.perf_counter()
+from functions_framework import create_app
+create_app(target=sys.argv[1], source="main.py")
+print(json.dumps({
+    "seconds": time.perf_counter() - started,
+    "forbidden": sorted(m for m in sys.modules if m.split(".")[0] in ("typer", "rich") or m.startswith("pitstop.local")),
+}))
+"""
+
+
+def test_each_entry_point_loads_without_dev_modules(bundle: Path, fresh_python: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    entry_points = _entry_points(bundle / "main.py")
+    assert entry_points, "main.py has no functions_framework.cloud_event entry point"
+    timings = {}
+    for target in entry_points:
+        # One process per entry point: each deployed function starts cold with only its target.
+        result = subprocess.run([str(fresh_python), "-c", _COLD_START, target],
+                                cwd=bundle, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"{target} failed to load:\n{result.stderr[-3000:]}"
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert report["forbidden"] == [], f"{target} imports dev-only modules {report['forbidden']}"
+        timings[target] = report["seconds"]
+    with capsys.disabled():
+        print(f"\n[bundle] fresh venv + pip install -r requirements.txt: {_install_seconds[0]:.1f} s")
+        print("[bundle] cold start (import main.py + functions-framework app), seconds:")
+        for target, seconds in timings.items():
+            print(f"  {target:<12} {seconds:.2f}")
