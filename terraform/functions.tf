@@ -97,12 +97,13 @@ resource "google_cloudfunctions2_function" "function" {
   depends_on = [google_project_service.this]
 }
 
+# A 2nd gen function runs as a Cloud Run service of the same name; invoking it needs run.invoker there.
 resource "google_cloud_run_v2_service_iam_member" "pusher_invokes" {
   for_each = google_cloudfunctions2_function.function
 
   project  = var.project_id
   location = var.region
-  name     = each.value.service_config[0].service
+  name     = each.value.name
   role     = "roles/run.invoker"
   member   = google_service_account.pusher.member
 }

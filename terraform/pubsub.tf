@@ -56,9 +56,9 @@ resource "google_pubsub_subscription" "function" {
   push_config {
     push_endpoint = google_cloudfunctions2_function.function[each.key].service_config[0].uri
 
+    # The audience defaults to the push endpoint, the service's run.app URL Cloud Run expects.
     oidc_token {
       service_account_email = google_service_account.pusher.email
-      audience              = google_cloudfunctions2_function.function[each.key].service_config[0].uri
     }
   }
 

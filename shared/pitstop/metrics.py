@@ -123,6 +123,7 @@ class Metrics:
 
     def _list(self, query: _WindowQuery, metric_type: str, reducer: str, extra_group_by: list[str]) -> list[Any]:
         from google.api_core import exceptions as api_exceptions
+        from google.api_core import retry as api_retry
         from google.auth import exceptions as auth_exceptions
         from google.cloud import monitoring_v3
 
@@ -138,9 +139,18 @@ class Metrics:
             ),
             view=monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL,
         )
+        # The client's default retries UNAVAILABLE for 90 s; a health check must give up sooner.
+        retry = api_retry.Retry(
+            initial=0.1,
+            maximum=5.0,
+            multiplier=1.3,
+            predicate=api_retry.if_exception_type(api_exceptions.ServiceUnavailable),
+            timeout=self._timeout_s,
+        )
         try:
             # list() walks every page inside the try, so paging errors are caught too
-            return list(self._metric_client().list_time_series(request=request, timeout=self._timeout_s))
+            pages = self._metric_client().list_time_series(request=request, retry=retry, timeout=self._timeout_s)
+            return list(pages)
         except (api_exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as error:
             where = self._endpoint or "Google Cloud Monitoring"
             raise MetricsUnavailable(

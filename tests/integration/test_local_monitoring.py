@@ -115,6 +115,10 @@ def query(client, metric: str, extra_filter: str = "", *, start: float = START, 
     return list(client.list_time_series(request=request))
 
 
+def one_series(revision: str, status: int) -> str:
+    return f'AND resource.labels.revision_name = "{revision}" AND metric.labels.response_code = "{status}"'
+
+
 def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
@@ -164,7 +168,8 @@ def test_request_count_per_revision_and_response_code_class(client):
         assert s.resource.type == "cloud_run_revision"
         assert len(s.points) == 1
         assert s.points[0].interval.end_time == at(END)
-        got[(s.resource.labels["revision_name"], s.metric.labels["response_code_class"])] = s.points[0].value.int64_value
+        key = (s.resource.labels["revision_name"], s.metric.labels["response_code_class"])
+        got[key] = s.points[0].value.int64_value
     expected = Counter((r.revision, status_class(r.status)) for r in in_window())
     assert got == dict(expected)
     assert got[(CANARY, "5xx")] == 6 and got[(STABLE, "5xx")] == 4  # the data set's own sanity
@@ -180,7 +185,7 @@ def test_ungrouped_series_carry_all_labels_and_response_codes(client):
 
 
 def test_raw_points_are_per_minute_newest_first(client):
-    series = query(client, COUNT, f'AND resource.labels.revision_name = "{STABLE}" AND metric.labels.response_code = "200"')
+    series = query(client, COUNT, one_series(STABLE, 200))
     (only,) = series
     ends = [p.interval.end_time.timestamp() for p in only.points]
     assert ends == sorted(ends, reverse=True)
@@ -200,7 +205,7 @@ def test_aligned_periods_end_at_the_interval_end_newest_first(client):
 def test_rate_is_per_second_and_count_counts_raw_points(client):
     rate = query(client, COUNT, aligner=Aligner.ALIGN_RATE, period=300, reducer=Reducer.REDUCE_SUM)
     assert rate[0].points[0].value.double_value == pytest.approx(len(in_window()) / 300)
-    counts = query(client, COUNT, f'AND resource.labels.revision_name = "{CANARY}" AND metric.labels.response_code = "500"',
+    counts = query(client, COUNT, one_series(CANARY, 500),
                    aligner=Aligner.ALIGN_COUNT, period=300)
     minutes = {math.ceil(r.at / 60) for r in in_window(revision=CANARY, status=500)}
     assert counts[0].points[0].value.int64_value == len(minutes)
@@ -254,7 +259,7 @@ def test_reduced_percentiles_match_served_latencies_within_a_bucket(client, p):
 
 def test_percentile_aligner_on_one_series(client):
     options = latency_options(client)
-    extra = f'AND resource.labels.revision_name = "{STABLE}" AND metric.labels.response_code = "200"'
+    extra = one_series(STABLE, 200)
     series = query(client, LATENCIES, extra, aligner=Aligner.ALIGN_PERCENTILE_99, period=300)
     (only,) = series
     assert only.value_type == monitoring_v3.TimeSeries.meta.fields["value_type"].enum.DOUBLE
@@ -281,7 +286,7 @@ def test_interval_excludes_its_start_and_includes_its_end(client):
                      aligner=Aligner.ALIGN_DELTA, period=60, reducer=Reducer.REDUCE_SUM)
     assert [r.at for r in in_window(END - 1, END)] == [END]
     assert at_edges[0].points[0].value.int64_value == 1  # the request at END is in (END-1, END]
-    start_edge = query(client, COUNT, f'AND resource.labels.revision_name = "{STABLE}" AND metric.labels.response_code = "500"',
+    start_edge = query(client, COUNT, one_series(STABLE, 500),
                        start=START - 1, end=START, aligner=Aligner.ALIGN_DELTA, period=60)
     assert start_edge[0].points[0].value.int64_value == 1  # the request at START is in (START-1, START]
     assert query(client, COUNT, 'AND metric.labels.response_code = "500"', start=START, end=START + 0.1) == []
@@ -317,7 +322,8 @@ def test_pages_together_hold_every_series(client):
         (dict(aggregation=dict(per_series_aligner=Aligner.ALIGN_RATE, alignment_period="60s"),
               filter=f'metric.type = "{LATENCIES}"'), "ALIGN_RATE is not supported"),
         (dict(aggregation=dict(per_series_aligner=Aligner.ALIGN_DELTA, alignment_period="60s",
-                               cross_series_reducer=Reducer.REDUCE_PERCENTILE_99)), "REDUCE_PERCENTILE_99 after ALIGN_DELTA"),
+                               cross_series_reducer=Reducer.REDUCE_PERCENTILE_99)),
+         "REDUCE_PERCENTILE_99 after ALIGN_DELTA"),
         (dict(aggregation=dict(per_series_aligner=Aligner.ALIGN_MEAN, alignment_period="60s")), "ALIGN_MEAN"),
         (dict(aggregation=dict(cross_series_reducer=Reducer.REDUCE_SUM)), "REDUCE_SUM needs a per_series_aligner"),
         (dict(aggregation=dict(per_series_aligner=Aligner.ALIGN_DELTA)), "alignment_period"),

@@ -108,6 +108,11 @@ def live_group_members(pgid: int) -> list[int]:
 class ManagedProcess:
     """A child process in its own process group, with its output in a log file."""
 
+    # Whether stop() signals the children before the leader: right for the
+    # gcloud wrapper, which dies at once and would orphan its JVM; wrong for a
+    # gunicorn master, which would replace a worker killed under it.
+    stop_children_first = True
+
     def __init__(self, name: str, argv: list[str], log_path: Path,
                  env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         self.name = name
@@ -155,16 +160,18 @@ class ManagedProcess:
     def stop(self, timeout: float = 15.0) -> None:
         """End the whole process tree and wait for it. Safe to call twice.
 
-        Children are signalled before the leader so that the leader (the
-        gcloud wrapper, the gunicorn master) reaps them; killing the leader
-        first would orphan them as zombies where init does not reap.
+        The leader must outlive its children so that it reaps them: an orphan
+        becomes a zombie wherever init does not reap (containers, sandboxes).
         """
         pgid = self.popen.pid
         try:
             if self.popen.poll() is None:
-                for pid in live_group_members(pgid):
-                    if pid != pgid:
-                        _signal(pid, signal.SIGTERM)
+                if self.stop_children_first:
+                    for pid in live_group_members(pgid):
+                        if pid != pgid:
+                            _signal(pid, signal.SIGTERM)
+                else:
+                    _signal(pgid, signal.SIGTERM)
                 try:
                     self.popen.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:

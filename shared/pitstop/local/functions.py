@@ -22,6 +22,8 @@ START_TIMEOUT_S = 60.0
 class FunctionProcess(ManagedProcess):
     """A functions-framework server for one target; `url` takes the push requests."""
 
+    stop_children_first = False  # the gunicorn master stops its workers itself
+
     def __init__(self, target: str, source: Path, port: int, env: dict[str, str],
                  log_path: Path) -> None:
         self.target = target

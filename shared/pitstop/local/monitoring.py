@@ -71,12 +71,13 @@ LATENCY_BUCKETS = distribution_pb2.Distribution.BucketOptions(
 Aligner = monitoring_v3.Aggregation.Aligner
 Reducer = monitoring_v3.Aggregation.Reducer
 ValueType = int  # google.api.MetricDescriptor.ValueType (a plain protobuf enum: ints)
-INT64, DOUBLE, DISTRIBUTION = (metric_pb2.MetricDescriptor.ValueType.Value(n) for n in ("INT64", "DOUBLE", "DISTRIBUTION"))
-DELTA, GAUGE = (metric_pb2.MetricDescriptor.MetricKind.Value(n) for n in ("DELTA", "GAUGE"))
+_VALUE_TYPES = metric_pb2.MetricDescriptor.ValueType
+INT64, DOUBLE, DISTRIBUTION = _VALUE_TYPES.INT64, _VALUE_TYPES.DOUBLE, _VALUE_TYPES.DISTRIBUTION
+DELTA, GAUGE = metric_pb2.MetricDescriptor.MetricKind.DELTA, metric_pb2.MetricDescriptor.MetricKind.GAUGE
 
 
 def _type_name(value_type: ValueType) -> str:
-    return metric_pb2.MetricDescriptor.ValueType.Name(value_type)
+    return _VALUE_TYPES.Name(value_type)
 
 _METRIC_VALUE_TYPE = {REQUEST_COUNT: INT64, REQUEST_LATENCIES: DISTRIBUTION}
 _METRIC_UNIT = {REQUEST_COUNT: "1", REQUEST_LATENCIES: "ms"}
@@ -247,7 +248,9 @@ def _check_label_field(field: str, where: str) -> None:
     scope, _, name = field.partition(".labels.")
     known = RESOURCE_LABELS if scope == "resource" else METRIC_LABELS
     if name not in known:
-        raise QueryError(f"{where}: the local Monitoring has no label {field} (known {scope} labels: {', '.join(known)})")
+        raise QueryError(
+            f"{where}: the local Monitoring has no label {field} (known {scope} labels: {', '.join(known)})"
+        )
 
 
 def _canonical_group_field(field: str) -> str:
@@ -275,10 +278,13 @@ def _check_aggregation(
         raise QueryError(f"{aligner.name} needs an alignment_period of at least 1 s, got {period:g} s")
     aligned = _ALIGNED_TYPE.get((value_type, aligner))
     if aligned is None:
-        raise QueryError(f"{aligner.name} is not supported for {metric} ({_type_name(value_type)}) by the local Monitoring")
+        raise QueryError(
+            f"{aligner.name} is not supported for {metric} ({_type_name(value_type)}) by the local Monitoring"
+        )
     if reducer != Reducer.REDUCE_NONE and (aligned, reducer) not in _REDUCED_TYPE:
         raise QueryError(
-            f"{reducer.name} after {aligner.name} ({_type_name(aligned)} values) is not supported by the local Monitoring"
+            f"{reducer.name} after {aligner.name} ({_type_name(aligned)} values) "
+            "is not supported by the local Monitoring"
         )
 
 

@@ -1,0 +1,52 @@
+"""The demo service: a tiny HTTP app whose behaviour each version sets by env.
+
+  FAIL_RATE   share of requests answered 500 (0.3 = 30 % errors)
+  LATENCY_MS  typical latency; each request sleeps about this long
+  SLOW_FACTOR multiplies latency (3 = p99 about three times the healthy one)
+
+Cloud Run (or the local one) sets PORT, K_SERVICE and K_REVISION.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+FAIL_RATE = float(os.environ.get("FAIL_RATE", "0"))
+LATENCY_MS = float(os.environ.get("LATENCY_MS", "15"))
+SLOW_FACTOR = float(os.environ.get("SLOW_FACTOR", "1"))
+VERSION = os.environ.get("APP_VERSION", "dev")
+REVISION = os.environ.get("K_REVISION", "local")
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # the router logs requests; keep stderr for errors
+        pass
+
+    def do_GET(self) -> None:
+        # Mostly around LATENCY_MS with a tail: p99 is about 2x the median.
+        delay = LATENCY_MS * SLOW_FACTOR * (1 + random.random() if random.random() < 0.97 else 2.2)
+        time.sleep(delay / 1000)
+        failed = self.path != "/healthz" and random.random() < FAIL_RATE
+        status = 500 if failed else 200
+        body = json.dumps({"version": VERSION, "revision": REVISION, "ok": not failed}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def main() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", int(os.environ.get("PORT", "8080"))), Handler)
+    server.daemon_threads = True
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""A stand-in for a Cloud Build run: "build" a version of a local app and
+publish the messages Cloud Build would publish to `cloud-builds`.
+
+The "image" is a local manifest (see images.py) whose env sets the version's
+behaviour; its digest goes into `results.images` exactly as Cloud Build reports
+it, so pitstop deploys it by digest like any real build.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+
+from pitstop.local.images import register_image
+from pitstop.local.payloads import cloud_build
+from pitstop.local.wiring import publish
+
+EXAMPLE_APP = Path(__file__).resolve().parents[3] / "examples" / "web" / "app.py"
+
+
+def image_name(project: str, repo: str, version: str) -> str:
+    return f"us-central1-docker.pkg.dev/{project}/apps/{repo}:{version}"
+
+
+def build_image(state_dir: Path, project: str, repo: str, version: str, env: dict[str, str] | None = None,
+                app: Path = EXAMPLE_APP) -> tuple[str, str]:
+    """Register the version's image; returns (image name, digest)."""
+    name = image_name(project, repo, version)
+    digest = register_image(state_dir, name, command=[sys.executable, str(app)],
+                            env={"APP_VERSION": version, **(env or {})})
+    return name, digest
+
+
+def ship(state_dir: Path, project: str, repo: str, version: str, env: dict[str, str] | None = None,
+         branch: str = "main", app: Path = EXAMPLE_APP, fail: bool = False) -> str:
+    """Build and publish QUEUED, WORKING, then SUCCESS (or FAILURE); returns the build id."""
+    name, digest = build_image(state_dir, project, repo, version, env, app)
+    build_id = str(uuid.uuid4())
+    for status in ("QUEUED", "WORKING", "FAILURE" if fail else "SUCCESS"):
+        body = cloud_build(status, build_id=build_id, project=project, repo=repo, branch=branch, image=name,
+                           digest=digest, substitutions={"_VERSION": version})
+        publish(project, "cloud-builds", json.dumps(body).encode(), buildId=build_id, status=status)
+    return build_id

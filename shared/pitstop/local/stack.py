@@ -1,0 +1,118 @@
+"""The whole of pitstop on one machine, same code paths as on GCP (DESIGN §6).
+
+Firestore and Pub/Sub emulators, the functions under functions-framework fed
+by push subscriptions, the local Cloud Run with its router, the local Cloud
+Monitoring, and a ticker standing in for Cloud Scheduler. Only endpoints
+differ from production; `env` is what a shell must export to reach them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pitstop.local.emulators import Emulators, check_prerequisites, start_emulators
+from pitstop.local.functions import FunctionProcess, start_functions
+from pitstop.local.requestlog import RequestLog
+from pitstop.local.wiring import ROUTES, publish, wire
+
+FUNCTIONS_SOURCE = Path(__file__).resolve().parents[3] / "functions" / "main.py"
+REGION = "us-central1"
+
+
+@dataclass
+class Stack:
+    state_dir: Path
+    project: str = "pitstop-local"
+    tick_interval: float = 1.0
+    health_lag: int = 0
+    emulators: Emulators | None = None
+    functions: dict[str, FunctionProcess] = field(default_factory=dict)
+    request_log: RequestLog = field(default_factory=RequestLog)
+    cloud_run: Any = None
+    monitoring: Any = None
+    _exit: ExitStack = field(default_factory=ExitStack)
+    _stop_ticks: threading.Event = field(default_factory=threading.Event)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> Stack:
+        from pitstop.local.cloudrun import LocalCloudRun
+        from pitstop.local.monitoring import start_monitoring_server
+
+        check_prerequisites()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.emulators is None:  # tests may lend theirs
+                self.emulators = self._exit.enter_context(start_emulators(self.project))
+            self.project = self.emulators.project
+            # This process's own clients (publisher, CLI) must reach the emulators too.
+            os.environ.update(self.emulators.env)
+            self.cloud_run = LocalCloudRun(self.state_dir, request_log=self.request_log)
+            self.cloud_run.start()
+            self._exit.callback(self.cloud_run.stop)
+            self.monitoring = start_monitoring_server(self.request_log, "127.0.0.1", 0)
+            self._exit.callback(self.monitoring.stop, 0)
+            self.functions = start_functions(list(ROUTES.values()), FUNCTIONS_SOURCE, self.function_env,
+                                             log_dir=self.state_dir / "logs")
+            for process in self.functions.values():
+                self._exit.callback(process.stop)
+            wire(self.project, {topic: self.functions[target].url for topic, target in ROUTES.items()})
+            if self.tick_interval > 0:
+                ticker = threading.Thread(target=self._tick_forever, name="ticker", daemon=True)
+                ticker.start()
+                self._exit.callback(self._stop_ticks.set)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self._stop_ticks.set()
+        self._exit.close()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ endpoints
+
+    @property
+    def run_endpoint(self) -> str:
+        return self.cloud_run.url
+
+    @property
+    def monitoring_endpoint(self) -> str:
+        return f"127.0.0.1:{self.monitoring.bound_port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a shell (or the CLI) exports to talk to this stack."""
+        return {**self.emulators.env, "PITSTOP_RUN_ENDPOINT": self.run_endpoint,
+                "PITSTOP_MONITORING_ENDPOINT": self.monitoring_endpoint}
+
+    @property
+    def function_env(self) -> dict[str, str]:
+        return {**self.env, "PITSTOP_HEALTH_LAG": str(self.health_lag)}
+
+    def publish(self, topic: str, payload: dict[str, Any] | bytes, **attributes: str) -> str:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        return publish(self.project, topic, data, **attributes)
+
+    # ------------------------------------------------------------ Cloud Scheduler stand-in
+
+    def _tick_forever(self) -> None:
+        while not self._stop_ticks.wait(self.tick_interval):
+            try:
+                self.publish("pitstop-ticks", {"at": datetime.now(timezone.utc).isoformat()})
+            except Exception:  # the emulator is going away at shutdown; the next tick retries
+                time.sleep(self.tick_interval)
