@@ -377,6 +377,9 @@ def _command(p: _Plan, c: Command) -> Decision:
             return p.ignore(f"cannot promote while {r.state} and the current split is not applied yet")
         if r.state in ("paused", "awaiting_approval"):
             p.set(state=r.paused_from or "progressing", paused_from=None, hold_until=None)
+        if c.full and r.state == "baking":  # already at 100 %: only the bake is left to skip
+            p.reasons.append(f"{c.actor} promoted fully, skipping the rest of the bake")
+            return _succeed(p, f"Version {r.version} promoted to 100 % of {r.service} by {c.actor}.")
         if c.full:
             p.set(skip_bake=True)
             return _switch(p, f"{c.actor} promoted to 100 % at once, skipping the remaining steps and analysis")

@@ -395,7 +395,8 @@ class Rollout(Model):
         """When a tick must look at this rollout; None once it is finished."""
         if self.state in TERMINAL:
             return None
-        times = [t for t in (self.next_step_at, self.hold_until, self.retry_at) if t]
+        # A hold replaces the step deadline it extends: a past deadline must not make every tick due.
+        times = [t for t in (self.hold_until or self.next_step_at, self.retry_at) if t]
         if self.desired_generation != self.observed_generation:
             times.append(self.retry_at or self.desired_at + timedelta(seconds=RECONCILE_AFTER))
         return min(times) if times else None

@@ -14,6 +14,8 @@ input id, so a redelivered input finds its event and changes nothing.
 
 from __future__ import annotations
 
+import random
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable
@@ -24,6 +26,13 @@ if TYPE_CHECKING:
     from google.cloud import firestore
 
     from pitstop.machine import Decision
+
+
+MAX_ATTEMPTS = 20
+
+
+class Contention(RuntimeError):
+    """Too many concurrent changes in a row; the input is redelivered and tried again."""
 
 
 @dataclass(frozen=True)
@@ -144,30 +153,30 @@ class Store:
         self.db.collection("artifacts").document(artifact.digest.replace(":", "-")).set(doc, merge=True)
 
     def apply(self, rollout_id: str, input_id: str, decide: Callable[[Rollout], Decision]) -> Outcome:
-        """Load, decide, store state + audit in one transaction; a known input id does nothing."""
-        from google.cloud import firestore
+        """Load, decide, store state + audit atomically; a known input id does nothing.
 
+        Optimistic: the batch commits only if the rollout is unchanged since it
+        was read (update-time precondition) and the audit event is new (create).
+        No lock is held while deciding, so concurrent inputs cannot deadlock;
+        the loser re-reads and decides again on the newer state.
+        """
         ref = self.db.collection("rollouts").document(rollout_id)
         event_ref = ref.collection("events").document(input_id)
-
-        @firestore.transactional
-        def run(txn: firestore.Transaction) -> Outcome:
-            snap = ref.get(transaction=txn)
+        for attempt in range(MAX_ATTEMPTS):
+            snap = ref.get()
             if not snap.exists:
                 return Outcome(None, missing=True)
-            if event_ref.get(transaction=txn).exists:
+            if event_ref.get().exists:
                 return Outcome(None, duplicate=True)
-            rollout = Rollout.from_doc(snap.to_dict())
-            service_ref = self._service_ref(rollout)
-            record = service_ref.get(transaction=txn)
-            decision = decide(rollout)
-            if decision.audit is not None:
-                txn.set(ref, decision.rollout.to_doc())
-                txn.create(event_ref, decision.audit.to_doc())
-                txn.set(service_ref, service_after(record.to_dict() if record.exists else None, decision.rollout))
-            return Outcome(decision)
-
-        return run(self.db.transaction())
+            decision = decide(Rollout.from_doc(snap.to_dict()))
+            if decision.audit is None:
+                return Outcome(decision)
+            batch = self.db.batch()
+            self._put_rollout(batch, decision, snap)
+            self._put_service(batch, decision.rollout)
+            if self._commit(batch, attempt):
+                return Outcome(decision)
+        raise Contention(f"rollout {rollout_id} changed under input {input_id} {MAX_ATTEMPTS} times in a row")
 
     def start(self, rollout_id: str, service: str, region: str,
               begin: Callable[[dict[str, Any] | None, Rollout | None], tuple[Decision, Decision | None]]) -> Outcome:
@@ -177,36 +186,61 @@ class Store:
         and the old rollout's (or None). The rollout id is derived from the
         build, so a redelivered build finds its rollout and does nothing.
         """
-        from google.cloud import firestore
-
         ref = self.db.collection("rollouts").document(rollout_id)
-        service_ref = self.db.collection("services").document(service_key(service, region))
-
-        @firestore.transactional
-        def run(txn: firestore.Transaction) -> Outcome:
-            if ref.get(transaction=txn).exists:
+        for attempt in range(MAX_ATTEMPTS):
+            if ref.get().exists:
                 return Outcome(None, duplicate=True)
-            record_snap = service_ref.get(transaction=txn)
-            record = record_snap.to_dict() if record_snap.exists else None
-            active = None
+            record = self.service(service, region)
+            active_snap = None
             if record and record.get("active_rollout"):
-                active_snap = self.db.collection("rollouts").document(record["active_rollout"]).get(transaction=txn)
-                active = Rollout.from_doc(active_snap.to_dict()) if active_snap.exists else None
+                active_snap = self.db.collection("rollouts").document(record["active_rollout"]).get()
+            active = Rollout.from_doc(active_snap.to_dict()) if active_snap and active_snap.exists else None
             new, old = begin(record, active)
+            batch = self.db.batch()
             if old is not None and old.audit is not None:
-                old_ref = self.db.collection("rollouts").document(old.rollout.id)
-                txn.set(old_ref, old.rollout.to_doc())
-                txn.set(old_ref.collection("events").document(old.audit.id), old.audit.to_doc())
-                record = service_after(record, old.rollout)
-            txn.set(ref, new.rollout.to_doc())
-            txn.create(ref.collection("events").document(new.audit.id), new.audit.to_doc())
-            txn.set(service_ref, service_after(record, new.rollout))
-            return Outcome(new)
+                self._put_rollout(batch, old, active_snap)
+            batch.create(ref, _full(new.rollout))
+            batch.create(ref.collection("events").document(new.audit.id), new.audit.to_doc())
+            self._put_service(batch, new.rollout)
+            if self._commit(batch, attempt):
+                return Outcome(new)
+        raise Contention(f"service {service} in {region} changed under rollout {rollout_id} {MAX_ATTEMPTS} times")
 
-        return run(self.db.transaction())
+    # ------------------------------------------------------------ writing, optimistically
+
+    def _put_rollout(self, batch: Any, decision: Decision, snap: Any) -> None:
+        ref = self.db.collection("rollouts").document(decision.rollout.id)
+        batch.update(ref, _full(decision.rollout), option=self.db.write_option(last_update_time=snap.update_time))
+        batch.create(ref.collection("events").document(decision.audit.id), decision.audit.to_doc())
+
+    def _put_service(self, batch: Any, rollout: Rollout) -> None:
+        ref = self._service_ref(rollout)
+        snap = ref.get()
+        if snap.exists:
+            doc = service_after(snap.to_dict(), rollout)
+            batch.update(ref, doc, option=self.db.write_option(last_update_time=snap.update_time))
+        else:
+            batch.create(ref, service_after(None, rollout))
+
+    def _commit(self, batch: Any, attempt: int) -> bool:
+        """True if written; False if something changed since it was read (decide again)."""
+        from google.api_core import exceptions
+
+        try:
+            batch.commit()
+            return True
+        except (exceptions.FailedPrecondition, exceptions.AlreadyExists, exceptions.Aborted):
+            # Lost a race: a newer state, or the same input recorded by a twin delivery.
+            time.sleep(random.uniform(0, 0.05 * (attempt + 1)))
+            return False
 
     def _service_ref(self, rollout: Rollout) -> Any:
         return self.db.collection("services").document(service_key(rollout.service, rollout.region))
+
+
+def _full(rollout: Rollout) -> dict[str, Any]:
+    """Every field, None included: an update must clear what the new state no longer has."""
+    return rollout.model_dump(mode="python")
 
 
 def _json(doc: dict[str, Any]) -> str:

@@ -324,3 +324,22 @@ def test_checkov_finds_nothing_unexplained() -> None:
                    if not (c["check_result"].get("suppress_comment") or "").strip()]
     assert unexplained == [], f"skips without a reason: {unexplained}"
     assert all(r["summary"]["parsing_errors"] == 0 for r in reports)
+
+
+def test_cloudbuild_pipeline_gives_pitstop_what_it_reads() -> None:
+    import yaml
+
+    pipeline = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
+    assert {"_SERVICE", "_ENVIRONMENT", "_REGION", "_VERSION"} <= set(pipeline["substitutions"])
+    # Only images listed under `images:` get their digest into the build message's results.images.
+    release = pipeline["images"]
+    assert len(release) == 1 and release[0].endswith(":${_VERSION}")
+    steps = {s["id"]: s for s in pipeline["steps"]}
+    build_args = " ".join(steps["build"]["args"])
+    assert f"--tag={release[0]}" in build_args and "--cache-from=" in build_args
+    # Lint and tests block the build; the scan is gated by its substitution and precedes any push.
+    assert {"lint", "test"} <= set(steps["build"]["waitFor"])
+    assert '"${_SCAN}" != "true"' in steps["scan"]["args"][-1]
+    assert steps["push-cache"]["waitFor"] == ["scan"]
+    assert not any(release[0] in " ".join(map(str, s.get("args", []))) and "push" in s.get("args", [])
+                   for s in pipeline["steps"]), "push the release image via `images:`, not a step"

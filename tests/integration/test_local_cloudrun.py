@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
 
     def do_GET(self):
         body = json.dumps({"revision": os.environ["K_REVISION"], "service": os.environ["K_SERVICE"],
@@ -147,11 +149,12 @@ def statuses_of(service: run_v2.Service) -> list[tuple[int, str, int, str]]:
 
 
 def is_running(pid: int) -> bool:
+    """Alive and not a zombie (a dead child its parent has not reaped yet)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def free_port() -> int:
@@ -166,7 +169,7 @@ def free_port() -> int:
 def test_images_resolve_by_name_tag_and_digest(tmp_path: Path) -> None:
     digest = register_image(tmp_path, "registry.local:5000/team/web:v1", ["web"], ["--port=$PORT"], {"A": "1"})
 
-    assert digest.startswith("sha256:") and len(digest) == 71 and int(digest[7:], 16) >= 0
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest)
     for ref in ("registry.local:5000/team/web:v1", f"registry.local:5000/team/web@{digest}",
                 f"registry.local:5000/team/web:v1@{digest}"):
         manifest = resolve_image(tmp_path, ref)
@@ -345,9 +348,13 @@ def test_no_request_fails_while_traffic_flips(
         for canary in (50, 100, 0, 100, 50, 0, 100):
             updated = set_traffic(cloudrun_services, service.name, target("flip-v1", 100 - canary), target("flip-v2", canary))
             assert statuses_of(updated) == traffic_of(updated)
-            served_before = sum(seen.values())
-            while sum(seen.values()) < served_before + 20 and not failures:
-                stop.wait(0.01)  # let some requests through on this split
+            with lock:
+                served_before = sum(seen.values())
+            while not failures and all(t.is_alive() for t in threads):
+                with lock:
+                    if sum(seen.values()) >= served_before + 20:
+                        break  # some requests went through on this split
+                stop.wait(0.01)
     finally:
         stop.set()
         for thread in threads:
@@ -368,7 +375,7 @@ def test_request_log_records_revision_status_and_latency(
         cloudrun_http.get(service.uri + "/fail")
     pid = cloudrun_http.get(service.uri).json()["pid"]
     os.kill(pid, signal.SIGKILL)  # the revision dies: the router must answer and say so
-    while is_running(pid) and not os.waitpid(pid, os.WNOHANG)[0]:
+    while is_running(pid):
         threading.Event().wait(0.01)
     unreachable = cloudrun_http.get(service.uri)
 

@@ -68,6 +68,10 @@ def run(sim: Sim, program) -> list:
     rolled_back = False
     for op in program:
         kind = op[0]
+        if kind != "replay":
+            last_input, replayable = None, last_input
+        else:
+            replayable = last_input
         if kind == "wait":
             sim.advance(op[1])
             continue
@@ -82,10 +86,10 @@ def run(sim: Sim, program) -> list:
                 continue
             e = sim.pending.pop(0)
             inp = machine.ApplyFailed(id=f"f-{sim.next_id()}", generation=e.generation, error="503", permanent=op[1])
-        elif kind == "replay":
-            if last_input is None:
+        elif kind == "replay":  # a redelivery right after the original, nothing in between
+            if replayable is None:
                 continue
-            inp = last_input
+            inp = replayable
         else:
             inp = make_input(sim, op)
         if inp.id in seen:  # the store finds the audit event and does nothing

@@ -54,8 +54,8 @@ def start_monitoring(request_log: RequestLog, host: str, port: int) -> Any | Non
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pitstop.local.cloud", description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, required=True, help="images, revision logs")
-    parser.add_argument("--api-port", type=int, required=True, help="Cloud Run Admin API (REST)")
-    parser.add_argument("--monitoring-port", type=int, required=True, help="Cloud Monitoring (gRPC)")
+    parser.add_argument("--api-port", type=int, required=True, help="Cloud Run Admin API (REST); 0 = any free port")
+    parser.add_argument("--monitoring-port", type=int, required=True, help="Cloud Monitoring (gRPC); 0 = any free port")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--project", default="local-project", help="reported in the ready line")
     args = parser.parse_args(argv)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "event": "ready",
         "project": args.project,
         "cloud_run_api": cloud_run.url,
-        "monitoring": f"{args.host}:{args.monitoring_port}" if monitoring is not None else None,
+        "monitoring": f"{args.host}:{monitoring.bound_port}" if monitoring is not None else None,
         "state_dir": str(args.state_dir),
     }
     print(json.dumps(ready), flush=True)

@@ -27,6 +27,7 @@ import secrets
 import threading
 import urllib.parse
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,6 +59,7 @@ REVISION = traffic_types.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_T
 SERVICE_TYPE_URL = "type.googleapis.com/google.cloud.run.v2.Service"
 FAILED_PRECONDITION = 9  # google.rpc.Code, for failed operations
 ABORTED = 10
+INTERNAL = 13
 QUICK_OPERATION_S = 0.5  # how long a create/update waits to answer an already finished operation
 
 SERVICE_ID = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
@@ -97,7 +99,7 @@ class NotServable(Exception):
 @dataclass
 class _RevisionState:
     resource: Revision
-    template_key: str  # canonical JSON of the template it was made from
+    template_key: str  # canonical JSON of the template it was made from, name aside
     process: RevisionProcess | None = None
     ready: bool = False
 
@@ -154,11 +156,11 @@ class LocalCloudRun:
         with self._lock:
             self._stopped = True
             processes = [r.process for s in self._services.values() for r in s.revisions.values() if r.process]
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()
         self.router.stop()
-        for process in processes:
-            process.stop()
+        _stop_processes(processes)
         log.info("local Cloud Run stopped", extra={"revision_processes_stopped": len(processes)})
 
     def revision_pids(self) -> list[int]:
@@ -194,14 +196,13 @@ class LocalCloudRun:
             raise invalid(f"service.name '{spec.name}' does not match the URL's '{name}'.")
         with self._lock:
             state = self._services.get(name)
-            if state is not None:
-                op_name, worker = self._begin(state, spec, self._plan(state, spec))
-        if state is None:
+            started = self._begin(state, spec, self._plan(state, spec)) if state else None
+        if started is None:
             if not allow_missing:
                 raise not_found(f"Service '{name}' not found.")
             parent, _, service_id = name.rpartition("/services/")
             return self.create_service(parent, service_id, body)
-        return self._operation_after(op_name, worker)
+        return self._operation_after(*started)
 
     def get_service(self, name: str) -> dict[str, Any]:
         with self._lock:
@@ -219,8 +220,7 @@ class LocalCloudRun:
             state.resource.delete_time = _now()
             processes = [r.process for r in state.revisions.values() if r.process]
         self.router.remove_service(name)
-        for process in processes:
-            process.stop()
+        _stop_processes(processes)
         log.info("service deleted", extra={"service": name})
         with self._lock:
             return self._finish(self._new_operation(state.resource), state.resource, None)
@@ -355,6 +355,10 @@ class LocalCloudRun:
             except _Abandoned as e:
                 with self._lock:
                     self._finish(op_name, state.resource, {"code": ABORTED, "message": str(e)})
+            except Exception as e:  # a bug here must not leave the client polling forever
+                log.exception("reconciling failed unexpectedly", extra={"service": state.resource.name})
+                with self._lock:
+                    self._finish(op_name, state.resource, {"code": INTERNAL, "message": f"Local Cloud Run bug: {e!r}"})
 
     def _start_revision(self, state: _ServiceState, revision: _RevisionState) -> None:
         service_id = state.resource.name.rsplit("/", 1)[1]
@@ -467,6 +471,12 @@ class _Abandoned(Exception):
     """The service went away (deleted, or the cloud stopped) while its revision started."""
 
 
+def _stop_processes(processes: list[RevisionProcess]) -> None:
+    # Each stop may wait out a grace period; do them side by side.
+    with ThreadPoolExecutor(max(1, len(processes))) as pool:
+        list(pool.map(RevisionProcess.stop, processes))
+
+
 def _check_revision_name(name: str, service_id: str) -> None:
     if not name.startswith(f"{service_id}-"):
         raise invalid(f"Revision name '{name}' is invalid: it must start with the service name followed by '-' ('{service_id}-').")
@@ -525,7 +535,10 @@ def _to_json(message: Service | Revision) -> dict[str, Any]:
 
 
 def _template_key(template: Any) -> str:
-    return json.dumps(json_format.MessageToDict(type(template).pb(template)), sort_keys=True)
+    """What a revision is made of: the template without its name."""
+    content = json_format.MessageToDict(type(template).pb(template))
+    content.pop("revision", None)
+    return json.dumps(content, sort_keys=True)
 
 
 def _condition(type_: str, state: State, message: str) -> Condition:
@@ -558,6 +571,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 
 class _ApiHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
 
     def _dispatch(self) -> None:
         cloud: LocalCloudRun = self.server.cloud_run  # type: ignore[attr-defined]

@@ -91,30 +91,31 @@ def tail(path: Path, lines: int = 40) -> str:
         return f"(no log: {e})"
 
 
-def live_group_members(pgid: int) -> list[int]:
-    """Pids in process group `pgid` that have not exited (zombies excluded)."""
+def live_group_members(pgid: int) -> dict[int, int]:
+    """Pid -> parent pid of the processes in group `pgid` that have not exited."""
     out = subprocess.run(
-        ["ps", "-A", "-o", "pid=", "-o", "pgid=", "-o", "stat="],
+        ["ps", "-A", "-o", "pid=", "-o", "ppid=", "-o", "pgid=", "-o", "stat="],
         capture_output=True, text=True, check=True,
     ).stdout
-    members = []
+    members = {}
     for line in out.splitlines():
-        pid, group, stat = line.split(maxsplit=2)
+        pid, ppid, group, stat = line.split(maxsplit=3)
         if int(group) == pgid and not stat.startswith("Z"):
-            members.append(int(pid))
+            members[int(pid)] = int(ppid)
     return members
 
 
 class ManagedProcess:
     """A child process in its own process group, with its output in a log file."""
 
-    # Whether stop() signals the children before the leader: right for the
-    # gcloud wrapper, which dies at once and would orphan its JVM; wrong for a
-    # gunicorn master, which would replace a worker killed under it.
-    stop_children_first = True
+    # Whether stop() signals the innermost processes and lets each parent exit
+    # after its child: right for gcloud -> bash -> JVM, where a parent killed
+    # first orphans the JVM; wrong for a gunicorn master, which would replace
+    # a worker killed under it.
+    stop_leaves_first = True
 
     def __init__(self, name: str, argv: list[str], log_path: Path,
-                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.log_path = log_path
         self.failed = False  # set when it did not come up; its log is then kept
@@ -122,7 +123,7 @@ class ManagedProcess:
         try:
             self.popen = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                env=env, cwd=cwd, start_new_session=True,
+                env=env, start_new_session=True,
             )
         except BaseException:
             self._log.close()
@@ -166,10 +167,10 @@ class ManagedProcess:
         pgid = self.popen.pid
         try:
             if self.popen.poll() is None:
-                if self.stop_children_first:
-                    for pid in live_group_members(pgid):
-                        if pid != pgid:
-                            _signal(pid, signal.SIGTERM)
+                if self.stop_leaves_first:
+                    members = live_group_members(pgid)
+                    for pid in set(members) - set(members.values()):  # the leaves
+                        _signal(pid, signal.SIGTERM)
                 else:
                     _signal(pgid, signal.SIGTERM)
                 try:
@@ -186,6 +187,9 @@ class ManagedProcess:
                 if time.monotonic() > deadline:
                     _signal_group(pgid, signal.SIGKILL)
                 time.sleep(0.1)
+        except BaseException:  # a second Ctrl-C while stopping: don't wait, kill
+            _signal_group(pgid, signal.SIGKILL)
+            raise
         finally:
             self._log.close()
 
@@ -309,8 +313,10 @@ def start_emulators(project: str) -> Emulators:
     """Start both emulators in parallel; if either fails, stop the other."""
     check_prerequisites()
     pool = ThreadPoolExecutor(max_workers=2)
-    futures = [pool.submit(start_firestore, project), pool.submit(start_pubsub, project)]
+    futures = []
     try:
+        futures.append(pool.submit(start_firestore, project))
+        futures.append(pool.submit(start_pubsub, project))
         firestore, pubsub = [future.result() for future in futures]
         return Emulators(project, firestore, pubsub)
     except BaseException:  # also Ctrl-C: wait for the other start, then stop it

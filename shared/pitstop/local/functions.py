@@ -22,7 +22,7 @@ START_TIMEOUT_S = 60.0
 class FunctionProcess(ManagedProcess):
     """A functions-framework server for one target; `url` takes the push requests."""
 
-    stop_children_first = False  # the gunicorn master stops its workers itself
+    stop_leaves_first = False  # the gunicorn master stops its workers itself
 
     def __init__(self, target: str, source: Path, port: int, env: dict[str, str],
                  log_path: Path) -> None:
@@ -76,8 +76,10 @@ def start_functions(targets: list[str], source: Path, env: dict[str, str] | None
     """Start several targets in parallel; if any fails, stop them all."""
     log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="pitstop-functions-"))
     pool = ThreadPoolExecutor(max_workers=max(1, len(targets)))
-    futures = {t: pool.submit(start_function, t, source, 0, env, log_dir) for t in targets}
+    futures = {}
     try:
+        for target in targets:
+            futures[target] = pool.submit(start_function, target, source, 0, env, log_dir)
         return {target: future.result() for target, future in futures.items()}
     except BaseException:
         for future in futures.values():

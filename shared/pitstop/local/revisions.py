@@ -81,7 +81,10 @@ class RevisionProcess:
                 raise RevisionFailed(f"Could not start {spec.argv[0]!r}: {e}") from e
         log.info(
             "revision process started",
-            extra={"revision": revision, "pid": self.pid, "port": self.port, "argv": spec.argv},
+            extra={
+                "revision": revision, "pid": self.pid, "port": self.port, "argv": spec.argv,
+                "stdout": str(self.stdout_path), "stderr": str(self.stderr_path),
+            },
         )
 
     @property

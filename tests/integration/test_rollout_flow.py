@@ -1,0 +1,231 @@
+"""The engine end to end on the real emulators: functions under functions-framework
+behind Pub/Sub push subscriptions, the local Cloud Run with real revision
+processes, the real Google clients. Health samples are published by the test,
+as an external probe would."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pitstop.local.build import build_image, ship
+from pitstop.local.payloads import cloud_build, health_sample, incident
+from pitstop.local.stack import Stack
+from pitstop.spec import load_spec
+from pitstop.store import Store
+
+pytestmark = pytest.mark.emulators
+REGION = "us-central1"
+
+
+@pytest.fixture(scope="module")
+def stack(emulators, tmp_path_factory):
+    with Stack(tmp_path_factory.mktemp("stack"), emulators=emulators, tick_interval=0.5) as running:
+        yield running
+    for process in running.functions.values():
+        print(f"--- {process.name}\n{Path(process.log_path).read_text()[-3000:]}")
+
+
+@pytest.fixture
+def store(stack) -> Store:
+    return Store.from_env(stack.project)
+
+
+def wait_for(what: str, predicate, timeout: float = 60, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def apply(store: Store, service: str, steps: str = "[{weight: 10, pause: 1s}, {weight: 50, pause: 1s}]") -> None:
+    spec = load_spec(f"service: {service}\nregions: [{REGION}]\nmatch: {{repo: {service}, branch: main}}\n"
+                     f"strategy: {{canary: {{steps: {steps}}}}}\nhealth: {{min_requests: 20}}\n")
+    store.put_spec(spec, "test", datetime.now(timezone.utc))
+
+
+def active(store: Store, service: str):
+    return store.active_rollout(service, REGION)
+
+
+def first_version(stack: Stack, store: Store, service: str) -> str:
+    ship(stack.state_dir, stack.project, service, "v1")
+    record = wait_for(f"{service} v1 stable", lambda: (store.service(service, REGION) or {}).get("stable_revision"))
+    return record
+
+
+def step_started(store: Store, service: str):
+    return wait_for(f"{service} canary step applied",
+                    lambda: (r := active(store, service)) and r.step_started_at and r)
+
+
+def probe(stack: Stack, r, revision: str, requests: int, errors: int, p99: float, source: str = "probe") -> dict:
+    now = datetime.now(timezone.utc)
+    sample = health_sample(r.service, revision, r.step_started_at, max(now, r.step_started_at + timedelta(
+        milliseconds=10)), requests, errors, p99, source=source)
+    stack.publish("pitstop-health", sample)
+    return sample
+
+
+def cloud_run_split(stack: Stack, service: str) -> dict[str, int]:
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import run_v2
+
+    client = run_v2.ServicesClient(credentials=AnonymousCredentials(), transport="rest",
+                                   client_options=ClientOptions(api_endpoint=stack.run_endpoint))
+    svc = client.get_service(name=f"projects/{stack.project}/locations/{REGION}/services/{service}")
+    return {t.revision: t.percent for t in svc.traffic_statuses}
+
+
+def test_build_drives_canary_to_100_then_bad_version_rolls_back(stack, store):
+    apply(store, "web")
+    v1 = first_version(stack, store, "web")
+    assert cloud_run_split(stack, "web") == {v1: 100}
+
+    ship(stack.state_dir, stack.project, "web", "v2")
+    r = step_started(store, "web")
+    assert (r.version, r.stable_revision, r.new_percent) == ("v2", v1, 10)
+    assert r.image.endswith(r.artifact.digest) and "@sha256:" in r.image, "deployed by digest"
+    while (r := store.rollout(r.id)).state != "succeeded":
+        assert r.state in ("progressing", "switching"), r.message
+        if r.step_started_at:
+            probe(stack, r, r.revision, 200, 1, 120)
+        time.sleep(0.5)
+    assert cloud_run_split(stack, "web")[r.revision] == 100
+    decisions = [e.decision for e in store.events(r.id)]
+    assert decisions[0] == "started" and "succeeded" in decisions
+    assert decisions.count("advanced") == 2, decisions
+    v2 = r.revision
+
+    ship(stack.state_dir, stack.project, "web", "v3")
+    r3 = step_started(store, "web")
+    assert r3.stable_revision == v2
+    probe(stack, r3, r3.revision, 300, 90, 140)
+    r3 = wait_for("v3 rolled back", lambda: (x := store.rollout(r3.id)).state == "rolled_back" and x)
+    split = cloud_run_split(stack, "web")
+    assert split[v2] == 100 and split[r3.revision] == 0
+    verdict = next(e for e in store.events(r3.id) if e.verdict and e.verdict.outcome == "fail").verdict
+    rate = next(c for c in verdict.checks if c.name == "error_rate")
+    assert (rate.measured, rate.threshold) == (0.3, 0.05)
+    assert "Automatically rolled back web to version v2" in r3.message
+    assert store.service("web", REGION)["stable_version"] == "v2"
+
+
+def test_duplicated_and_shuffled_delivery_ends_in_the_same_state_and_trail(stack, store):
+    results = {}
+    for service, doubled in (("once", False), ("twice", True)):
+        apply(store, service, steps="[{weight: 20, pause: 1h}]")
+        first_version(stack, store, service)
+        name, digest = build_image(stack.state_dir, stack.project, service, "v2")
+        build_id = f"{service}-0000-4000-8000-000000000002"
+        builds = [cloud_build(s, build_id=build_id, project=stack.project, repo=service, image=name, digest=digest,
+                              substitutions={"_VERSION": "v2"}) for s in ("QUEUED", "WORKING", "SUCCESS")]
+        rng = random.Random(7)
+        if doubled:
+            builds = builds * 2
+            rng.shuffle(builds)
+        for body in builds:
+            stack.publish("cloud-builds", body, buildId=build_id, status=body["status"])
+        r = step_started(store, service)
+        samples = [probe(stack, r, r.stable_revision, 500, 0, 100, source="stable-probe")]
+        time.sleep(1)  # the baseline first, as the sampler publishes it
+        samples = [health_sample(service, r.revision, r.step_started_at, r.step_started_at + timedelta(seconds=30),
+                                 n, 0, 110, source="probe") for n in (5, 100)]
+        alert = incident(service, r.revision, state="closed")
+        inputs = [("pitstop-health", s) for s in samples] + [("pitstop-alerts", alert)]
+        if doubled:
+            inputs = inputs * 2
+            rng.shuffle(inputs)
+        for topic, body in inputs:
+            stack.publish(topic, body)
+        expected_events = 6  # started, applied g1, step applied g2, baseline, 2 samples ... + alert closed
+        wait_for(f"{service} inputs recorded",
+                 lambda: len(store.events(r.id)) >= expected_events + 1, timeout=90)
+        time.sleep(2)  # let any duplicate land, if one were to be recorded
+        final = store.rollout(r.id)
+        results[service] = (final, store.events(r.id), len(store.recent(service)))
+    (once, once_trail, once_count), (twice, twice_trail, twice_count) = results["once"], results["twice"]
+    assert once_count == twice_count == 2, "one rollout per build, however often it is delivered"
+    fields = ("state", "step", "desired_generation", "observed_generation")
+    assert [getattr(twice, f) for f in fields] == [getattr(once, f) for f in fields]
+    assert twice.new_percent == once.new_percent == 20
+    assert twice.verdict.outcome == once.verdict.outcome == "pass"
+
+    def trail(events):
+        return sorted((e.input, e.decision) for e in events)
+    assert trail(twice_trail) == trail(once_trail)
+    assert len({e.id for e in twice_trail}) == len(twice_trail)
+
+
+def _log_lines(stack: Stack, target: str) -> list[dict]:
+    lines = []
+    for line in Path(stack.functions[target].log_path).read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return lines
+
+
+def _snapshot(store: Store) -> dict:
+    out = {}
+    for name in ("rollouts", "services", "specs"):
+        for snap in store.db.collection(name).stream():
+            out[f"{name}/{snap.id}"] = snap.to_dict()
+            if name == "rollouts":
+                out[f"{name}/{snap.id}/events"] = sorted(s.id for s in snap.reference.collection("events").stream())
+    return out
+
+
+def test_malformed_messages_are_logged_acknowledged_and_change_nothing(stack, store):
+    apply(store, "shop")
+    first_version(stack, store, "shop")
+    ship(stack.state_dir, stack.project, "shop", "v2")
+    r = step_started(store, "shop")
+    time.sleep(1)
+    before = _snapshot(store)
+
+    no_digest = cloud_build("SUCCESS", project=stack.project, repo="shop", with_images=False)
+    bad = [
+        ("cloud-builds", b"{not json", "on_build", "data is not JSON"),
+        ("cloud-builds", json.dumps({"id": "b-1", "status": "EXPLODED"}).encode(), "on_build", "status"),
+        ("cloud-builds", json.dumps(no_digest).encode(), "on_build", "carries no image digest"),
+        ("pitstop-health", json.dumps({"service": "shop", "revision": r.revision}).encode(), "on_health",
+         "request_count: Field required"),
+        ("pitstop-health", json.dumps(health_sample("nosuch", "nosuch-1", r.step_started_at, r.step_started_at
+                                                    + timedelta(seconds=5), 100, 50, 10)).encode(), "on_health",
+         "no active rollout"),
+        ("pitstop-commands", json.dumps({"action": "launch", "service": "shop"}).encode(), "on_command", "action"),
+        ("pitstop-alerts", json.dumps({"version": "1.2"}).encode(), "on_alert", "without an 'incident'"),
+    ]
+    for topic, data, _, _ in bad:
+        stack.publish(topic, data)
+    # What a push with broken base64 looks like; the emulator never makes one, a broken proxy could.
+    push = {"message": {"data": "@@not-base64@@", "messageId": "bad-b64-1", "attributes": {}},
+            "subscription": "projects/x/subscriptions/y"}
+    answer = httpx.post(stack.functions["on_build"].url, json=push,
+                        headers={"ce-id": "bad-b64-1", "ce-specversion": "1.0", "ce-source": "test",
+                                 "ce-type": "google.cloud.pubsub.topic.v1.messagePublished"})
+    assert answer.status_code < 300, "acknowledged, so Pub/Sub does not redeliver it forever"
+
+    for _, _, target, reason in bad + [(None, None, "on_build", "not valid base64")]:
+        wait_for(f"{target} to log {reason!r}",
+                 lambda: any(reason in line.get("message", "") for line in _log_lines(stack, target)), timeout=30)
+    time.sleep(3)  # a message answered non-2xx would be redelivered within a second or two
+    for _, _, target, reason in bad:
+        hits = [line for line in _log_lines(stack, target) if reason in line.get("message", "")]
+        assert len(hits) == 1, f"{reason!r} logged {len(hits)} times: the message was redelivered"
+        assert hits[0]["severity"] in ("ERROR", "WARNING")
+    assert _snapshot(store) == before
+    assert store.db.collection("builds").document(no_digest["id"]).get().to_dict()["outcome"] == "rejected"
