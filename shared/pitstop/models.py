@@ -447,7 +447,7 @@ class AuditEvent(Model):
     actor: str
     decision: str  # short verb: started, advanced, held, rolled_back, ignored, ...
     reasons: list[str]
-    state_before: str | None
+    state_before: str | None = None
     state_after: str
     traffic_before: str | None = None
     traffic_after: str | None = None

@@ -189,7 +189,7 @@ def _snapshot(store: Store) -> dict:
 
 
 def test_malformed_messages_are_logged_acknowledged_and_change_nothing(stack, store):
-    apply(store, "shop")
+    apply(store, "shop", steps="[{weight: 10, pause: 1h}]")  # nothing moves by the clock
     first_version(stack, store, "shop")
     ship(stack.state_dir, stack.project, "shop", "v2")
     r = step_started(store, "shop")
