@@ -24,6 +24,7 @@ REVISION = os.environ.get("K_REVISION", "local")
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes; don't hold the body for an ACK
 
     def log_message(self, *args) -> None:  # the router logs requests; keep stderr for errors
         pass

@@ -329,7 +329,7 @@ def _tick(p: _Plan) -> Decision:
         return _advance(p, "the step's pause is over and the last verdict was healthy")
     if r.hold_until is None:
         deadline = r.next_step_at + timedelta(seconds=r.health.no_data_timeout)
-        p.set(hold_until=deadline)
+        p.set(hold_until=deadline, message=f"Holding at {r.new_percent} %: no conclusive health verdict yet.")
         why = r.verdict.rule if r.verdict else "no health sample for this step yet"
         p.reasons.append(f"inconclusive ({why}); holding at {r.new_percent} % until {deadline:%H:%M:%S} UTC "
                          f"for a conclusive verdict: pitstop never promotes on no data")
@@ -356,7 +356,8 @@ def _command(p: _Plan, c: Command) -> Decision:
         if r.state not in ("verifying", "progressing", "baking") or not r.applied:
             return p.ignore(f"only a verifying, progressing or baking rollout whose split is applied can be "
                             f"paused; this one is {r.state}")
-        p.set(state="paused", paused_from=r.state, hold_until=p.now + timedelta(seconds=r.max_hold))
+        p.set(state="paused", paused_from=r.state, hold_until=p.now + timedelta(seconds=r.max_hold),
+              message=f"Paused by {c.actor} at {r.new_percent} %.")
         p.reasons.append(f"paused by {c.actor} at {r.new_percent} %; it rolls back if not resumed by "
                          f"{r.hold_until or p.now + timedelta(seconds=r.max_hold):%Y-%m-%d %H:%M} UTC")
         return p.done("paused")
@@ -422,6 +423,7 @@ def _enter_step(p: _Plan, step: int) -> Decision:
     p.set(state="progressing", step=step, step_started_at=None, next_step_at=None, hold_until=None, verdict=None)
     p.split(_with_new(r, weight))
     p.reasons.append(f"step {step + 1} of {len(r.strategy.canary.steps)}: {weight} % to {r.revision}")
+    p.set(message=f"Canary of version {r.version} at {weight} % (step {step + 1} of {len(r.strategy.canary.steps)}).")
     return p.done("advanced")
 
 
@@ -430,6 +432,7 @@ def _verify(p: _Plan) -> Decision:
     p.set(state="verifying", verdict=None, hold_until=None)
     _start_clock(p, r.strategy.blue_green.verify)
     p.reasons.append(f"verifying {r.revision} at 0 % on its tagged URL for {r.strategy.blue_green.verify}s")
+    p.set(message=f"Verifying version {r.version} at 0 % on its tagged URL.")
     return p.done("verifying")
 
 
@@ -439,6 +442,7 @@ def _switch(p: _Plan, why: str) -> Decision:
     targets = [Target(revision=r.revision, percent=100, tag="stable" if r.kind == "canary" else "green")]
     if r.stable_revision:  # keep the old revision addressable for an instant rollback
         targets.append(Target(revision=r.stable_revision, percent=0, tag="previous" if r.kind == "canary" else "blue"))
+    p.set(message=f"Switching all traffic to version {r.version}.")
     p.set(state="switching", step=len(r.strategy.canary.steps) if r.strategy.canary else 0,
           step_started_at=None, next_step_at=None, hold_until=None, verdict=None)
     p.split(targets)

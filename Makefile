@@ -1,0 +1,32 @@
+# The two commands a newcomer types: `make demo` and `make test`.
+# Each sets up what it needs first (a venv in .venv, checkov in .venv-checkov).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CHECKOV_VENV := .venv-checkov
+
+.PHONY: demo test setup bench clean
+
+demo: setup
+	$(BIN)/pitstop demo
+
+test: setup $(CHECKOV_VENV)/bin/checkov
+	CHECKOV_BIN=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/rollback_reaction.py
+
+setup: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(CHECKOV_VENV)/bin/checkov:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet checkov
+
+clean:
+	rm -rf $(VENV) $(CHECKOV_VENV) .pitstop build

@@ -1,0 +1,396 @@
+"""The `pitstop` command: register specs, watch rollouts, steer them, run the local stack.
+
+Operator commands travel the same road as on GCP: they are published to
+`pitstop-commands`, the `on_command` function decides, and the CLI waits for
+the audit event to say what was decided and why.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="pitstop: progressive delivery for Cloud Run.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+dev = typer.Typer(help="The whole system on this machine: emulators, functions, local Cloud Run.",
+                  no_args_is_help=True)
+app.add_typer(dev, name="dev")
+# Piped output (CI, less) gets wide lines instead of an 80-column wrap.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+
+DEV_DIR = Path(".pitstop")
+DEV_ENV = DEV_DIR / "dev.env"
+DEV_PID = DEV_DIR / "dev.pid"
+
+
+# ---------------------------------------------------------------- environment
+
+def _load_dev_env() -> None:
+    """After `pitstop dev up`, talk to the local stack unless a project is configured."""
+    if os.environ.get("GOOGLE_CLOUD_PROJECT") or not DEV_ENV.exists():
+        return
+    for line in DEV_ENV.read_text().splitlines():
+        if line.startswith("export "):
+            key, _, value = line.removeprefix("export ").partition("=")
+            os.environ.setdefault(key, value.strip("'\""))
+    err.print(f"[dim](local stack: {DEV_ENV})[/dim]")
+
+
+@functools.cache
+def _config():
+    from pitstop.config import Config
+
+    _load_dev_env()
+    try:
+        return Config.from_env()
+    except RuntimeError as e:
+        _fail(f"{e}. Export it, or start the local stack with `pitstop dev up`.")
+
+
+def _store():
+    from pitstop.store import Store
+
+    return Store.from_env(_config().project)
+
+
+def _fail(message: str, code: int = 1):
+    err.print(f"[bold red]error:[/bold red] {message}")
+    raise typer.Exit(code)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _actor() -> str:
+    return os.environ.get("PITSTOP_ACTOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+# ---------------------------------------------------------------- specs
+
+@app.command()
+def apply(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="rollout spec (YAML)"),
+          dry_run: bool = typer.Option(False, "--dry-run", help="validate only")) -> None:
+    """Register (or replace) a rollout spec."""
+    from pitstop.spec import SpecError, load_spec_file
+
+    try:
+        spec = load_spec_file(file)
+    except SpecError as e:
+        _fail(str(e))
+    kind = spec.strategy.kind.replace("_", "-")
+    steps = " → ".join(f"{s.weight}%" for s in spec.strategy.canary.steps) + " → 100%" if spec.strategy.canary \
+        else f"verify {spec.strategy.blue_green.verify}s, bake {spec.strategy.blue_green.bake}s"
+    summary = f"{spec.service} ({spec.environment}) in {', '.join(spec.regions)}: {kind} {steps}"
+    if dry_run:
+        console.print(f"valid: {summary}")
+        return
+    _store().put_spec(spec, _actor(), _now())
+    console.print(f"applied spec [bold]{spec.key}[/bold]: {summary}")
+
+
+# ---------------------------------------------------------------- reading
+
+@app.command()
+def status(service: Optional[str] = typer.Argument(None, help="only this service"),
+           as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+           watch: bool = typer.Option(False, "--watch", "-w", help="live view until Ctrl-C"),
+           limit: int = typer.Option(10, help="how many recent rollouts")) -> None:
+    """Active and recent rollouts: service, version, state, step, split."""
+    from pitstop import render
+
+    store = _store()
+    if as_json:
+        print(json.dumps([render.rollout_row(r) for r in store.recent(service, limit)], indent=2))
+        return
+    if not watch:
+        rollouts = store.recent(service, limit)
+        if not rollouts:
+            console.print("no rollouts yet" + (f" for {service}" if service else ""))
+            return
+        console.print(render.rollouts_table(rollouts))
+        return
+    _watch(store, service, limit)
+
+
+def _watch(store, service: Optional[str], limit: int) -> None:
+    from rich.console import Group
+    from rich.live import Live
+
+    from pitstop import render
+
+    def frame():
+        rollouts = store.recent(service, limit)
+        focus = next((r for r in rollouts if r.state not in ("succeeded", "rolled_back", "failed", "superseded")),
+                     rollouts[0] if rollouts else None)
+        if focus is None:
+            return render.rollouts_table([], "no rollouts yet")
+        return Group(render.rollout_detail(focus, store.events(focus.id)), render.rollouts_table(rollouts))
+
+    try:
+        with Live(frame(), console=console, refresh_per_second=2, screen=False) as live:
+            while True:
+                time.sleep(1)
+                live.update(frame())
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def history(service: str = typer.Argument(..., help="service name"),
+            rollout: Optional[str] = typer.Option(None, help="one rollout id (default: the latest)"),
+            as_json: bool = typer.Option(False, "--json"),
+            all_rollouts: bool = typer.Option(False, "--all", help="every recent rollout of the service")) -> None:
+    """The audit trail: every input, decision, reason and traffic change."""
+    from pitstop import render
+
+    store = _store()
+    rollouts = [store.rollout(rollout)] if rollout else store.recent(service, 10 if all_rollouts else 1)
+    rollouts = [r for r in rollouts if r is not None]
+    if not rollouts:
+        _fail(f"no rollout of {service} found")
+    out = []
+    for r in rollouts:
+        events = store.events(r.id)
+        if as_json:
+            out.append({"rollout": render.rollout_row(r), "events": [render.event_row(e) for e in events]})
+        else:
+            console.print(render.events_table(events, title=f"{r.id}: {r.service} {r.version} — {r.state}"))
+            console.print(f"[dim]{r.message}[/dim]\n")
+    if as_json:
+        print(json.dumps(out, indent=2))
+
+
+# ---------------------------------------------------------------- operator commands
+
+def _command(action: str, target: str, wait: float, **fields) -> None:
+    from pitstop.bus import Bus
+
+    config = _config()
+    store = _store()
+    command = {"id": f"cmd-{uuid.uuid4().hex[:16]}", "action": action, "actor": _actor(), **fields}
+    rollout = store.rollout(target)
+    if rollout:
+        command["rollout_id"] = rollout.id
+        watch = [rollout.id]
+    else:
+        command["service"] = target
+        records = [s for s in store.services() if s.get("service") == target]
+        if not records:
+            _fail(f"{target} is neither a rollout id nor a service pitstop has deployed")
+        if action == "rollback" and fields.get("to_version"):
+            suffix = command["id"][-12:]
+            watch = [f"{target}-{s['region']}-{suffix}".lower() for s in records]
+        else:
+            watch = [s["active_rollout"] for s in records if s.get("active_rollout")]
+            if not watch:
+                _fail(f"{target} has no rollout in progress; nothing to {action}")
+    Bus(config.project).publish("pitstop-commands", {k: v for k, v in command.items() if v is not None})
+    console.print(f"sent {action} ({command['id']}) for {target}")
+    if wait <= 0:
+        return
+    deadline = time.monotonic() + wait
+    pending = set(watch)
+    while pending and time.monotonic() < deadline:
+        for rollout_id in list(pending):
+            event = next((e for e in store.events(rollout_id) if e.id == command["id"]), None)
+            if event:
+                pending.discard(rollout_id)
+                style = "yellow" if event.decision == "ignored" else "green"
+                console.print(f"[{style}]{rollout_id}: {event.decision}[/{style}] (now {event.state_after}). "
+                              + "; ".join(event.reasons))
+        time.sleep(0.3)
+    if pending:
+        _fail(f"no decision recorded within {wait:.0f}s for {', '.join(sorted(pending))}; the command is queued "
+              f"on pitstop-commands and will be handled when on_command runs. Check `pitstop history {target}`.", 2)
+
+
+TARGET = typer.Argument(..., help="rollout id, or a service name for its rollout in progress")
+WAIT = typer.Option(30.0, help="seconds to wait for the decision (0: don't wait)")
+REASON = typer.Option(None, "--reason", "-m", help="recorded in the audit trail")
+
+
+@app.command()
+def promote(target: str = TARGET, full: bool = typer.Option(False, "--full", help="straight to 100 %"),
+            reason: Optional[str] = REASON, wait: float = WAIT) -> None:
+    """Go to the next step now (or to 100 % with --full)."""
+    _command("promote", target, wait, full=full, reason=reason)
+
+
+@app.command()
+def pause(target: str = TARGET, reason: Optional[str] = REASON, wait: float = WAIT) -> None:
+    """Hold at the current step (rolls back if left paused past the spec's max_hold)."""
+    _command("pause", target, wait, reason=reason)
+
+
+@app.command()
+def resume(target: str = TARGET, reason: Optional[str] = REASON, wait: float = WAIT) -> None:
+    """Continue a paused rollout."""
+    _command("resume", target, wait, reason=reason)
+
+
+@app.command()
+def abort(target: str = TARGET, reason: Optional[str] = REASON, wait: float = WAIT) -> None:
+    """Roll back now: all traffic to the stable revision."""
+    _command("abort", target, wait, reason=reason)
+
+
+@app.command()
+def approve(target: str = TARGET, reason: Optional[str] = REASON, wait: float = WAIT) -> None:
+    """Let a rollout waiting at an approval gate continue."""
+    _command("approve", target, wait, reason=reason)
+
+
+@app.command()
+def rollback(target: str = TARGET, to: Optional[str] = typer.Option(None, "--to", help="an earlier good version"),
+             reason: Optional[str] = REASON, wait: float = WAIT) -> None:
+    """Roll back the rollout in progress, or with --to VERSION switch straight to an earlier good version."""
+    _command("rollback", target, wait, to_version=to, reason=reason)
+
+
+# ---------------------------------------------------------------- local stack and demo
+
+@dev.command("up")
+def dev_up(tick: float = typer.Option(1.0, help="seconds between ticks (Cloud Scheduler stand-in)"),
+           detach: bool = typer.Option(False, "--detach", "-d", help="run in the background; stop with `dev down`"),
+           state_dir: Path = typer.Option(DEV_DIR / "state", help="local images, revision logs")) -> None:
+    """Start the local stack and print the environment to export."""
+    if DEV_PID.exists() and _alive(int(DEV_PID.read_text())):
+        _fail(f"the local stack is already running (pid {DEV_PID.read_text().strip()}); `pitstop dev down` first")
+    if detach:
+        DEV_DIR.mkdir(exist_ok=True)
+        DEV_ENV.unlink(missing_ok=True)
+        with open(DEV_DIR / "dev.log", "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "pitstop.cli", "dev", "up", "--tick", str(tick),
+                                     "--state-dir", str(state_dir)], stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        deadline = time.monotonic() + 180
+        while not DEV_ENV.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                _fail(f"the local stack did not start; see {DEV_DIR / 'dev.log'}:\n"
+                      + "\n".join((DEV_DIR / "dev.log").read_text().splitlines()[-15:]))
+            time.sleep(0.3)
+        console.print(DEV_ENV.read_text().rstrip())
+        console.print(f"[green]local stack running in the background (pid {proc.pid}); "
+                      f"`pitstop dev down` stops it[/green]")
+        return
+    _run_stack(tick, state_dir)
+
+
+def _run_stack(tick: float, state_dir: Path) -> None:
+    from pitstop.local.emulators import MissingTool
+    from pitstop.local.stack import Stack
+
+    stop = {"now": False}
+
+    def on_signal(*_):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    stack = Stack(state_dir.resolve(), tick_interval=tick)
+    try:
+        stack.start()
+    except MissingTool as e:
+        _fail(str(e))
+    try:
+        DEV_DIR.mkdir(exist_ok=True)
+        env = {**stack.env, "GOOGLE_CLOUD_PROJECT": stack.project, "PITSTOP_LOCAL_STATE": str(stack.state_dir)}
+        lines = "\n".join(f"export {k}={v}" for k, v in sorted(env.items()))
+        DEV_PID.write_text(str(os.getpid()))
+        DEV_ENV.write_text(lines + "\n")
+        console.print(lines)
+        console.print(f"functions: " + ", ".join(f"{t} {p.url}" for t, p in stack.functions.items()))
+        console.print(f"logs: {state_dir / 'logs'}  •  Ctrl-C or `pitstop dev down` stops everything")
+        while not stop["now"]:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        DEV_ENV.unlink(missing_ok=True)
+        DEV_PID.unlink(missing_ok=True)
+        stack.stop()
+        console.print("local stack stopped")
+
+
+@dev.command("ship")
+def dev_ship(version: str = typer.Argument(..., help="version to build, e.g. v2"),
+             repo: str = typer.Option("web", help="the repo name the build reports (a spec matches on it)"),
+             env: list[str] = typer.Option([], "--env", "-e", help="behaviour of the example app, e.g. FAIL_RATE=0.3"),
+             fail: bool = typer.Option(False, "--fail", help="the build itself fails")) -> None:
+    """Build a version of the example app locally and publish its Cloud Build messages."""
+    from pitstop.local.build import ship
+
+    config = _config()
+    state = os.environ.get("PITSTOP_LOCAL_STATE")
+    if not state or not os.environ.get("PUBSUB_EMULATOR_HOST"):
+        _fail("no local stack: start it with `pitstop dev up --detach`")
+    behaviour = dict(item.split("=", 1) for item in env)
+    build_id = ship(Path(state), config.project, repo, version, behaviour, fail=fail)
+    console.print(f"build {build_id}: {repo} {version} published QUEUED, WORKING, {'FAILURE' if fail else 'SUCCESS'}")
+
+
+@dev.command("down")
+def dev_down() -> None:
+    """Stop a local stack started with `pitstop dev up --detach` (or in another terminal)."""
+    if not DEV_PID.exists():
+        console.print("no local stack is running")
+        return
+    pid = int(DEV_PID.read_text())
+    if _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        if _alive(pid):
+            _fail(f"the local stack (pid {pid}) did not stop within 60 s; it is still running")
+    DEV_PID.unlink(missing_ok=True)
+    DEV_ENV.unlink(missing_ok=True)
+    console.print("local stack stopped")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie has exited; it only waits to be reaped
+        return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") < 0
+    except OSError:
+        return True
+
+
+@app.command()
+def demo(rps: float = typer.Option(50.0, help="steady load on the service, requests per second")) -> None:
+    """Run a real rollout on this machine: v1, then v2 promoted, then a bad v3 rolled back."""
+    from pitstop.local.demo import run_demo
+
+    raise typer.Exit(run_demo(rps=rps, console=console))
+
+
+@app.command()
+def package(out_dir: Path = typer.Argument(Path("build/functions"), help="where to write the bundle")) -> None:
+    """Build the Cloud Functions source bundle (main.py, pitstop/, requirements.txt)."""
+    from pitstop.package import build_bundle
+
+    path = build_bundle(out_dir)
+    console.print(f"functions bundle written to {path}")
+
+
+if __name__ == "__main__":
+    app()

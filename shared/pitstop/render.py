@@ -1,0 +1,128 @@
+"""How rollouts and their audit trail look in a terminal (rich) and as JSON."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from pitstop.models import AuditEvent, Rollout, Verdict
+
+STATE_STYLE = {
+    "succeeded": "green", "rolled_back": "yellow", "rolling_back": "yellow", "failed": "bold red",
+    "paused": "magenta", "awaiting_approval": "magenta", "superseded": "dim",
+}
+
+
+def step_label(r: Rollout) -> str:
+    if r.strategy.canary and r.kind == "canary":
+        steps = r.strategy.canary.steps
+        if r.state in ("progressing", "paused", "awaiting_approval") and r.step < len(steps):
+            return f"{r.step + 1}/{len(steps)} ({steps[r.step].weight}%)"
+        return f"{min(r.step, len(steps))}/{len(steps)}"
+    return r.kind.replace("_", "-")
+
+
+def split_label(r: Rollout) -> str:
+    return ", ".join(f"{t.tag or t.revision} {t.percent}%" for t in r.desired)
+
+
+def rollout_row(r: Rollout) -> dict[str, Any]:
+    return {
+        "id": r.id, "service": r.service, "region": r.region, "environment": r.environment, "version": r.version,
+        "revision": r.revision, "state": r.state, "step": step_label(r),
+        "split": {t.revision: t.percent for t in r.desired},
+        "split_applied": r.applied, "stable_version": r.stable_version, "message": r.message,
+        "created_at": r.created_at.isoformat(), "updated_at": r.updated_at.isoformat(),
+        "verdict": r.verdict.model_dump(mode="json") if r.verdict else None,
+    }
+
+
+def rollouts_table(rollouts: list[Rollout], title: str = "Rollouts") -> Table:
+    table = Table(title=title, title_justify="left", expand=False)
+    for col in ("rollout", "service", "region", "version", "state", "step", "split", "updated"):
+        table.add_column(col)
+    for r in rollouts:
+        split = split_label(r) + ("" if r.applied else " (applying)")
+        table.add_row(r.id, r.service, r.region, r.version, Text(r.state, style=STATE_STYLE.get(r.state, "cyan")),
+                      step_label(r), split, _ago(r.updated_at))
+    return table
+
+
+def verdict_text(v: Verdict) -> Text:
+    style = {"pass": "green", "fail": "red", "inconclusive": "yellow"}[v.outcome]
+    text = Text(f"{v.outcome.upper()}", style=f"bold {style}")
+    text.append(f"  {v.rule}\n")
+    for c in v.checks:
+        mark = {True: "ok", False: "over", None: "n/a"}[c.passed]
+        text.append(f"    {c.name:<26} {_num(c.measured):>10}  limit {_num(c.threshold):>8}  {mark}\n",
+                    style="red" if c.passed is False else "")
+    text.append(f"    window {v.window_start:%H:%M:%S}–{v.window_end:%H:%M:%S} UTC, {v.request_count} requests, "
+                f"source {v.source}", style="dim")
+    return text
+
+
+def rollout_detail(r: Rollout, events: list[AuditEvent]) -> Group:
+    head = Text()
+    head.append(f"{r.service}", style="bold")
+    head.append(f"  {r.region}  {r.environment}  rollout {r.id}\n")
+    head.append("version   ", style="dim")
+    head.append(f"{r.version} ({r.revision}), stable {r.stable_version or '-'} ({r.stable_revision or '-'})\n")
+    head.append("state     ", style="dim")
+    head.append(r.state, style=STATE_STYLE.get(r.state, "bold cyan"))
+    head.append(f"   step {step_label(r)}\n")
+    head.append("traffic   ", style="dim")
+    head.append(split_label(r) + ("" if r.applied else f"  (generation {r.desired_generation} being applied)") + "\n")
+    if r.next_step_at and r.state not in ("succeeded", "rolled_back"):
+        head.append("next step ", style="dim")
+        head.append(f"{r.next_step_at:%H:%M:%S} UTC (needs a healthy verdict)\n")
+    if r.hold_until:
+        head.append("hold until ", style="dim")
+        head.append(f"{r.hold_until:%Y-%m-%d %H:%M:%S} UTC\n")
+    head.append("message   ", style="dim")
+    head.append(r.message + "\n")
+    parts: list[Any] = [head]
+    if r.verdict:
+        parts.append(Text("last verdict", style="dim"))
+        parts.append(verdict_text(r.verdict))
+    parts.append(events_table(events[-8:], title="recent decisions", compact=True))
+    return Group(*parts)
+
+
+def events_table(events: list[AuditEvent], title: str = "Audit trail", compact: bool = False) -> Table:
+    """The full trail, or (compact) one line per decision for a live view."""
+    table = Table(title=title, title_justify="left", show_lines=False)
+    columns = ("at (UTC)", "decision", "state", "why") if compact else \
+        ("at (UTC)", "input", "actor", "decision", "state", "traffic after", "why")
+    for col in columns:
+        table.add_column(col, overflow="ellipsis" if compact else "fold", no_wrap=compact and col == "why")
+    for e in events:
+        state = e.state_after if e.state_before == e.state_after else f"{e.state_before or '-'} → {e.state_after}"
+        why = "; ".join(e.reasons)
+        if compact:
+            table.add_row(f"{e.at:%H:%M:%S}", e.decision, state, why)
+        else:
+            table.add_row(f"{e.at:%H:%M:%S}", e.input, e.actor, e.decision, state, e.traffic_after or "", why)
+    return table
+
+
+def event_row(e: AuditEvent) -> dict[str, Any]:
+    return e.model_dump(mode="json", exclude_none=True)
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}"
+
+
+def _ago(t: datetime) -> str:
+    seconds = int((datetime.now(timezone.utc) - t).total_seconds())
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{t:%Y-%m-%d %H:%M}"
