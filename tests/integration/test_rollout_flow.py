@@ -229,3 +229,56 @@ def test_malformed_messages_are_logged_acknowledged_and_change_nothing(stack, st
         assert hits[0]["severity"] in ("ERROR", "WARNING")
     assert _snapshot(store) == before
     assert store.db.collection("builds").document(no_digest["id"]).get().to_dict()["outcome"] == "rejected"
+
+
+def _cli(stack: Stack, *args: str):
+    from typer.testing import CliRunner
+
+    from pitstop.cli import _config, app
+
+    _config.cache_clear()
+    result = CliRunner().invoke(app, list(args), env={"GOOGLE_CLOUD_PROJECT": stack.project,
+                                                      "PITSTOP_ACTOR": "alice"})
+    return result
+
+
+def test_operator_cli_alert_and_rollback_to_an_earlier_version(stack, store, tmp_path):
+    spec = tmp_path / "api.yaml"
+    spec.write_text(f"service: api\nregions: [{REGION}]\nmatch: {{repo: api, branch: main}}\n"
+                    "strategy: {canary: {steps: [{weight: 10, pause: 1h}, {weight: 40, pause: 1h}]}}\n")
+    result = _cli(stack, "apply", str(spec))
+    assert result.exit_code == 0 and "applied spec api--production" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("service: api\nregions: [r]\nmatch: {repo: api}\nstrategy: {canary: {steps: [{weight: 0}]}}\n")
+    result = _cli(stack, "apply", str(bad))
+    assert result.exit_code == 1 and "strategy.canary.steps.0.weight" in result.output
+
+    v1 = first_version(stack, store, "api")
+    ship(stack.state_dir, stack.project, "api", "v2")
+    r = step_started(store, "api")
+    result = _cli(stack, "promote", "api", "-m", "dashboards look fine")
+    assert result.exit_code == 0, result.output
+    assert "advanced" in result.output and "promoted by alice" in result.output
+    wait_for("40 % applied", lambda: (x := store.rollout(r.id)).applied and x.new_percent == 40)
+    result = _cli(stack, "promote", r.id, "--full")
+    assert result.exit_code == 0 and "switching" in result.output, result.output
+    wait_for("v2 succeeded", lambda: store.rollout(r.id).state == "succeeded")
+
+    ship(stack.state_dir, stack.project, "api", "v3")
+    r3 = step_started(store, "api")
+    stack.publish("pitstop-alerts", incident("api", r3.revision, project=stack.project, incident_id="0.abc"))
+    r3 = wait_for("alert rollback", lambda: (x := store.rollout(r3.id)).state == "rolled_back" and x)
+    assert "A Cloud Monitoring alert fired for the new version" in r3.message
+
+    result = _cli(stack, "rollback", "api", "--to", "v1", "-m", "v2 leaks memory")
+    assert result.exit_code == 0, result.output
+    assert "rollback_to" in result.output
+    wait_for("v1 serving again", lambda: cloud_run_split(stack, "api").get(v1) == 100)
+    assert store.service("api", REGION)["stable_version"] == "v1"
+
+    result = _cli(stack, "status", "api", "--json")
+    rows = json.loads(result.output[result.output.index("["):])
+    assert [row["version"] for row in rows[:3]] == ["v1", "v3", "v2"]
+    assert rows[0]["state"] == "succeeded" and rows[1]["state"] == "rolled_back"
+    result = _cli(stack, "history", "api", "--rollout", r3.id)
+    assert result.exit_code == 0 and "rolling_back" in result.output and "alert" in result.output

@@ -1,7 +1,8 @@
 """Topics and push subscriptions that connect the local functions to the Pub/Sub emulator.
 
-On GCP, Terraform creates the topics and Eventarc the push subscriptions;
-locally, wire() does both with the real client against the emulator.
+On GCP, Terraform creates the topics and one push subscription per function
+(terraform/pubsub.tf); locally, wire() does both with the real client against
+the emulator.
 """
 
 from __future__ import annotations
