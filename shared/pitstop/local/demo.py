@@ -44,7 +44,10 @@ if TYPE_CHECKING:
 SERVICE = "web"
 REGION = "us-central1"
 SPEC = Path(__file__).resolve().parents[3] / "examples" / "web" / "rollout.yaml"
-BAD_VERSION_ENV = {"FAIL_RATE": "0.3"}  # v3: 30 % of requests answer 500
+# Every version answers in about 40 ms, like a small real service: the jitter of
+# a busy laptop (a few ms) then stays far inside the +50 % p99 rule.
+HEALTHY = {"LATENCY_MS": "40"}
+BAD = {**HEALTHY, "FAIL_RATE": "0.3"}  # v3: 30 % of its requests answer 500
 MIN_RPS, MAX_RPS = 10.0, 500.0  # the 10 % step needs 20 requests before its hold runs out
 FIRST_DEPLOY_TIMEOUT_S = 90.0
 ROLLOUT_TIMEOUT_S = 150.0
@@ -61,14 +64,14 @@ class DemoFailed(Exception):
 
 
 class RouteWatcher:
-    """Records every change of one service's routing table, polled every ROUTE_POLL_S.
+    """Records every change of one service's routing table, polled every `every` seconds.
 
     This is "as seen by the router": the table a new request is routed by.
     Changes are (epoch seconds first seen, {revision: percent}).
     """
 
-    def __init__(self, router: Router, service_name: str) -> None:
-        self._router, self._name = router, service_name
+    def __init__(self, router: Router, service_name: str, every: float = ROUTE_POLL_S) -> None:
+        self._router, self._name, self.every = router, service_name, every
         self.changes: list[tuple[float, dict[str, int]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="route-watcher", daemon=True)
@@ -87,7 +90,7 @@ class RouteWatcher:
 
     def _poll(self) -> None:
         last = None
-        while not self._stop.wait(ROUTE_POLL_S):
+        while not self._stop.wait(self.every):
             routes = self._router.routes(self._name)
             if routes is not last:  # tables are replaced whole, never changed in place
                 last = routes
@@ -257,7 +260,7 @@ def run_scenario(stack: Stack, rps: float, view: View) -> Report:
         store.put_spec(spec, "pitstop demo", datetime.now(timezone.utc))
         steps = " → ".join(f"{s.weight} % ({s.pause}s)" for s in spec.strategy.canary.steps)
         view.say(f"{_clock()} registered {SPEC.name}: canary {steps} → 100 %")
-        v1 = _ship_and_wait(stack, store, None, view, "v1", {}, "succeeded", FIRST_DEPLOY_TIMEOUT_S)
+        v1 = _ship_and_wait(stack, store, None, view, "v1", HEALTHY, "succeeded", FIRST_DEPLOY_TIMEOUT_S)
         report.v1_revision = v1.revision
         view.versions[v1.revision] = "v1"
         view.url = service_uri(stack)
@@ -265,9 +268,9 @@ def run_scenario(stack: Stack, rps: float, view: View) -> Report:
                 Load(view.url, rps, max_duration_s=LOAD_LIMIT_S) as load:
             view.say(f"{_clock()} load: {rps:g} requests/s on {view.url}")
             watch = (metrics, load.started_at)
-            report.v2 = _ship_and_wait(stack, store, watch, view, "v2", {}, "succeeded", ROLLOUT_TIMEOUT_S)
+            report.v2 = _ship_and_wait(stack, store, watch, view, "v2", HEALTHY, "succeeded", ROLLOUT_TIMEOUT_S)
             report.split_after_v2 = cloud_run_split(stack)
-            report.v3 = _ship_and_wait(stack, store, watch, view, "v3", BAD_VERSION_ENV, "rolled_back",
+            report.v3 = _ship_and_wait(stack, store, watch, view, "v3", BAD, "rolled_back",
                                        ROLLOUT_TIMEOUT_S)
             report.split_after_v3 = cloud_run_split(stack)
             time.sleep(SETTLE_S)
@@ -398,8 +401,9 @@ def summary(report: Report) -> Group:
         lines.append(f"exposure: {report.stable_routed_at - report.first_v3_error_at:.2f} s from v3's first 500 to "
                      f"100 % on v2 (includes waiting for the next 1 s health sample)\n")
     if report.last_v3_served_at and report.stable_routed_at:
-        lines.append(f"last v3 answer in the router's request log "
-                     f"{report.last_v3_served_at - report.stable_routed_at:+.3f} s after the switch (in flight)\n")
+        gap = report.last_v3_served_at - report.stable_routed_at
+        lines.append(f"last v3 answer in the router's request log: {abs(gap):.3f} s "
+                     f"{'after (it was in flight)' if gap > 0 else 'before'} the switch\n")
     if v3 and v3.message:
         lines.append(f"v3: {v3.message}\n", style="yellow")
     return Group(table, lines)

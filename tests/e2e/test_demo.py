@@ -1,0 +1,115 @@
+"""The demo's scenario end to end, under real load on the whole local stack.
+
+v1 deployed; v2 promoted through every canary step on verdicts computed from
+what the router served (local Cloud Monitoring, the production path); v3 (30 %
+errors) rolled back. Then the test reads Cloud Run through the Admin API
+client and the audit trail from Firestore, as an auditor would.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from pitstop.local.demo import REGION, SERVICE, View, run_scenario
+from pitstop.local.load import APP_5XX, OK
+from pitstop.local.stack import Stack
+from pitstop.store import Store
+
+pytestmark = [pytest.mark.e2e, pytest.mark.emulators]
+
+# Decisions that follow the sampler's rhythm rather than the rollout's course.
+SAMPLE_DECISIONS = {"judged", "baseline", "ignored", "held"}
+
+
+@pytest.fixture(scope="module")
+def demo(emulators, tmp_path_factory):
+    """Run the scenario once on a fresh Firestore; keep the stack up while the tests read it."""
+    from pitstop.local.emulators import wipe_firestore
+
+    wipe_firestore(emulators.firestore.host, emulators.project)  # other tests' rollouts of "web"
+    out = io.StringIO()
+    with Stack(tmp_path_factory.mktemp("demo"), emulators=emulators, tick_interval=1.0) as stack:
+        report = run_scenario(stack, rps=50, view=View(Console(file=out, width=200), rps=50))
+        yield stack, report
+        print(out.getvalue())  # pytest shows it when a test fails
+
+
+def lifecycle(events) -> list[str]:
+    return [e.decision for e in events if e.decision not in SAMPLE_DECISIONS]
+
+
+def test_the_scenario_reports_no_problem(demo):
+    _, report = demo
+    assert report.problems == []
+
+
+def test_v2_was_promoted_through_every_step_to_100_percent(demo):
+    stack, report = demo
+    store = Store.from_env(stack.project)
+    v2 = store.rollout(report.v2.id)
+    assert (v2.version, v2.state, v2.stable_revision) == ("v2", "succeeded", report.v1_revision)
+    assert report.split_after_v2 == {v2.revision: 100, report.v1_revision: 0}, "Cloud Run at the time v2 succeeded"
+    events = store.events(v2.id)
+    assert lifecycle(events) == ["started", "advanced", "step_started", "advanced", "step_started", "advanced",
+                                 "step_started", "switching", "succeeded"]
+    passes = [e.verdict for e in events if e.verdict and e.verdict.outcome == "pass"]
+    assert passes and all(v.source == "cloud-monitoring" and v.revision == v2.revision for v in passes)
+    assert not any(e.verdict and e.verdict.outcome == "fail" for e in events)
+    assert all(e.reasons and e.actor for e in events), "every decision says who and why"
+
+
+def test_v3_was_rolled_back_on_its_error_rate_with_a_readable_trail(demo):
+    stack, report = demo
+    store = Store.from_env(stack.project)
+    v2, v3 = report.v2, store.rollout(report.v3.id)
+    assert (v3.version, v3.state, v3.stable_revision) == ("v3", "rolled_back", v2.revision)
+    events = store.events(v3.id)
+    assert lifecycle(events) == ["started", "advanced", "step_started", "rolling_back", "rolled_back"]
+    decision = next(e for e in events if e.decision == "rolling_back")
+    assert decision.actor == "health-judge" and decision.state_after == "rolling_back"
+    assert decision.verdict.outcome == "fail" and decision.verdict.source == "cloud-monitoring"
+    rate = next(c for c in decision.verdict.checks if c.name == "error_rate")
+    assert rate.threshold == 0.05 and rate.measured > 0.05 and rate.passed is False
+    assert "error" in decision.verdict.rule
+    done = events[-1]
+    assert done.decision == "rolled_back" and f"{v2.revision} 100%" in done.traffic_after
+    assert "Automatically rolled back web to version v2" in v3.message
+    record = store.service(SERVICE, REGION)
+    assert (record["stable_version"], record["stable_revision"], record["active_rollout"]) == ("v2", v2.revision,
+                                                                                               None)
+
+
+def test_cloud_run_serves_v2_alone_after_the_rollback(demo):
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import run_v2
+
+    stack, report = demo
+    client = run_v2.ServicesClient(credentials=AnonymousCredentials(), transport="rest",
+                                   client_options=ClientOptions(api_endpoint=stack.run_endpoint))
+    svc = client.get_service(name=f"projects/{stack.project}/locations/{REGION}/services/{SERVICE}")
+    assert {t.revision: t.percent for t in svc.traffic_statuses} == {report.v2.revision: 100,
+                                                                     report.v3.revision: 0}
+    assert {b.revision: p for b, p in stack.cloud_run.router.routes(svc.name).split} == {report.v2.revision: 100}
+
+
+def test_no_request_failed_except_v3s_own_500s(demo):
+    stack, report = demo
+    v3 = report.v3.revision
+    by = {(r.revision, r.kind) for r in report.results}
+    assert {kind for _, kind in by} <= {OK, APP_5XX}, "no connection error, timeout or router 5xx"
+    assert {rev for rev, kind in by if kind == APP_5XX} == {v3}, "only v3 failed, and it did"
+    served = {(s.revision, s.status >= 500) for s in stack.request_log.between(0, float("inf"))}
+    assert {rev for rev, failed in served if failed} == {v3}, "the router saw the same"
+    answered = {rev for rev, _ in by}
+    assert {report.v1_revision, report.v2.revision, v3} <= answered, "the load reached every version"
+
+
+def test_the_router_stopped_sending_to_v3_once_it_switched_back(demo):
+    _, report = demo
+    assert report.stable_routed_at is not None
+    late = [r for r in report.results if r.revision == report.v3.revision and r.sent > report.stable_routed_at]
+    assert late == []
