@@ -1,7 +1,7 @@
 """Rollback reaction time on the local stack: one unhealthy health sample in, how long until
 the router sends 100 % of requests to the stable revision again.
 
-    .venv/bin/python bench/rollback_reaction.py [--runs 20]
+    .venv/bin/python bench/rollback_reaction.py [--runs 20] [--warmup 1]
 
 Each run is a fresh canary: ship a new version, wait until its first step (10 %)
 is applied and routed, then publish one failing sample (30 % errors, rollout_id
@@ -23,7 +23,7 @@ Where the time goes, from timestamps on one clock:
               update (REST client, local Cloud Run, router swap)
   total       publish() called -> router switched
 Shown apart, not part of the reaction: the update's operation returning
-(`at` of the rolled_back audit event) after the switch.
+(`at` of the rolled_back audit event) after the switch; ±1 ms, the polling step.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pitstop.local.build import ship
-from pitstop.local.demo import RouteWatcher
+from pitstop.local.demo import RouteWatcher, local_logs_to
 from pitstop.local.payloads import health_sample
 from pitstop.local.stack import Stack
 from pitstop.spec import load_spec
@@ -123,14 +123,16 @@ def p99(values: list[float]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="fresh canaries to roll back (default 20)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="runs first, shown but not counted: the functions' cold start (default 1)")
     args = parser.parse_args()
-    if not 1 <= args.runs <= 200:
-        parser.error("--runs must be between 1 and 200 (each run starts a revision process)")
+    if not 1 <= args.runs + args.warmup <= 200 or args.runs < 1 or args.warmup < 0:
+        parser.error("--runs (at least 1) plus --warmup must be at most 200 (each run starts a revision process)")
     from google.cloud import pubsub_v1
 
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="pitstop-bench-") as state_dir, \
-            Stack(Path(state_dir), tick_interval=1.0) as stack:
+            local_logs_to(Path(state_dir) / "local-cloud.log"), Stack(Path(state_dir), tick_interval=1.0) as stack:
         store = Store.from_env(stack.project)
         store.put_spec(load_spec(SPEC), "bench", datetime.now(timezone.utc))
         ship(stack.state_dir, stack.project, SERVICE, "v0")
@@ -141,21 +143,23 @@ def main() -> int:
         name = f"projects/{stack.project}/locations/{REGION}/services/{SERVICE}"
         try:
             with RouteWatcher(stack.cloud_run.router, name, every=0.001) as routes:
-                for i in range(1, args.runs + 1):
+                for i in range(1, args.warmup + args.runs + 1):
                     run = one_run(stack, store, publisher, topic, routes, stable, f"v{i}")
-                    runs.append(run)
-                    print(f"run {i:>3} {run.version:>4}: " + "  ".join(
+                    warm = i > args.warmup
+                    if warm:
+                        runs.append(run)
+                    print(f"{'run' if warm else 'warm-up'} {i:>3} {run.version:>4}: " + "  ".join(
                         f"{s} {run.stage(s) * 1000:6.1f} ms" for s in STAGES), flush=True)
         finally:
             publisher.stop()
-    print(f"\nrollback reaction over {len(runs)} runs (ms; p99 = nearest rank)")
+    print(f"\nrollback reaction over {len(runs)} runs after {args.warmup} warm-up (ms; p99 = nearest rank)")
     print(f"{'stage':<14}{'median':>9}{'p99':>9}{'min':>9}{'max':>9}")
     for s in STAGES + ("op returned",):
         values = [(r.stage(s) if s != "op returned" else r.op_returned) * 1000 for r in runs]
         print(f"{s:<14}{statistics.median(values):>9.1f}{p99(values):>9.1f}{min(values):>9.1f}{max(values):>9.1f}")
     totals = [r.total * 1000 for r in runs]
     print(f"\nsummary: unhealthy sample published -> router on stable 100 % in {statistics.median(totals):.0f} ms "
-          f"median, {p99(totals):.0f} ms p99 over {len(runs)} runs")
+          f"median, {p99(totals):.0f} ms p99 over {len(runs)} warm runs")
     return 0
 
 

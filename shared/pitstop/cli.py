@@ -180,26 +180,32 @@ def history(service: str = typer.Argument(..., help="service name"),
 
 def _command(action: str, target: str, wait: float, **fields) -> None:
     from pitstop.bus import Bus
+    from pitstop.engine import rollout_key
 
     config = _config()
     store = _store()
     command = {"id": f"cmd-{uuid.uuid4().hex[:16]}", "action": action, "actor": _actor(), **fields}
     rollout = store.rollout(target)
+    records = [s for s in store.services() if s.get("service") == (rollout.service if rollout else target)
+               and (rollout is None or (s.get("region"), s.get("environment")) == (rollout.region, rollout.environment))]
     if rollout:
         command["rollout_id"] = rollout.id
-        watch = [rollout.id]
+    elif not records:
+        _fail(f"{target} is neither a rollout id nor a service pitstop has deployed")
     else:
         command["service"] = target
-        records = [s for s in store.services() if s.get("service") == target]
-        if not records:
-            _fail(f"{target} is neither a rollout id nor a service pitstop has deployed")
-        if action == "rollback" and fields.get("to_version"):
-            suffix = command["id"][-12:]
-            watch = [f"{target}-{s['region']}-{suffix}".lower() for s in records]
-        else:
-            watch = [s["active_rollout"] for s in records if s.get("active_rollout")]
-            if not watch:
-                _fail(f"{target} has no rollout in progress; nothing to {action}")
+    if action == "rollback" and fields.get("to_version"):
+        version = fields["to_version"]
+        good = [s for s in records if store.find_version(s["service"], s["region"], s["environment"], version)]
+        if not good:
+            _fail(f"no successful rollout of {target} at version {version} is recorded; nothing sent")
+        watch = [rollout_key(s["service"], s["environment"], s["region"], command["id"][-12:]) for s in good]
+    elif rollout:
+        watch = [rollout.id]
+    else:
+        watch = [s["active_rollout"] for s in records if s.get("active_rollout")]
+        if not watch:
+            _fail(f"{target} has no rollout in progress; nothing to {action}")
     Bus(config.project).publish("pitstop-commands", {k: v for k, v in command.items() if v is not None})
     console.print(f"sent {action} ({command['id']}) for {target}")
     if wait <= 0:

@@ -80,9 +80,7 @@ class CloudRun:
             svc.traffic = [_target(t) for t in split]
             return _observed(self._update(svc))
         except exceptions.GoogleAPICallError as err:
-            permanent = isinstance(err, (exceptions.BadRequest, exceptions.PermissionDenied, exceptions.Forbidden,
-                                         exceptions.NotFound, exceptions.FailedPrecondition))
-            raise CloudRunError(f"{type(err).__name__}: {err.message}", permanent=permanent) from err
+            raise CloudRunError(f"{type(err).__name__}: {err.message}", permanent=_permanent(err)) from err
 
     # ------------------------------------------------------------ steps
 
@@ -123,10 +121,19 @@ class CloudRun:
         try:
             return op.result(timeout=OPERATION_TIMEOUT)
         except exceptions.GoogleAPICallError as err:
-            # The operation finished with an error: the revision failed to start, etc.
-            raise CloudRunError(f"Cloud Run operation failed: {err.message}", permanent=True) from err
+            # The operation finished with an error (a revision that cannot start is FAILED_PRECONDITION),
+            # or polling it failed (transient).
+            raise CloudRunError(f"Cloud Run operation failed: {err.message}", permanent=_permanent(err)) from err
         except TimeoutError as err:  # concurrent.futures.TimeoutError in 3.11
             raise CloudRunError(f"Cloud Run operation still running after {OPERATION_TIMEOUT}s") from err
+
+
+def _permanent(err: Exception) -> bool:
+    """Retrying cannot help: the request is invalid, forbidden, or names what does not exist."""
+    from google.api_core import exceptions
+
+    return isinstance(err, (exceptions.BadRequest, exceptions.PermissionDenied, exceptions.Forbidden,
+                            exceptions.NotFound, exceptions.FailedPrecondition))
 
 
 def _target(t: Target) -> Any:

@@ -33,6 +33,17 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def rollout_key(service: str, environment: str, region: str, started_by: str) -> str:
+    """Rollout ids derive from what started them (build id, command id): a redelivery finds its rollout."""
+    return f"{service}-{environment}-{region}-" + "".join(c for c in started_by.lower() if c.isalnum())
+
+
+def _newer(active: Rollout, artifact) -> bool:
+    """Is the rollout in progress built later than this artifact? (Pub/Sub does not keep order.)"""
+    mine, theirs = artifact.created_at, active.artifact.created_at if active.artifact else None
+    return bool(mine and theirs and theirs > mine)
+
+
 class Engine:
     def __init__(self, config: Config, store: Store, cloudrun: Callable[[], CloudRun], bus: Bus,
                  metrics: Callable[[], Metrics] | None = None, clock: Callable[[], datetime] = utcnow) -> None:
@@ -135,16 +146,22 @@ class Engine:
     def _start(self, spec, region: str, build: BuildFinished) -> None:
         artifact = build.artifact
         project = spec.project or self.config.project
-        rollout_id = f"{spec.service}-{region}-{build.build_id[:8]}".lower()
-        record = self.store.service(spec.service, region)
-        stable = record.get("stable_revision") if record else None
-        stable_version = record.get("stable_version") if record else None
-        if stable is None:  # a service pitstop has not managed yet may already serve a revision
-            stable = self.cloudrun.serving(project, region, spec.service)
-            stable_version = stable
+        rollout_id = rollout_key(spec.service, spec.environment, region, build.build_id[:8])
+        known = self.store.service(spec.service, region, spec.environment)
+        serving = None
+        if not (known and known.get("stable_revision")):
+            # A service pitstop has not managed yet may already serve a revision: that is the stable one.
+            serving = self.cloudrun.serving(project, region, spec.service)
         now = self.clock()
+        refused: list[str] = []
 
-        def begin(_record, active: Rollout | None):
+        def begin(record, active: Rollout | None):
+            if active is not None and _newer(active, artifact):
+                refused.append(f"build {build.build_id} (created {artifact.created_at:%H:%M:%S}) is older than "
+                               f"the rollout in progress {active.id} of version {active.version}; not deployed")
+                return None, None
+            stable = (record or {}).get("stable_revision") or serving
+            stable_version = (record or {}).get("stable_version") or serving
             new = machine.start(spec, region, project, artifact, rollout_id, stable, stable_version, now, build.id)
             old = None
             if active is not None and active.id != rollout_id:
@@ -152,12 +169,14 @@ class Engine:
                                                         by_version=artifact.version), now)
             return new, old
 
-        outcome = self.store.start(rollout_id, spec.service, region, begin)
-        if outcome.duplicate:
+        outcome = self.store.start(rollout_id, spec.service, region, spec.environment, begin)
+        if refused:
+            self._record_build(build, "ignored", refused[0][:1].upper() + refused[0][1:] + ".", "WARNING")
+        elif outcome.duplicate:
             log("INFO", f"build {build.build_id} already started rollout {rollout_id}; nothing changed",
                 rollout_id=rollout_id, service=spec.service, region=region)
-            return
-        self._act(outcome.decision)
+        elif outcome.decision:
+            self._act(outcome.decision)
 
     def _record_build(self, build: BuildFinished, outcome: str, message: str, severity: str = "INFO") -> None:
         log(severity, message, build_id=build.build_id, status=build.status)
@@ -176,14 +195,18 @@ class Engine:
     # ------------------------------------------------------------ health, alerts, commands
 
     def on_health(self, sample: HealthSample) -> None:
-        rollout = self.store.rollout(sample.rollout_id) if sample.rollout_id \
-            else self.store.active_rollout(sample.service, sample.region)
-        if rollout is None:
-            log("WARNING", f"health sample for {sample.service}/{sample.revision} in {sample.region}: no "
-                           f"{'such' if sample.rollout_id else 'active'} rollout; ignored",
-                service=sample.service, region=sample.region)
-            return
-        self.handle(rollout.id, sample)
+        if sample.rollout_id:
+            targets = [sample.rollout_id]
+        else:
+            rollouts = self.store.active_rollouts(sample.service, sample.region)
+            # Environments in other projects share service names: judge the rollout the revision belongs to.
+            mine = [r for r in rollouts if sample.revision in (r.revision, r.stable_revision)]
+            targets = [r.id for r in mine or rollouts]
+        if not targets:
+            log("WARNING", f"health sample for {sample.service}/{sample.revision} in {sample.region}: no rollout "
+                           f"in progress; ignored", service=sample.service, region=sample.region)
+        for rollout_id in targets:
+            self.handle(rollout_id, sample)
 
     def on_alert(self, alert: Alert) -> None:
         if alert.test:
@@ -194,55 +217,65 @@ class Engine:
             log("WARNING", f"incident {alert.incident_id} ({alert.policy}) names no Cloud Run service "
                            f"(resource.labels.service_name or policy label 'service'); ignored")
             return
-        records = [s for s in self.store.services() if s.get("service") == alert.service
-                   and (alert.location is None or s.get("region") == alert.location) and s.get("active_rollout")]
-        if not records:
+        rollouts = [r for r in self.store.active_rollouts(alert.service, alert.location)
+                    if alert.project in (None, r.project)]
+        if not rollouts:
             log("INFO", f"incident {alert.incident_id} for {alert.service}: no rollout in progress; nothing to do",
                 service=alert.service)
-        for record in records:
-            self.handle(record["active_rollout"], alert)
+        for rollout in rollouts:
+            self.handle(rollout.id, alert)
 
     def on_command(self, command: Command) -> None:
+        if command.action == "rollback" and command.to_version:
+            self._rollback_to(command)
+            return
         if command.rollout_id:
             self.handle(command.rollout_id, command)
             return
-        regions = [s for s in self.store.services()
-                   if s.get("service") == command.service and (command.region in (None, s.get("region")))]
-        if command.action == "rollback" and command.to_version:
-            for record in regions:
-                self._rollback_to(command, record)
-            if not regions:
-                log("ERROR", f"rollback of {command.service}: pitstop has never deployed it; nothing changed")
-            return
-        active = [s["active_rollout"] for s in regions if s.get("active_rollout")]
-        if not active:
+        rollouts = self.store.active_rollouts(command.service, command.region)
+        if not rollouts:
             log("ERROR", f"{command.action} for {command.service}: no rollout in progress; nothing changed",
                 service=command.service)
-        for rollout_id in active:
-            self.handle(rollout_id, command)
+        for rollout in rollouts:
+            self.handle(rollout.id, command)
 
-    def _rollback_to(self, command: Command, record: dict) -> None:
-        service, region = record["service"], record["region"]
-        target = self.store.find_version(service, region, command.to_version)
-        if target is None:
-            log("ERROR", f"rollback of {service} in {region} to {command.to_version}: no successful rollout of that "
-                         f"version is recorded; nothing changed", service=service, region=region)
-            return
-        rollout_id = f"{service}-{region}-{command.id[-12:]}".lower().replace("_", "-")
+    def _rollback_to(self, command: Command) -> None:
+        """Straight to an earlier good version, in every region (and environment) named."""
+        if command.rollout_id:
+            named = self.store.rollout(command.rollout_id)
+            records = [self.store.service(named.service, named.region, named.environment)] if named else []
+        else:
+            records = [s for s in self.store.services() if s.get("service") == command.service
+                       and command.region in (None, s.get("region"))]
+        if not records:
+            log("ERROR", f"rollback of {command.service or command.rollout_id}: pitstop has never deployed it; "
+                         f"nothing changed")
+        for record in filter(None, records):
+            service, region, environment = record["service"], record["region"], record["environment"]
+            target = self.store.find_version(service, region, environment, command.to_version)
+            if target is None:
+                log("ERROR", f"rollback of {service} ({environment}) in {region} to {command.to_version}: no "
+                             f"successful rollout of that version is recorded; nothing changed",
+                    service=service, region=region)
+                continue
+            self._start_direct(command, record, target)
+
+    def _start_direct(self, command: Command, record: dict, target: Rollout) -> None:
+        rollout_id = rollout_key(target.service, target.environment, target.region, command.id[-12:])
         now = self.clock()
 
-        def begin(_record, active: Rollout | None):
-            new = machine.start_direct(rollout_id, service, target.environment, region, target.project,
-                                       target.version, target.revision, target.image,
-                                       record.get("stable_revision"), record.get("stable_version"), now,
-                                       command.id, command.actor, target)
+        def begin(current, active: Rollout | None):
+            new = machine.start_direct(rollout_id, target.service, target.environment, target.region,
+                                       target.project, target.version, target.revision, target.image,
+                                       (current or {}).get("stable_revision"), (current or {}).get("stable_version"),
+                                       now, command.id, command.actor, target)
             old = None
             if active is not None:
                 old = machine.decide(active, Superseded(id=f"superseded-by-{rollout_id}", by_rollout=rollout_id,
                                                         by_version=target.version), now)
             return new, old
 
-        outcome = self.store.start(rollout_id, service, region, begin)
+        outcome = self.store.start(rollout_id, target.service, target.region, target.environment, begin)
         if outcome.decision:
             self._act(outcome.decision)
 
@@ -251,7 +284,10 @@ class Engine:
     def on_tick(self, tick: Tick) -> None:
         now = self.clock()
         for rollout in self.store.due(now):
-            self.handle(rollout.id, tick)
+            try:
+                self.handle(rollout.id, tick)
+            except Exception as err:  # one stuck rollout must not starve the others; the next tick retries it
+                log("ERROR", f"tick could not handle rollout {rollout.id}: {err!r}", **rollout_fields(rollout))
         if self._metrics_factory is not None:
             self._sample(now)
 

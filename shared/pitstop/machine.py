@@ -90,9 +90,10 @@ class _Plan:
 
 def revision_name(service: str, version: str, build_id: str) -> str:
     """Cloud Run revision names: `<service>-…`, lowercase, digits, '-', at most 63 chars."""
-    slug = re.sub(r"[^a-z0-9]+", "-", version.lower()).strip("-")[:20].strip("-") or "build"
     suffix = re.sub(r"[^a-z0-9]", "", build_id.lower())[:8] or "0"
-    return f"{service}-{slug}-{suffix}"[:63].rstrip("-")
+    room = max(1, min(20, 63 - len(service) - len(suffix) - 2))  # the build suffix must survive: it makes it new
+    slug = re.sub(r"[^a-z0-9]+", "-", version.lower()).strip("-")[:room].strip("-") or "v"
+    return f"{service}-{slug}-{suffix}"
 
 
 def start(spec: RolloutSpec, region: str, project: str, artifact: Artifact, rollout_id: str,
@@ -233,12 +234,12 @@ def _apply_failed(p: _Plan, inp: ApplyFailed) -> Decision:
     if r.state != "rolling_back" and r.stable_revision:
         p.reasons.append(f"Cloud Run update {why}: {inp.error}; {where}")
         if r.state == "deploying":
-            # Nothing ever reached the new revision: stable still serves everything.
-            untouched = [Target(revision=r.stable_revision, percent=100, tag="stable")]
-            p.set(state="rolled_back", desired=untouched, observed=untouched,
-                  observed_generation=r.desired_generation, apply_attempts=attempts, retry_at=None)
-            p.notify("ERROR", f"Version {r.version} could not be deployed: {inp.error}. Traffic stays 100 % on "
-                              f"version {r.stable_version or r.stable_revision}. No customer impact.")
+            # The new revision never served; still, make sure the stable one has everything (a superseded
+            # canary may hold a share), without naming a revision that may not exist.
+            p.set(state="rolling_back", next_step_at=None, hold_until=None)
+            p.split([Target(revision=r.stable_revision, percent=100, tag="stable")])
+            p.notify("ERROR", f"Version {r.version} could not be deployed: {inp.error}. All traffic goes to "
+                              f"version {r.stable_version or r.stable_revision}. The new version served no requests.")
             return p.done("deploy_failed")
         return _roll_back(p, f"Cloud Run could not apply the next split ({inp.error})", severity="ERROR")
     p.set(state="failed", apply_attempts=attempts, retry_at=None, next_step_at=None, hold_until=None)
@@ -294,6 +295,9 @@ def _alert(p: _Plan, a: Alert) -> Decision:
         return p.ignore(f"incident concerns service {a.service}, not {r.service}")
     if a.revision and a.revision not in (r.revision,):
         return p.ignore(f"incident concerns revision {a.revision}, not the new revision {r.revision}")
+    if a.revision is None and a.started_at and a.started_at < r.created_at:
+        return p.ignore(f"incident {a.incident_id} began {a.started_at:%Y-%m-%d %H:%M:%S} UTC, before this rollout; "
+                        f"it names no revision, so it cannot be about this one")
     if a.state == "closed":
         p.reasons.append(f"incident {a.incident_id} ({a.policy}) closed")
         return p.done("alert_closed")
@@ -328,7 +332,7 @@ def _tick(p: _Plan) -> Decision:
     if r.verdict and r.verdict.outcome == "pass":
         return _advance(p, "the step's pause is over and the last verdict was healthy")
     if r.hold_until is None:
-        deadline = r.next_step_at + timedelta(seconds=r.health.no_data_timeout)
+        deadline = max(now, r.next_step_at) + timedelta(seconds=r.health.no_data_timeout)
         p.set(hold_until=deadline, message=f"Holding at {r.new_percent} %: no conclusive health verdict yet.")
         why = r.verdict.rule if r.verdict else "no health sample for this step yet"
         p.reasons.append(f"inconclusive ({why}); holding at {r.new_percent} % until {deadline:%H:%M:%S} UTC "
@@ -458,7 +462,8 @@ def _roll_back(p: _Plan, why: str, severity: str = "ERROR") -> Decision:
         return p.ignore("no stable revision to roll back to (first version of the service)")
     p.set(state="rolling_back", next_step_at=None, hold_until=None, paused_from=None)
     p.split(_stable_only(r))
-    impact = "No customer impact." if r.new_percent == 0 else f"{r.new_percent} % of requests reached it."
+    served = sum(t.percent for t in r.observed or [] if t.revision == r.revision)
+    impact = "No customer impact." if served == 0 else f"It was serving {served} % of requests."
     verb = "Automatically rolled back" if p.actor in ("health-judge", "cloud-monitoring", "scheduler", "pitstop") \
         else f"Rolled back by {p.actor}"
     reason = {"health-judge": "New version failed health checks after deployment",
@@ -483,9 +488,11 @@ def _with_new(r: Rollout, weight: int) -> list[Target]:
 
 
 def _stable_only(r: Rollout) -> list[Target]:
-    new_tag = "canary" if r.kind == "canary" else "green"
-    return [Target(revision=r.stable_revision, percent=100, tag="stable"),
-            Target(revision=r.revision, percent=0, tag=new_tag)]
+    stable = [Target(revision=r.stable_revision, percent=100, tag="stable")]
+    if r.state == "deploying" or r.kind not in ("canary", "blue_green"):
+        return stable  # the new revision may not exist yet: don't name it
+    # Keep the rolled-back revision reachable on its tag, at 0 %, for debugging.
+    return stable + [Target(revision=r.revision, percent=0, tag="canary" if r.kind == "canary" else "green")]
 
 
 def _ms(value: float | None) -> str:

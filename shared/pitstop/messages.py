@@ -10,17 +10,52 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
-from typing import Any
+import re
+from datetime import datetime, timezone
+from typing import Any, Callable, ParamSpec, TypeVar
 
-from pydantic import ValidationError
+from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from pitstop.models import Alert, Artifact, BuildFinished, Command, HealthSample, Tick
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
 class BadMessage(ValueError):
     """A message pitstop can never process: logged, acknowledged, nothing changed."""
+
+
+def _explain(err: ValidationError, what: str) -> BadMessage:
+    problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'message'}: {e['msg']}" for e in err.errors())
+    return BadMessage(f"invalid {what}: {problems}")
+
+
+def refusing(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Any way a payload can be off (a wrong type deep inside, say) becomes a BadMessage, never a crash:
+    a crash answers 500 and Pub/Sub would redeliver the message forever."""
+    def wrap(parse: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(parse)
+        def parse_or_refuse(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return parse(*args, **kwargs)
+            except BadMessage:
+                raise
+            except ValidationError as err:
+                raise _explain(err, what) from None
+            except (TypeError, AttributeError, ValueError, KeyError) as err:
+                raise BadMessage(f"invalid {what}: {type(err).__name__}: {err}") from None
+        return parse_or_refuse
+    return wrap
+
+
+def doc_id(text: str) -> str:
+    """An input id usable as a Firestore document id (no '/', no leading '__', bounded)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip("_")[:200] or "x"
 
 
 def message_id(event_data: Any) -> str:
@@ -30,6 +65,7 @@ def message_id(event_data: Any) -> str:
     return str(message.get("messageId") or message.get("message_id") or "")
 
 
+@refusing("Pub/Sub message")
 def envelope(event_data: Any) -> tuple[dict[str, Any], dict[str, str], str]:
     """The Pub/Sub message inside a CloudEvent: (json payload, attributes, message id)."""
     mid = message_id(event_data)
@@ -51,13 +87,9 @@ def envelope(event_data: Any) -> tuple[dict[str, Any], dict[str, str], str]:
     return payload, dict(message.get("attributes") or {}), mid
 
 
-def _explain(err: ValidationError, what: str) -> BadMessage:
-    problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'message'}: {e['msg']}" for e in err.errors())
-    return BadMessage(f"invalid {what}: {problems}")
-
-
 # ---------------------------------------------------------------- Cloud Build
 
+@refusing("Cloud Build message")
 def parse_build(payload: dict[str, Any], attributes: dict[str, str]) -> BuildFinished:
     build_id = payload.get("id") or attributes.get("buildId")
     status = payload.get("status") or attributes.get("status")
@@ -67,20 +99,20 @@ def parse_build(payload: dict[str, Any], attributes: dict[str, str]) -> BuildFin
     if not isinstance(subs, dict):
         raise BadMessage("Cloud Build message: 'substitutions' is not an object")
     subs = {str(k): str(v) for k, v in subs.items()}
-    trigger = subs.get("TRIGGER_NAME") or payload.get("buildTriggerId")
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,100}", str(build_id)):
+        raise BadMessage(f"Cloud Build message: {str(build_id)[:80]!r} is not a build id")
+    trigger = subs.get("TRIGGER_NAME") or None
     commit = subs.get("COMMIT_SHA") or None
     artifact = None
     if status == "SUCCESS":
         artifact = _artifact(payload, subs, str(build_id), commit, trigger)
-    try:
-        return BuildFinished(
-            id=f"build-{build_id}-{status}", build_id=str(build_id), status=status,
-            status_detail=payload.get("statusDetail"), repo=subs.get("REPO_NAME") or None,
-            branch=subs.get("BRANCH_NAME") or None, tag=subs.get("TAG_NAME") or None, trigger=trigger,
-            commit=commit, log_url=payload.get("logUrl"), artifact=artifact, substitutions=subs,
-        )
-    except ValidationError as err:
-        raise _explain(err, f"Cloud Build message for build {build_id}") from None
+    return BuildFinished(
+        id=f"build-{build_id}-{status}", build_id=str(build_id), status=status,
+        status_detail=payload.get("statusDetail"), repo=subs.get("REPO_NAME") or None,
+        branch=subs.get("BRANCH_NAME") or None, tag=subs.get("TAG_NAME") or None, trigger=trigger,
+        trigger_id=payload.get("buildTriggerId"), commit=commit, log_url=payload.get("logUrl"),
+        artifact=artifact, substitutions=subs,
+    )
 
 
 def _artifact(payload: dict[str, Any], subs: dict[str, str], build_id: str, commit: str | None,
@@ -90,23 +122,26 @@ def _artifact(payload: dict[str, Any], subs: dict[str, str], build_id: str, comm
     if not images:
         return None  # the caller explains: the build pushed inside a step or listed no images
     service = subs.get("_SERVICE")
-    chosen = next((i for i in images if service and service in i["name"].rsplit("/", 1)[-1]), images[0])
+    # A build may push several images: `_SERVICE` names the one whose repository is the service's.
+    chosen = next((i for i in images if re.split(r"[:@]", i["name"].rsplit("/", 1)[-1])[0] == service), images[0])
     version = (subs.get("_VERSION") or subs.get("TAG_NAME") or subs.get("SHORT_SHA")
                or (commit or "")[:7] or build_id[:8])
     return Artifact(
         image=chosen["name"], digest=chosen["digest"], build_id=build_id, commit=commit, version=version,
         repo=subs.get("REPO_NAME") or None, branch=subs.get("BRANCH_NAME") or None, tag=subs.get("TAG_NAME") or None,
-        trigger=trigger, log_url=payload.get("logUrl"), created_at=None,
+        trigger=trigger, log_url=payload.get("logUrl"), created_at=_timestamp(payload.get("createTime")),
     )
+
+
+def _timestamp(value: Any) -> datetime | None:
+    return TypeAdapter(AwareDatetime).validate_python(value) if value else None
 
 
 # ---------------------------------------------------------------- health samples
 
+@refusing("health sample")
 def parse_health(payload: dict[str, Any], message_id: str) -> HealthSample:
-    try:
-        sample = HealthSample.model_validate_json(json.dumps(payload))
-    except ValidationError as err:
-        raise _explain(err, "health sample") from None
+    sample = HealthSample.model_validate_json(json.dumps(payload))
     # The same sample published twice is one sample: name it by its content.
     key = "|".join(str(x) for x in (sample.service, sample.region, sample.revision, sample.window_start.isoformat(),
                                     sample.window_end.isoformat(), sample.source, sample.request_count,
@@ -116,6 +151,7 @@ def parse_health(payload: dict[str, Any], message_id: str) -> HealthSample:
 
 # ---------------------------------------------------------------- Cloud Monitoring incidents
 
+@refusing("Cloud Monitoring incident")
 def parse_alert(payload: dict[str, Any], message_id: str) -> Alert:
     incident = payload.get("incident")
     if not isinstance(incident, dict):
@@ -131,12 +167,17 @@ def parse_alert(payload: dict[str, Any], message_id: str) -> Alert:
     user_labels = incident.get("policy_user_labels") or {}
     condition = incident.get("condition_name") or (incident.get("condition") or {}).get("name")
     return Alert(
-        id=f"alert-{incident_id}-{state}", incident_id=incident_id, state=state, test=version == "test",
+        id=doc_id(f"alert-{incident_id}-{state}"), incident_id=incident_id, state=state, test=version == "test",
         policy=incident.get("policy_name"), condition=condition, summary=incident.get("summary"),
         url=incident.get("url"), service=resource.get("service_name") or user_labels.get("service"),
         revision=resource.get("revision_name"), location=resource.get("location"),
+        project=resource.get("project_id"), started_at=_epoch(incident.get("started_at")),
         observed_value=_str(incident.get("observed_value")), threshold_value=_str(incident.get("threshold_value")),
     )
+
+
+def _epoch(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(float(value), timezone.utc) if value not in (None, "") else None
 
 
 def _str(value: Any) -> str | None:
@@ -145,13 +186,12 @@ def _str(value: Any) -> str | None:
 
 # ---------------------------------------------------------------- commands and ticks
 
+@refusing("operator command")
 def parse_command(payload: dict[str, Any], message_id: str) -> Command:
-    data = {"id": payload.get("id") or f"command-{message_id}", **{k: v for k, v in payload.items() if k != "id"}}
-    try:
-        return Command.model_validate_json(json.dumps(data))
-    except ValidationError as err:
-        raise _explain(err, "operator command") from None
+    given = payload.get("id")
+    data = {**payload, "id": doc_id(str(given)) if given else f"command-{doc_id(message_id)}"}
+    return Command.model_validate_json(json.dumps(data))
 
 
 def parse_tick(message_id: str) -> Tick:
-    return Tick(id=f"tick-{message_id or 'manual'}")
+    return Tick(id=f"tick-{doc_id(message_id or 'manual')}")

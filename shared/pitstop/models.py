@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -211,28 +212,33 @@ class BuildFinished(Model):
     repo: str | None = None
     branch: str | None = None
     tag: str | None = None
-    trigger: str | None = None
+    trigger: str | None = None  # TRIGGER_NAME
+    trigger_id: str | None = None  # buildTriggerId
     commit: str | None = None
     log_url: str | None = None
     artifact: Artifact | None = None  # SUCCESS with results.images only
     substitutions: dict[str, str] = Field(default_factory=dict)
 
 
+# Firestore document ids: no '/', not '__x__', bounded.
+DOC_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
 class HealthSample(Model):
     kind: Literal["health"] = "health"
     id: str = ""
-    service: str
-    region: str
-    revision: str
-    window_start: datetime
-    window_end: datetime
+    service: str = Field(min_length=1, max_length=63)
+    region: str = Field(min_length=1, max_length=63)
+    revision: str = Field(min_length=1, max_length=63)
+    window_start: AwareDatetime  # a timestamp without its zone is ambiguous: refused
+    window_end: AwareDatetime
     request_count: int = Field(ge=0)
     error_count: int = Field(ge=0)
     latency_p50_ms: float | None = Field(default=None, ge=0)
     latency_p95_ms: float | None = Field(default=None, ge=0)
     latency_p99_ms: float | None = Field(default=None, ge=0)
     source: str
-    rollout_id: str | None = None
+    rollout_id: str | None = Field(default=None, pattern=DOC_ID)
 
     @model_validator(mode="after")
     def _sane(self) -> HealthSample:
@@ -257,6 +263,7 @@ class Alert(Model):
     id: str
     incident_id: str
     state: Literal["open", "closed"]
+    started_at: datetime | None = None
     test: bool = False
     policy: str | None = None
     condition: str | None = None
@@ -265,6 +272,7 @@ class Alert(Model):
     service: str | None = None
     revision: str | None = None
     location: str | None = None
+    project: str | None = None
     observed_value: str | None = None
     threshold_value: str | None = None
 
@@ -276,7 +284,7 @@ class Command(Model):
     kind: Literal["command"] = "command"
     id: str = ""
     action: Action
-    rollout_id: str | None = None
+    rollout_id: str | None = Field(default=None, pattern=DOC_ID)
     service: str | None = None
     region: str | None = None
     full: bool = False  # promote --full
@@ -415,7 +423,9 @@ class Rollout(Model):
         return cls.model_validate(doc)
 
 
-RECONCILE_AFTER = 30  # seconds an applier may take before a tick re-applies the split
+# Seconds an applier may take (a new revision can need a minute on GCP) before a tick assumes it died
+# and applies the split again. Applying twice is harmless; too early only wastes a Cloud Run call.
+RECONCILE_AFTER = 120
 
 
 # ---------------------------------------------------------------- effects and audit

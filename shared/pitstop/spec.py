@@ -57,7 +57,7 @@ def matches(spec: RolloutSpec, build: BuildFinished) -> bool:
         return False
     if match.tag and not (build.tag and fnmatchcase(build.tag, match.tag)):
         return False
-    if match.trigger and match.trigger not in (build.trigger, build.substitutions.get("TRIGGER_NAME")):
+    if match.trigger and match.trigger not in (build.trigger, build.trigger_id):
         return False
     return True
 

@@ -48,16 +48,17 @@ class Outcome:
         return self.decision is not None and self.decision.audit is not None
 
 
-def service_key(service: str, region: str) -> str:
-    return f"{service}--{region}"
+def service_key(service: str, region: str, environment: str = "production") -> str:
+    """One Cloud Run service of one environment (its own project) in one region."""
+    return f"{service}--{environment}--{region}"
 
 
 def service_after(record: dict[str, Any] | None, rollout: Rollout) -> dict[str, Any]:
-    """The services/{key} document once `rollout` has moved (pure)."""
+    """The services/{key} document once `rollout` has changed state (pure)."""
     record = dict(record or {})
     record.update(service=rollout.service, region=rollout.region, environment=rollout.environment,
-                  last_rollout=rollout.id, last_version=rollout.version, last_state=rollout.state,
-                  updated_at=rollout.updated_at)
+                  project=rollout.project, last_rollout=rollout.id, last_version=rollout.version,
+                  last_state=rollout.state, updated_at=rollout.updated_at)
     if rollout.state == "succeeded":
         record.update(stable_revision=rollout.revision, stable_version=rollout.version, stable_image=rollout.image)
     if rollout.state in TERMINAL:
@@ -98,17 +99,23 @@ class Store:
         snap = self.db.collection("rollouts").document(rollout_id).get()
         return Rollout.from_doc(snap.to_dict()) if snap.exists else None
 
-    def service(self, service: str, region: str) -> dict[str, Any] | None:
-        snap = self.db.collection("services").document(service_key(service, region)).get()
+    def service(self, service: str, region: str, environment: str = "production") -> dict[str, Any] | None:
+        snap = self.db.collection("services").document(service_key(service, region, environment)).get()
         return snap.to_dict() if snap.exists else None
 
     def services(self) -> list[dict[str, Any]]:
         return [s.to_dict() for s in self.db.collection("services").stream()]
 
-    def active_rollout(self, service: str, region: str) -> Rollout | None:
-        record = self.service(service, region)
+    def active_rollout(self, service: str, region: str, environment: str = "production") -> Rollout | None:
+        record = self.service(service, region, environment)
         active = record and record.get("active_rollout")
         return self.rollout(active) if active else None
+
+    def active_rollouts(self, service: str, region: str | None = None) -> list[Rollout]:
+        """Rollouts in progress for a service, across environments (and regions unless given)."""
+        ids = [s["active_rollout"] for s in self.services() if s.get("service") == service
+               and region in (None, s.get("region")) and s.get("active_rollout")]
+        return [r for r in map(self.rollout, ids) if r is not None]
 
     def due(self, now: datetime) -> list[Rollout]:
         from google.cloud.firestore_v1 import FieldFilter
@@ -136,10 +143,11 @@ class Store:
         snaps = self.db.collection("rollouts").document(rollout_id).collection("events").order_by("at").stream()
         return [AuditEvent.model_validate(s.to_dict()) for s in snaps]
 
-    def find_version(self, service: str, region: str, version: str) -> Rollout | None:
+    def find_version(self, service: str, region: str, environment: str, version: str) -> Rollout | None:
         """The newest rollout that made `version` stable here."""
         for rollout in self.recent(service, limit=200):
-            if rollout.region == region and rollout.version == version and rollout.state == "succeeded":
+            if (rollout.region, rollout.environment, rollout.version, rollout.state) == (
+                    region, environment, version, "succeeded"):
                 return rollout
         return None
 
@@ -168,40 +176,50 @@ class Store:
                 return Outcome(None, missing=True)
             if event_ref.get().exists:
                 return Outcome(None, duplicate=True)
-            decision = decide(Rollout.from_doc(snap.to_dict()))
+            before = Rollout.from_doc(snap.to_dict())
+            decision = decide(before)
             if decision.audit is None:
                 return Outcome(decision)
             batch = self.db.batch()
-            self._put_rollout(batch, decision, snap)
-            self._put_service(batch, decision.rollout)
+            if decision.rollout is before:  # ignored: only the audit line, so a redelivery finds it
+                batch.create(event_ref, decision.audit.to_doc())
+            else:
+                self._put_rollout(batch, decision, snap)
+                if decision.rollout.state != before.state:
+                    self._put_service(batch, decision.rollout)
             if self._commit(batch, attempt):
                 return Outcome(decision)
         raise Contention(f"rollout {rollout_id} changed under input {input_id} {MAX_ATTEMPTS} times in a row")
 
-    def start(self, rollout_id: str, service: str, region: str,
-              begin: Callable[[dict[str, Any] | None, Rollout | None], tuple[Decision, Decision | None]]) -> Outcome:
+    def start(self, rollout_id: str, service: str, region: str, environment: str,
+              begin: Callable[[dict[str, Any] | None, Rollout | None], tuple[Decision | None, Decision | None]]
+              ) -> Outcome:
         """Create a rollout and supersede the one it replaces, atomically.
 
         `begin(service record, active rollout)` returns the new rollout's decision
-        and the old rollout's (or None). The rollout id is derived from the
+        (None: start nothing) and the old rollout's (or None). The rollout id is derived from the
         build, so a redelivered build finds its rollout and does nothing.
         """
         ref = self.db.collection("rollouts").document(rollout_id)
         for attempt in range(MAX_ATTEMPTS):
             if ref.get().exists:
                 return Outcome(None, duplicate=True)
-            record = self.service(service, region)
+            service_snap = self.db.collection("services").document(service_key(service, region, environment)).get()
+            record = service_snap.to_dict() if service_snap.exists else None
             active_snap = None
             if record and record.get("active_rollout"):
                 active_snap = self.db.collection("rollouts").document(record["active_rollout"]).get()
             active = Rollout.from_doc(active_snap.to_dict()) if active_snap and active_snap.exists else None
             new, old = begin(record, active)
+            if new is None:
+                return Outcome(None)
             batch = self.db.batch()
             if old is not None and old.audit is not None:
                 self._put_rollout(batch, old, active_snap)
             batch.create(ref, _full(new.rollout))
             batch.create(ref.collection("events").document(new.audit.id), new.audit.to_doc())
-            self._put_service(batch, new.rollout)
+            # Preconditioned on the record `begin` decided from: a concurrent start loses and retries.
+            self._put_service(batch, new.rollout, service_snap)
             if self._commit(batch, attempt):
                 return Outcome(new)
         raise Contention(f"service {service} in {region} changed under rollout {rollout_id} {MAX_ATTEMPTS} times")
@@ -213,9 +231,9 @@ class Store:
         batch.update(ref, _full(decision.rollout), option=self.db.write_option(last_update_time=snap.update_time))
         batch.create(ref.collection("events").document(decision.audit.id), decision.audit.to_doc())
 
-    def _put_service(self, batch: Any, rollout: Rollout) -> None:
+    def _put_service(self, batch: Any, rollout: Rollout, snap: Any = None) -> None:
         ref = self._service_ref(rollout)
-        snap = ref.get()
+        snap = snap or ref.get()
         if snap.exists:
             doc = service_after(snap.to_dict(), rollout)
             batch.update(ref, doc, option=self.db.write_option(last_update_time=snap.update_time))
@@ -235,7 +253,8 @@ class Store:
             return False
 
     def _service_ref(self, rollout: Rollout) -> Any:
-        return self.db.collection("services").document(service_key(rollout.service, rollout.region))
+        return self.db.collection("services").document(
+            service_key(rollout.service, rollout.region, rollout.environment))
 
 
 def _full(rollout: Rollout) -> dict[str, Any]:

@@ -35,6 +35,7 @@ def demo(emulators, tmp_path_factory):
         report = run_scenario(stack, rps=50, view=View(Console(file=out, width=200), rps=50))
         yield stack, report
         print(out.getvalue())  # pytest shows it when a test fails
+    wipe_firestore(emulators.firestore.host, emulators.project)  # leave no "web" behind for later tests
 
 
 def lifecycle(events) -> list[str]:

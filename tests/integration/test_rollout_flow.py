@@ -142,7 +142,7 @@ def test_duplicated_and_shuffled_delivery_ends_in_the_same_state_and_trail(stack
         time.sleep(1)  # the baseline first, as the sampler publishes it
         samples = [health_sample(service, r.revision, r.step_started_at, r.step_started_at + timedelta(seconds=30),
                                  n, 0, 110, source="probe") for n in (5, 100)]
-        alert = incident(service, r.revision, state="closed")
+        alert = incident(service, r.revision, state="closed", project=stack.project)
         inputs = [("pitstop-health", s) for s in samples] + [("pitstop-alerts", alert)]
         if doubled:
             inputs = inputs * 2
@@ -205,7 +205,7 @@ def test_malformed_messages_are_logged_acknowledged_and_change_nothing(stack, st
          "request_count: Field required"),
         ("pitstop-health", json.dumps(health_sample("nosuch", "nosuch-1", r.step_started_at, r.step_started_at
                                                     + timedelta(seconds=5), 100, 50, 10)).encode(), "on_health",
-         "no active rollout"),
+         "no rollout in progress"),
         ("pitstop-commands", json.dumps({"action": "launch", "service": "shop"}).encode(), "on_command", "action"),
         ("pitstop-alerts", json.dumps({"version": "1.2"}).encode(), "on_alert", "without an 'incident'"),
     ]

@@ -39,7 +39,7 @@ class Sim:
         self.pending: list[ApplyTraffic] = []
         self.n = 0
         self.history: list[tuple[str, Rollout]] = []  # (state before, rollout after) per decision
-        build = parse_build(cloud_build("SUCCESS", build_id="b2" + "0" * 30, substitutions={"_VERSION": version}), {})
+        build = parse_build(cloud_build("SUCCESS", build_id="b2" + "0" * 30, substitutions={"_VERSION": version}, now=T0), {})
         d = machine.start(spec, "us-central1", "p", build.artifact, "web-r1", stable, "v1" if stable else None,
                           self.now, build.id)
         self.rollout: Rollout = d.rollout

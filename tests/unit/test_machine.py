@@ -54,7 +54,7 @@ def test_unhealthy_sample_rolls_back_in_one_event_with_values_and_thresholds():
     assert (rate.measured, rate.threshold, rate.passed) == (0.3, 0.05, False)
     assert "error rate 30.0% is above the 5.0% limit" in d.audit.reasons[-1]
     assert s.notes[-1] == ("New version failed health checks after deployment. Automatically rolled back web "
-                           "to version v1. 5 % of requests reached it.")
+                           "to version v1. It was serving 5 % of requests.")
     s.apply_pending()
     assert s.rollout.state == "rolled_back"
     assert s.rollout.finished_at == s.now
@@ -215,12 +215,43 @@ def test_cloud_run_errors_retry_with_backoff_then_roll_back_then_fail():
     assert "FAILED and needs a person" in s.notes[-1] and "web-v1-aaaa 95%" in s.notes[-1]
 
 
-def test_revision_that_cannot_start_leaves_stable_untouched():
+def test_revision_that_cannot_start_sends_all_traffic_to_stable_without_naming_it():
     s = Sim(spec(), auto_apply=False)
     s.fail_pending(error="Cloud Run operation failed: container exited", permanent=True)
+    assert s.rollout.state == "rolling_back"
+    assert s.split == {"web-v1-aaaa": 100}, "the new revision may not exist: it is not named"
+    assert "served no requests" in s.notes[-1]
+    s.apply_pending()
     assert s.rollout.state == "rolled_back"
-    assert s.split == {"web-v1-aaaa": 100}
-    assert "No customer impact" in s.notes[-1]
+
+
+def test_superseded_canary_traffic_is_taken_back_by_the_successor():
+    first = Sim(spec())
+    assert first.split[NEW] == 5
+    first.send(Superseded(id="sup", by_rollout="web-r2", by_version="v3"))
+    second = Sim(spec(), version="v3")  # its first split names only stable and its own revision
+    assert set(second.rollout.desired[i].revision for i in range(2)) == {"web-v1-aaaa", second.rollout.revision}
+    assert second.split["web-v1-aaaa"] == 95 and NEW not in second.split
+
+
+def test_resume_after_the_deadline_gives_a_fresh_hold():
+    s = Sim(spec())
+    s.advance(300)
+    s.tick()
+    s.advance(301)
+    s.tick()
+    assert s.rollout.state == "paused"
+    s.advance(600)
+    s.command("resume")
+    d = s.tick()
+    assert d.audit.decision == "held" and s.rollout.hold_until == s.now + timedelta(seconds=300)
+    s.advance(10)
+    assert s.tick().audit is None and s.rollout.state == "progressing"
+
+
+def test_revision_names_keep_the_build_suffix():
+    name = machine.revision_name("a" * 49, "release-2026.11.22-hotfix", "0d97c63e-a349")
+    assert len(name) <= 63 and name.endswith("-0d97c63e")
 
 
 def test_crash_between_transaction_and_cloud_run_call_is_reconciled_by_a_tick():

@@ -18,7 +18,7 @@ LEGAL = {
     "progressing": {"progressing", "switching", "paused", "awaiting_approval", "rolling_back", "superseded"},
     "switching": {"baking", "succeeded", "rolling_back", "superseded"},
     "baking": {"succeeded", "paused", "rolling_back", "superseded"},
-    "paused": {"progressing", "verifying", "baking", "switching", "rolling_back", "superseded"},
+    "paused": {"progressing", "verifying", "baking", "switching", "succeeded", "rolling_back", "superseded"},
     "awaiting_approval": {"progressing", "switching", "verifying", "rolling_back", "superseded"},
     "rolling_back": {"rolled_back", "failed", "superseded"},
 }

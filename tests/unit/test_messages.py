@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -74,8 +75,6 @@ def test_unknown_build_status_is_refused():
 
 
 def test_health_sample_validation_names_the_field():
-    from datetime import datetime, timedelta, timezone
-
     t = datetime(2026, 1, 1, tzinfo=timezone.utc)
     good = health_sample("web", "web-v2-1", t, t + timedelta(minutes=1), 100, 3, 250.0)
     a, b = parse_health(good, "m1"), parse_health(dict(good), "m2")
@@ -142,3 +141,41 @@ def test_spec_matching():
     assert matches(tags, parse_build(cloud_build("SUCCESS", tag="v2.0.0", branch=None), {}))
     assert not matches(tags, parse_build(cloud_build("SUCCESS"), {}))
     assert json.loads(spec.model_dump_json())["strategy"]["canary"]["steps"][0]["pause"] == "5m"
+
+
+@pytest.mark.parametrize("parse, payload, fragment", [
+    (lambda p: parse_alert(p, "m"), {"version": "1.2", "incident": {"incident_id": "i", "state": "open",
+                                                                     "resource": "web"}}, "AttributeError"),
+    (lambda p: parse_alert(p, "m"), {"version": "1.2", "incident": {"incident_id": "i", "state": "open",
+                                                                     "policy_name": ["x"]}}, "policy"),
+    (lambda p: parse_build(p, {}), dict(cloud_build("SUCCESS"), results={"images": [{"name": "r/web:1",
+                                                                                      "digest": 5}]}), "digest"),
+    (lambda p: parse_build(p, {}), {"id": "a/b", "status": "SUCCESS"}, "not a build id"),
+    (lambda p: parse_command(p, "m"), {"action": "abort", "rollout_id": "a/b"}, "rollout_id"),
+    (lambda p: parse_command(p, "m"), {"action": "abort", "rollout_id": "__x__"}, "rollout_id"),
+])
+def test_wrong_types_deep_inside_are_refused_not_crashing(parse, payload, fragment):
+    with pytest.raises(BadMessage, match=fragment):
+        parse(payload)
+
+
+def test_timestamps_without_a_zone_are_refused():
+    t = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    sample = health_sample("web", "web-v2-1", t, t + timedelta(minutes=1), 100, 0, 10)
+    with pytest.raises(BadMessage, match="window_start.*timezone"):
+        parse_health(dict(sample, window_start="2026-01-01T00:00:00"), "m")
+
+
+def test_envelope_with_wrong_shapes_is_refused():
+    with pytest.raises(BadMessage):
+        envelope({"message": {"data": {"a": 1}, "messageId": "1"}})
+    with pytest.raises(BadMessage):
+        envelope({"message": {"data": base64.b64encode(b"{}").decode(), "attributes": [1], "messageId": "1"}})
+
+
+def test_trigger_matches_by_name_or_id_and_creation_time_is_kept():
+    build = parse_build(FACTS_BUILD, {})
+    assert build.trigger == "build-web" and build.trigger_id == "33f60a9c-3d79-4941-bfb1-fccbdd9cf38c"
+    assert build.artifact.created_at.isoformat() == "2024-02-21T16:56:35.560619+00:00"
+    by_id = load_spec("service: web\nregions: [r]\nmatch: {trigger: 33f60a9c-3d79-4941-bfb1-fccbdd9cf38c}")
+    assert matches(by_id, build)

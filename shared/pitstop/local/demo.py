@@ -205,7 +205,7 @@ class View:
 def _check(name: str, measured: float | None, threshold: float, passed: bool | None) -> str:
     if measured is None:
         return f"{name} n/a"
-    fmt = (lambda x: f"{x:.1%}") if name == "error_rate" else (lambda x: f"{x:g}")
+    fmt = (lambda x: f"{x:.1%}") if name == "error_rate" else (lambda x: f"{x:.4g}")
     relation = {True: "≤" if name != "requests" else "≥", False: ">" if name != "requests" else "<", None: "vs"}
     return f"{name} {fmt(measured)} {relation[passed]} {fmt(threshold)}"
 
@@ -316,11 +316,17 @@ def _ship_and_wait(stack: Stack, store: Store, watch: tuple[Metrics, float] | No
     raise DemoFailed(f"{version} did not reach {want} within {timeout_s:.0f}s; {where}")
 
 
-def _traffic(stack: Stack, watch: tuple[Metrics, float], view: View) -> dict[str, tuple[int, int]]:
+def _traffic(stack: Stack, watch: tuple[Metrics, float], view: View) -> dict[str, tuple[int, int]] | None:
+    """Requests and 5xx per revision since the load began; None (keep the last figures) if unavailable."""
+    from pitstop.metrics import MetricsUnavailable
+
     metrics, since = watch
     start = datetime.fromtimestamp(since, timezone.utc)
-    end = datetime.now(timezone.utc)
-    health = metrics.revision_health(stack.project, REGION, SERVICE, list(view.versions), start, end)
+    try:
+        health = metrics.revision_health(stack.project, REGION, SERVICE, list(view.versions), start,
+                                         datetime.now(timezone.utc))
+    except MetricsUnavailable:
+        return None
     return {rev: (h.request_count, h.error_count) for rev, h in health.items() if h.request_count}
 
 
@@ -399,7 +405,7 @@ def summary(report: Report) -> Group:
                      f"decision to the router\n")
     if report.first_v3_error_at and report.stable_routed_at:
         lines.append(f"exposure: {report.stable_routed_at - report.first_v3_error_at:.2f} s from v3's first 500 to "
-                     f"100 % on v2 (includes waiting for the next 1 s health sample)\n")
+                     f"100 % on v2 (includes collecting enough errors for a verdict and the next 1 s tick)\n")
     if report.last_v3_served_at and report.stable_routed_at:
         gap = report.last_v3_served_at - report.stable_routed_at
         lines.append(f"last v3 answer in the router's request log: {abs(gap):.3f} s "
@@ -427,7 +433,7 @@ def run_demo(rps: float = 50.0, state_dir: Path | None = None, console: Console 
     try:
         with ExitStack() as cleanup:
             cleanup.enter_context(_sigterm_as_interrupt())
-            cleanup.enter_context(_local_logs_to(state_dir / "local-cloud.log"))
+            cleanup.enter_context(local_logs_to(state_dir / "local-cloud.log"))
             console.print(f"starting the local stack (emulators, functions, Cloud Run, Monitoring) in {state_dir} …")
             stack = cleanup.enter_context(Stack(state_dir, tick_interval=1.0))
             with view.running():
@@ -438,6 +444,11 @@ def run_demo(rps: float = 50.0, state_dir: Path | None = None, console: Console 
         return 130
     except MissingTool as err:
         console.print(f"[red]{err}[/red]")
+        return 1
+    except Exception as err:  # a bug or a broken emulator: say what, after everything is stopped
+        console.print_exception(max_frames=8)
+        console.print(f"[bold red]FAILED:[/bold red] the demo stopped on {type(err).__name__}: {err}. "
+                      f"Everything is stopped; logs are in {state_dir}")
         return 1
     if report.v2 and report.v3 and report.results:
         console.print(summary(report))
@@ -454,7 +465,7 @@ def run_demo(rps: float = 50.0, state_dir: Path | None = None, console: Console 
 
 
 @contextmanager
-def _local_logs_to(path: Path) -> Iterator[None]:
+def local_logs_to(path: Path) -> Iterator[None]:
     """The local cloud logs with `logging`; keep it off the demo's screen, in a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
