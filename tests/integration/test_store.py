@@ -1,0 +1,98 @@
+"""The Firestore store on the real emulator: atomic state + audit, idempotency, races."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from pitstop import machine
+from pitstop.local.payloads import cloud_build
+from pitstop.messages import parse_build
+from pitstop.models import Applied, Command, Superseded
+from pitstop.spec import load_spec
+from pitstop.store import Store
+
+pytestmark = pytest.mark.emulators
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+SPEC = load_spec("service: web\nregions: [r1]\nmatch: {repo: web}\n")
+
+
+@pytest.fixture
+def store(firestore_clean) -> Store:
+    return Store.from_env(firestore_clean.project)
+
+
+def start(store: Store, build_id: str, version: str, now: datetime = T0):
+    artifact = parse_build(cloud_build("SUCCESS", build_id=build_id, substitutions={"_VERSION": version}), {}).artifact
+    rollout_id = f"web-production-r1-{build_id[:8]}"
+
+    def begin(record, active):
+        stable = (record or {}).get("stable_revision")
+        new = machine.start(SPEC, "r1", "p", artifact, rollout_id, stable, (record or {}).get("stable_version"),
+                            now, f"build-{build_id}")
+        old = None if active is None else machine.decide(
+            active, Superseded(id=f"superseded-by-{rollout_id}", by_rollout=rollout_id, by_version=version), now)
+        return new, old
+
+    return store.start(rollout_id, "web", "r1", "production", begin)
+
+
+def finish(store: Store, rollout_id: str, now: datetime = T0) -> None:
+    """Apply every split the rollout asks for, then promote it fully."""
+    for _ in range(6):
+        r = store.rollout(rollout_id)
+        if r.state == "succeeded":
+            return
+        if not r.applied:
+            inp = Applied(id=f"applied-g{r.desired_generation}", generation=r.desired_generation, observed=r.desired)
+        else:
+            inp = Command(id=f"c-{r.desired_generation}", action="promote", rollout_id=rollout_id, full=True)
+        store.apply(rollout_id, inp.id, lambda x, inp=inp: machine.decide(x, inp, now))
+    raise AssertionError(store.rollout(rollout_id))
+
+
+def test_state_and_audit_are_written_together_and_a_duplicate_changes_nothing(store):
+    outcome = start(store, "aaaaaaaa-1", "v1")
+    r = outcome.decision.rollout
+    assert store.rollout(r.id).state == "deploying"
+    inp = Applied(id="applied-g1", generation=1, observed=r.desired)
+    first = store.apply(r.id, inp.id, lambda x: machine.decide(x, inp, T0 + timedelta(seconds=1)))
+    assert first.stored and store.rollout(r.id).state == "succeeded"
+    again = store.apply(r.id, inp.id, lambda x: machine.decide(x, inp, T0 + timedelta(seconds=5)))
+    assert again.duplicate
+    assert [e.id for e in store.events(r.id)] == ["build-aaaaaaaa-1", "applied-g1"]
+    assert store.service("web", "r1")["stable_version"] == "v1"
+    snap = store.db.collection("rollouts").document(r.id).get().to_dict()
+    assert isinstance(snap["created_at"], datetime) and snap["state"] == "succeeded", "console-readable"
+
+
+def test_an_ignored_input_on_an_old_rollout_leaves_the_service_alone(store):
+    start(store, "aaaaaaaa-1", "v1")
+    finish(store, "web-production-r1-aaaaaaaa")
+    start(store, "bbbbbbbb-2", "v2", T0 + timedelta(minutes=1))
+    finish(store, "web-production-r1-bbbbbbbb", T0 + timedelta(minutes=1))
+    assert store.service("web", "r1")["stable_version"] == "v2"
+    abort = Command(id="late-abort", action="abort", rollout_id="web-production-r1-aaaaaaaa", actor="bob")
+    outcome = store.apply(abort.rollout_id, abort.id, lambda x: machine.decide(x, abort, T0 + timedelta(minutes=2)))
+    assert outcome.decision.audit.decision == "ignored"
+    record = store.service("web", "r1")
+    assert (record["stable_version"], record["last_rollout"]) == ("v2", "web-production-r1-bbbbbbbb")
+
+
+def test_concurrent_builds_leave_exactly_one_rollout_in_progress(store):
+    start(store, "aaaaaaaa-1", "v1")
+    finish(store, "web-production-r1-aaaaaaaa")
+    ids = [f"{c * 8}-{n}" for n, c in enumerate("cdefgh")]
+    threads = [threading.Thread(target=start, args=(store, b, f"v{n + 2}", T0 + timedelta(minutes=1)))
+               for n, b in enumerate(ids)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rollouts = [store.rollout(f"web-production-r1-{b[:8]}") for b in ids]
+    live = [r for r in rollouts if r.state == "deploying"]
+    assert len(live) == 1, [(r.id, r.state) for r in rollouts]
+    assert store.service("web", "r1")["active_rollout"] == live[0].id
+    assert all(r.state == "superseded" for r in rollouts if r is not live[0])
