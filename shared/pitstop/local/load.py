@@ -19,7 +19,6 @@ import math
 import threading
 import time
 import urllib.parse
-from collections import Counter
 from dataclasses import dataclass
 
 # Failure kinds; "ok" is a 2xx/3xx/4xx JSON answer from the app.
@@ -39,10 +38,6 @@ class Result:
     revision: str | None  # from the body; None if the app did not answer
     version: str | None
     kind: str
-
-    @property
-    def latency_ms(self) -> float:
-        return (self.finished - self.sent) * 1000
 
 
 class Load:
@@ -91,10 +86,6 @@ class Load:
     def results(self) -> list[Result]:
         with self._lock:
             return list(self._results)
-
-    def summary(self) -> Counter[tuple[str | None, str]]:
-        """(revision, kind) -> count."""
-        return Counter((r.revision, r.kind) for r in self.results())
 
     # ------------------------------------------------------------ the workers
 
