@@ -41,7 +41,7 @@ from pathlib import Path
 from pitstop.local.build import ship
 from pitstop.local.demo import RouteWatcher, local_logs_to
 from pitstop.local.payloads import health_sample
-from pitstop.local.stack import Stack
+from pitstop.local.stack import Stack, wait_for
 from pitstop.spec import load_spec
 from pitstop.store import Store
 
@@ -54,8 +54,6 @@ strategy: {{canary: {{steps: [{{weight: 10, pause: 1h}}]}}}}   # nothing moves b
 health: {{min_requests: 20}}
 """
 STAGES = ("publish", "delivery", "decide+write", "cloud run", "total")
-WAIT_S = 90.0
-
 
 @dataclass
 class Run:
@@ -70,17 +68,6 @@ class Run:
     def stage(self, name: str) -> float:
         return getattr(self, name.replace("+", "_").replace(" ", "_"))
 
-
-def wait_for(what: str, predicate, timeout: float = WAIT_S, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def commit_time(log_path: Path, rollout_id: str, decision: str) -> float:
     for line in log_path.read_text().splitlines():
         try:
@@ -90,7 +77,6 @@ def commit_time(log_path: Path, rollout_id: str, decision: str) -> float:
         if entry.get("rollout_id") == rollout_id and entry.get("decision") == decision:
             return datetime.fromisoformat(entry["time"]).timestamp()
     raise RuntimeError(f"no {decision} log line for {rollout_id} in {log_path}")
-
 
 def one_run(stack: Stack, store: Store, publisher, topic: str, routes: RouteWatcher, stable: str,
             version: str) -> Run:
@@ -113,12 +99,10 @@ def one_run(stack: Stack, store: Store, publisher, topic: str, routes: RouteWatc
     return Run(version, accepted - t0, decided - accepted, committed - decided, switched - committed,
                switched - t0, events["rolled_back"].at.timestamp() - switched)
 
-
 def p99(values: list[float]) -> float:
     """Nearest rank: with fewer than 100 runs this is the slowest run."""
     ranked = sorted(values)
     return ranked[min(len(ranked) - 1, max(0, -(-99 * len(ranked) // 100) - 1))]
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -161,7 +145,6 @@ def main() -> int:
     print(f"\nsummary: unhealthy sample published -> router on stable 100 % in {statistics.median(totals):.0f} ms "
           f"median, {p99(totals):.0f} ms p99 over {len(runs)} warm runs")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -279,6 +279,11 @@ def _health(p: _Plan, s: HealthSample) -> Decision:
     p.reasons.append(verdict.rule)
     if verdict.outcome == "fail":
         return _roll_back(p, f"health check failed: {verdict.rule}")
+    held = r.verdict
+    if held and (held.window_end, held.request_count) > (verdict.window_end, verdict.request_count):
+        # Samples arrive in any order: the verdict on the later (or larger) window stands.
+        p.reasons.append(f"the verdict on the window ending {held.window_end:%H:%M:%S} ({held.outcome}) stands")
+        return p.done("judged")
     p.set(verdict=verdict)
     if verdict.outcome == "pass" and r.next_step_at and p.now >= r.next_step_at and r.state not in ("paused", "awaiting_approval"):
         return _advance(p, "healthy and the step's pause is over")

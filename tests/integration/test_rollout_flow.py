@@ -17,7 +17,7 @@ import pytest
 
 from pitstop.local.build import build_image, ship
 from pitstop.local.payloads import cloud_build, health_sample, incident
-from pitstop.local.stack import Stack
+from pitstop.local.stack import Stack, wait_for
 from pitstop.spec import load_spec
 from pitstop.store import Store
 
@@ -36,16 +36,6 @@ def stack(emulators, tmp_path_factory):
 @pytest.fixture
 def store(stack) -> Store:
     return Store.from_env(stack.project)
-
-
-def wait_for(what: str, predicate, timeout: float = 60, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def apply(store: Store, service: str, steps: str = "[{weight: 10, pause: 1s}, {weight: 50, pause: 1s}]") -> None:

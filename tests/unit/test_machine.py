@@ -275,3 +275,14 @@ def test_superseded():
 def test_due_at_follows_deadlines():
     s = Sim(spec())
     assert s.rollout.due_at == s.rollout.next_step_at == s.now + timedelta(minutes=5)
+
+
+def test_a_late_sample_of_an_earlier_window_does_not_replace_the_verdict():
+    s = Sim(spec())
+    start = s.rollout.step_started_at
+    s.advance(120)
+    s.sample(requests=300, start=start, end=start + timedelta(seconds=100))
+    s.sample(requests=5, start=start, end=start + timedelta(seconds=50))
+    assert s.rollout.verdict.outcome == "pass" and s.audit[-1].decision == "judged"
+    s.sample(requests=5, start=start, end=start + timedelta(seconds=110))
+    assert s.rollout.verdict.outcome == "inconclusive", "a later window does replace it"

@@ -20,7 +20,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Self
+from typing import Callable, Self, TypeVar
 
 INSTALL_EMULATORS = (
     "gcloud components install cloud-firestore-emulator pubsub-emulator beta"
@@ -200,6 +200,9 @@ class ManagedProcess:
         self.stop()
 
 
+P = TypeVar("P", bound=ManagedProcess)
+
+
 def _signal(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
@@ -309,18 +312,16 @@ class Emulators:
         self.stop()
 
 
-def start_emulators(project: str) -> Emulators:
-    """Start both emulators in parallel; if either fails, stop the other."""
-    check_prerequisites()
-    pool = ThreadPoolExecutor(max_workers=2)
-    futures = []
+def start_together(starts: dict[str, Callable[[], P]]) -> dict[str, P]:
+    """Run several starts in parallel; if any fails (or Ctrl-C), stop those that did start."""
+    pool = ThreadPoolExecutor(max_workers=max(1, len(starts)))
+    futures = {}
     try:
-        futures.append(pool.submit(start_firestore, project))
-        futures.append(pool.submit(start_pubsub, project))
-        firestore, pubsub = [future.result() for future in futures]
-        return Emulators(project, firestore, pubsub)
-    except BaseException:  # also Ctrl-C: wait for the other start, then stop it
-        for future in futures:
+        for name, start in starts.items():
+            futures[name] = pool.submit(start)
+        return {name: future.result() for name, future in futures.items()}
+    except BaseException:  # wait for the other starts, then stop them
+        for future in futures.values():
             try:
                 future.result().stop()
             except Exception:
@@ -328,6 +329,14 @@ def start_emulators(project: str) -> Emulators:
         raise
     finally:
         pool.shutdown()
+
+
+def start_emulators(project: str) -> Emulators:
+    """Start both emulators in parallel; if either fails, stop the other."""
+    check_prerequisites()
+    started = start_together({"firestore": lambda: start_firestore(project),
+                              "pubsub": lambda: start_pubsub(project)})
+    return Emulators(project, started["firestore"], started["pubsub"])
 
 
 def wipe_firestore(host: str, project: str) -> None:

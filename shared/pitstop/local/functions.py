@@ -7,14 +7,14 @@ exercised as on GCP.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pitstop.local.emulators import ManagedProcess, free_port
+from pitstop.local.emulators import ManagedProcess, free_port, start_together
 
 START_TIMEOUT_S = 60.0
 
@@ -75,18 +75,4 @@ def start_functions(targets: list[str], source: Path, env: dict[str, str] | None
                     log_dir: Path | None = None) -> dict[str, FunctionProcess]:
     """Start several targets in parallel; if any fails, stop them all."""
     log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="pitstop-functions-"))
-    pool = ThreadPoolExecutor(max_workers=max(1, len(targets)))
-    futures = {}
-    try:
-        for target in targets:
-            futures[target] = pool.submit(start_function, target, source, 0, env, log_dir)
-        return {target: future.result() for target, future in futures.items()}
-    except BaseException:
-        for future in futures.values():
-            try:
-                future.result().stop()
-            except Exception:
-                pass  # this one failed to start; it already stopped itself
-        raise
-    finally:
-        pool.shutdown()
+    return start_together({t: functools.partial(start_function, t, source, 0, env, log_dir) for t in targets})

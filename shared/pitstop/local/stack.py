@@ -16,13 +16,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from pitstop.local.emulators import Emulators, check_prerequisites, start_emulators
 from pitstop.local.functions import FunctionProcess, start_functions
 from pitstop.local.requestlog import RequestLog
 from pitstop.local.wiring import ROUTES, publish, wire
 
+T = TypeVar("T")
 FUNCTIONS_SOURCE = Path(__file__).resolve().parents[3] / "functions" / "main.py"
 REGION = "us-central1"
 
@@ -116,3 +117,14 @@ class Stack:
                 self.publish("pitstop-ticks", {"at": datetime.now(timezone.utc).isoformat()})
             except Exception:  # the emulator is going away at shutdown; the next tick retries
                 time.sleep(self.tick_interval)
+
+
+def wait_for(what: str, predicate: Callable[[], T], timeout: float = 60, every: float = 0.2) -> T:
+    """Poll until `predicate` returns something truthy; say what never happened otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
