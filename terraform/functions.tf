@@ -77,7 +77,7 @@ resource "google_cloudfunctions2_function" "function" {
     available_memory      = var.function_memory
     min_instance_count    = 0
     max_instance_count    = var.max_instances
-    # One event at a time per instance keeps Firestore transaction contention and memory predictable.
+    # One event at a time per instance keeps Firestore write contention and memory predictable.
     max_instance_request_concurrency = 1
     # Only Pub/Sub push (internal to the project) reaches the functions; IAM is still enforced.
     ingress_settings               = "ALLOW_INTERNAL_ONLY"

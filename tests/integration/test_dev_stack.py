@@ -1,0 +1,62 @@
+"""`pitstop dev up --detach` / `pitstop dev down` as a person runs them: everything starts,
+the CLI finds the stack by itself, and nothing is left running afterwards."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.emulators
+PITSTOP = [sys.executable, "-m", "pitstop.cli"]
+
+
+def run(cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GOOGLE_CLOUD_PROJECT", "FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST")}
+    return subprocess.run([*PITSTOP, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def listening(host_port: str) -> bool:
+    host, port = host_port.removeprefix("http://").rsplit(":", 1)
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, int(port))) == 0
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-A", "-o", "pid=,ppid=,pgid=,stat="], capture_output=True, text=True).stdout
+    rows = [line.split() for line in out.splitlines()]
+    return [int(r[0]) for r in rows if (r[1] == str(pid) or r[2] == str(pid)) and not r[3].startswith("Z")]
+
+
+def test_dev_up_detached_then_down_leaves_nothing_running(tmp_path):
+    up = run(tmp_path, "dev", "up", "--detach", "--tick", "2")
+    assert up.returncode == 0, up.stdout + up.stderr
+    env = dict(line.removeprefix("export ").split("=", 1)
+               for line in (tmp_path / ".pitstop" / "dev.env").read_text().splitlines())
+    pid = int((tmp_path / ".pitstop" / "dev.pid").read_text())
+    functions = re.findall(r"on_\w+ (http://127\.0\.0\.1:\d+)", (tmp_path / ".pitstop" / "dev.log").read_text())
+    assert len(functions) == 5
+    endpoints = [env["FIRESTORE_EMULATOR_HOST"], env["PUBSUB_EMULATOR_HOST"], env["PITSTOP_RUN_ENDPOINT"],
+                 env["PITSTOP_MONITORING_ENDPOINT"], *functions]
+    try:
+        assert all(listening(e) for e in endpoints), endpoints
+        assert children_of(pid), "the stack runs its emulators and functions as children"
+        spec = Path(__file__).resolve().parents[2] / "examples" / "web" / "rollout.yaml"
+        applied = run(tmp_path, "apply", str(spec))
+        assert applied.returncode == 0 and "applied spec web--production" in applied.stdout, applied.stderr
+        assert "local stack" in applied.stderr, "the CLI says it found the local stack by itself"
+        status = run(tmp_path, "status")
+        assert status.returncode == 0 and "no rollouts yet" in status.stdout
+    finally:
+        down = run(tmp_path, "dev", "down", timeout=120)
+    assert down.returncode == 0 and "local stack stopped" in down.stdout, down.stderr
+    assert not any(listening(e) for e in endpoints)
+    assert not children_of(pid)
+    assert not (tmp_path / ".pitstop" / "dev.env").exists()
