@@ -180,12 +180,12 @@ class Engine:
 
     def _record_build(self, build: BuildFinished, outcome: str, message: str, severity: str = "INFO") -> None:
         log(severity, message, build_id=build.build_id, status=build.status)
-        self.store.record_build(build.build_id, {
+        new = self.store.record_build(build.build_id, {
             "build_id": build.build_id, "status": build.status, "outcome": outcome, "message": message,
             "repo": build.repo, "branch": build.branch, "tag": build.tag, "commit": build.commit,
             "log_url": build.log_url, "at": self.clock(),
         })
-        if outcome == "failed" or outcome == "rejected":
+        if new and outcome in ("failed", "rejected"):  # one notification per build, however often delivered
             try:
                 self.bus.publish(self.config.events_topic, {"build_id": build.build_id, "severity": severity,
                                                             "message": message}, severity=severity)

@@ -153,8 +153,14 @@ class Store:
 
     # ------------------------------------------------------------ writes
 
-    def record_build(self, build_id: str, doc: dict[str, Any]) -> None:
-        self.db.collection("builds").document(build_id).set(doc, merge=True)
+    def record_build(self, build_id: str, doc: dict[str, Any]) -> bool:
+        """Record what a build led to; False if this very status was recorded before (a redelivery)."""
+        ref = self.db.collection("builds").document(build_id)
+        before = ref.get()
+        if before.exists and before.get("status") == doc["status"]:
+            return False
+        ref.set(doc, merge=True)
+        return True
 
     def put_artifact(self, artifact: Artifact) -> None:
         doc = artifact.model_dump(mode="python", exclude_none=True)

@@ -217,6 +217,11 @@ def test_malformed_messages_are_logged_acknowledged_and_change_nothing(stack, st
         hits = [line for line in _log_lines(stack, target) if reason in line.get("message", "")]
         assert len(hits) == 1, f"{reason!r} logged {len(hits)} times: the message was redelivered"
         assert hits[0]["severity"] in ("ERROR", "WARNING")
+    failed_build = ship(stack.state_dir, stack.project, "shop", "v3", fail=True)
+    record = wait_for("the failed build recorded", lambda: (
+        snap := store.db.collection("builds").document(failed_build).get()).exists and snap.to_dict())
+    assert record["outcome"] == "failed" and "ended FAILURE" in record["message"]
+    assert "Nothing deployed; the current versions keep serving." in record["message"]
     assert _snapshot(store) == before
     assert store.db.collection("builds").document(no_digest["id"]).get().to_dict()["outcome"] == "rejected"
 
