@@ -175,8 +175,8 @@ class Engine:
         elif outcome.duplicate:
             log("INFO", f"build {build.build_id} already started rollout {rollout_id}; nothing changed",
                 rollout_id=rollout_id, service=spec.service, region=region)
-        elif outcome.decision:
-            self._act(outcome.decision)
+        else:
+            self._act_started(outcome)
 
     def _record_build(self, build: BuildFinished, outcome: str, message: str, severity: str = "INFO") -> None:
         log(severity, message, build_id=build.build_id, status=build.status)
@@ -275,8 +275,12 @@ class Engine:
                                                         by_version=target.version), now)
             return new, old
 
-        outcome = self.store.start(rollout_id, target.service, target.region, target.environment, begin)
-        if outcome.decision:
+        self._act_started(self.store.start(rollout_id, target.service, target.region, target.environment, begin))
+
+    def _act_started(self, outcome: Outcome) -> None:
+        if outcome.superseded is not None:  # its notification; the successor's split takes its traffic
+            self._act(outcome.superseded)
+        if outcome.decision is not None:
             self._act(outcome.decision)
 
     # ------------------------------------------------------------ ticks

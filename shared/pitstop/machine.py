@@ -278,6 +278,7 @@ def _health(p: _Plan, s: HealthSample) -> Decision:
     p.verdict = verdict
     p.reasons.append(verdict.rule)
     if verdict.outcome == "fail":
+        p.set(verdict=verdict)  # the verdict that rolled it back is the one a person must see
         return _roll_back(p, f"health check failed: {verdict.rule}")
     held = r.verdict
     if held and (held.window_end, held.request_count) > (verdict.window_end, verdict.request_count):

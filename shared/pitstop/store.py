@@ -42,6 +42,7 @@ class Outcome:
     decision: Decision | None
     duplicate: bool = False
     missing: bool = False
+    superseded: Decision | None = None  # the rollout a new one replaced, by `start`
 
     @property
     def stored(self) -> bool:
@@ -227,7 +228,7 @@ class Store:
             # Preconditioned on the record `begin` decided from: a concurrent start loses and retries.
             self._put_service(batch, new.rollout, service_snap)
             if self._commit(batch, attempt):
-                return Outcome(new)
+                return Outcome(new, superseded=old)
         raise Contention(f"service {service} in {region} changed under rollout {rollout_id} {MAX_ATTEMPTS} times")
 
     # ------------------------------------------------------------ writing, optimistically

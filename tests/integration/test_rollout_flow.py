@@ -277,3 +277,22 @@ def test_operator_cli_alert_and_rollback_to_an_earlier_version(stack, store, tmp
     assert rows[0]["state"] == "succeeded" and rows[1]["state"] == "rolled_back"
     result = _cli(stack, "history", "api", "--rollout", r3.id)
     assert result.exit_code == 0 and "rolling_back" in result.output and "alert" in result.output
+
+
+def test_a_newer_build_supersedes_the_canary_and_takes_its_traffic_back(stack, store):
+    apply(store, "cart", steps="[{weight: 30, pause: 1h}]")
+    v1 = first_version(stack, store, "cart")
+    ship(stack.state_dir, stack.project, "cart", "v2")
+    r2 = step_started(store, "cart")
+    assert cloud_run_split(stack, "cart") == {v1: 70, r2.revision: 30}
+    ship(stack.state_dir, stack.project, "cart", "v3")
+    r3 = wait_for("v3 canary step applied", lambda: (x := active(store, "cart")) and x.version == "v3"
+                  and x.step_started_at and x)
+    assert r3.stable_revision == v1, "the superseded canary never becomes anyone's stable"
+    split = cloud_run_split(stack, "cart")
+    assert split == {v1: 70, r3.revision: 30}, "v2's share went back; only stable and the new canary serve"
+    old = store.rollout(r2.id)
+    assert (old.state, old.superseded_by) == ("superseded", r3.id)
+    assert [e.decision for e in store.events(r2.id)][-1] == "superseded"
+    notes = [line.get("message", "") for line in _log_lines(stack, "on_build")]
+    assert any("Version v2 superseded by v3" in n for n in notes), "the superseded rollout's notice is sent"

@@ -38,7 +38,7 @@ def test_healthy_sample_after_deadline_promotes_at_once():
     s.advance(301)
     s.sample()
     assert s.split[NEW] == 10
-    assert s.audit[-2].decision == "advanced" or s.audit[-1].decision == "step_started"
+    assert [a.decision for a in s.audit[-2:]] == ["advanced", "step_started"]
 
 
 def test_unhealthy_sample_rolls_back_in_one_event_with_values_and_thresholds():
@@ -49,7 +49,7 @@ def test_unhealthy_sample_rolls_back_in_one_event_with_values_and_thresholds():
     d = s.sample(requests=400, errors=120, p99=150)
     assert s.rollout.state == "rolling_back"
     assert s.split == {"web-v1-aaaa": 100, NEW: 0}
-    assert d.audit.verdict.outcome == "fail"
+    assert d.audit.verdict.outcome == "fail" and s.rollout.verdict == d.audit.verdict
     rate = next(c for c in d.audit.verdict.checks if c.name == "error_rate")
     assert (rate.measured, rate.threshold, rate.passed) == (0.3, 0.05, False)
     assert "error rate 30.0% is above the 5.0% limit" in d.audit.reasons[-1]
@@ -223,15 +223,6 @@ def test_revision_that_cannot_start_sends_all_traffic_to_stable_without_naming_i
     assert "served no requests" in s.notes[-1]
     s.apply_pending()
     assert s.rollout.state == "rolled_back"
-
-
-def test_superseded_canary_traffic_is_taken_back_by_the_successor():
-    first = Sim(spec())
-    assert first.split[NEW] == 5
-    first.send(Superseded(id="sup", by_rollout="web-r2", by_version="v3"))
-    second = Sim(spec(), version="v3")  # its first split names only stable and its own revision
-    assert set(second.rollout.desired[i].revision for i in range(2)) == {"web-v1-aaaa", second.rollout.revision}
-    assert second.split["web-v1-aaaa"] == 95 and NEW not in second.split
 
 
 def test_resume_after_the_deadline_gives_a_fresh_hold():

@@ -32,7 +32,7 @@ def test_status_row_and_table_after_a_rollback():
     row = render.rollout_row(s.rollout)
     assert (row["state"], row["split"], row["split_applied"]) == ("rolled_back", {"web-v1-aaaa": 100,
                                                                                  s.rollout.revision: 0}, True)
-    assert row["verdict"] is None and "Automatically rolled back" in row["message"]
+    assert row["verdict"]["outcome"] == "fail" and "Automatically rolled back" in row["message"]
     table = text_of(render.rollouts_table([s.rollout]))
     assert "rolled_back" in table and "stable 100%, canary 0%" in table
     trail = text_of(render.events_table(s.audit))
