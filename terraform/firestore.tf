@@ -34,23 +34,3 @@ resource "google_firestore_index" "rollouts_by_service" {
     order      = "DESCENDING"
   }
 }
-
-# rollouts where service == S and state == X order by created_at desc (in-flight rollout to supersede)
-resource "google_firestore_index" "rollouts_by_service_state" {
-  project    = var.project_id
-  database   = local.firestore_database
-  collection = "rollouts"
-
-  fields {
-    field_path = "service"
-    order      = "ASCENDING"
-  }
-  fields {
-    field_path = "state"
-    order      = "ASCENDING"
-  }
-  fields {
-    field_path = "created_at"
-    order      = "DESCENDING"
-  }
-}

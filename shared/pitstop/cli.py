@@ -41,14 +41,14 @@ DEV_PID = DEV_DIR / "dev.pid"
 # ---------------------------------------------------------------- environment
 
 def _load_dev_env() -> None:
-    """After `pitstop dev up`, talk to the local stack unless a project is configured."""
-    if os.environ.get("GOOGLE_CLOUD_PROJECT") or not DEV_ENV.exists():
+    """While a local stack started here runs (its .pitstop/dev.env exists), talk to it, and say so."""
+    if not DEV_ENV.exists() or os.environ.get("PITSTOP_USE_GCP"):
         return
     for line in DEV_ENV.read_text().splitlines():
         if line.startswith("export "):
             key, _, value = line.removeprefix("export ").partition("=")
-            os.environ.setdefault(key, value.strip("'\""))
-    err.print(f"[dim](local stack: {DEV_ENV})[/dim]")
+            os.environ[key] = value.strip("'\"")
+    err.print(f"[dim](local stack: {DEV_ENV.resolve()}; PITSTOP_USE_GCP=1 to use your project instead)[/dim]")
 
 
 @functools.cache
@@ -285,18 +285,34 @@ def dev_up(tick: float = typer.Option(1.0, help="seconds between ticks (Cloud Sc
             proc = subprocess.Popen([sys.executable, "-m", "pitstop.cli", "dev", "up", "--tick", str(tick),
                                      "--state-dir", str(state_dir)], stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
-        deadline = time.monotonic() + 180
-        while not DEV_ENV.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                _fail(f"the local stack did not start; see {DEV_DIR / 'dev.log'}:\n"
-                      + "\n".join((DEV_DIR / "dev.log").read_text().splitlines()[-15:]))
-            time.sleep(0.3)
+        try:
+            deadline = time.monotonic() + 180
+            while not DEV_ENV.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    _stop_background(proc)
+                    _fail(f"the local stack did not start; nothing is left running. {DEV_DIR / 'dev.log'} says:\n"
+                          + "\n".join((DEV_DIR / "dev.log").read_text().splitlines()[-15:]))
+                time.sleep(0.3)
+        except KeyboardInterrupt:
+            _stop_background(proc)
+            _fail("interrupted while the local stack was starting; it was stopped again", 130)
         console.print(DEV_ENV.read_text().rstrip())
+        console.print("\n".join(line for line in (DEV_DIR / "dev.log").read_text().splitlines()
+                                if line.startswith(("functions:", "logs:"))))
         console.print(f"[green]local stack running in the background (pid {proc.pid}); "
                       f"`pitstop dev down` stops it[/green]")
         return
     _run_stack(tick, state_dir)
+
+
+def _stop_background(proc: subprocess.Popen) -> None:
+    """SIGTERM lets the stack stop its emulators and functions (their own sessions); kill only as a last resort."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _run_stack(tick: float, state_dir: Path) -> None:
@@ -349,6 +365,41 @@ def dev_ship(version: str = typer.Argument(..., help="version to build, e.g. v2"
     behaviour = dict(item.split("=", 1) for item in env)
     build_id = ship(Path(state), config.project, repo, version, behaviour, fail=fail)
     console.print(f"build {build_id}: {repo} {version} published QUEUED, WORKING, {'FAILURE' if fail else 'SUCCESS'}")
+
+
+@dev.command("load")
+def dev_load(service: str = typer.Argument("web", help="service to send requests to"),
+             rps: float = typer.Option(20.0, help="requests per second"),
+             seconds: float = typer.Option(60.0, help="how long (Ctrl-C stops earlier)"),
+             region: str = typer.Option("us-central1")) -> None:
+    """Send steady traffic to a local service, so its canary gets judged; prints what answered."""
+    from collections import Counter
+
+    from google.api_core import exceptions
+
+    from pitstop.cloudrun import CloudRun, service_path
+    from pitstop.local.load import Load
+
+    config = _config()
+    if not config.run_endpoint:
+        _fail("no local stack: start it with `pitstop dev up --detach`")
+    try:
+        url = CloudRun.from_endpoint(config.run_endpoint).client.get_service(
+            name=service_path(config.project, region, service)).uri
+    except exceptions.NotFound:
+        _fail(f"service {service} does not exist yet: ship a first version with `pitstop dev ship v1`")
+    console.print(f"sending {rps:g} requests/s to {service} at {url} for {seconds:g}s …")
+    load = Load(url, rps=rps, max_duration_s=seconds).start()
+    try:
+        while load.running:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        load.stop()
+    answered = Counter((r.version or "-", r.status or 0) for r in load.results())
+    for (version, status), count in sorted(answered.items()):
+        console.print(f"  {version:<10} HTTP {status or 'none':<5} {count}")
 
 
 @dev.command("down")

@@ -22,11 +22,14 @@ def step_label(r: Rollout) -> str:
         steps = r.strategy.canary.steps
         if r.state in ("progressing", "paused", "awaiting_approval") and r.step < len(steps):
             return f"{r.step + 1}/{len(steps)} ({steps[r.step].weight}%)"
-        return f"{min(r.step, len(steps))}/{len(steps)}"
+        reached = len(steps) if r.state == "succeeded" else min(r.step + 1, len(steps))
+        return f"{reached}/{len(steps)}"
     return r.kind.replace("_", "-")
 
 
 def split_label(r: Rollout) -> str:
+    if r.state == "superseded":  # its last split is history: the successor owns the traffic now
+        return f"— (see {r.superseded_by})"
     return ", ".join(f"{t.tag or t.revision} {t.percent}%" for t in r.desired)
 
 

@@ -4,7 +4,7 @@ Collections, each readable in the Firestore console:
   specs/{service}--{environment}        the registered rollout specs
   rollouts/{id}                          current state of one rollout
   rollouts/{id}/events/{input id}        audit: input, decision, reasons, traffic
-  services/{service}--{region}           active rollout, stable revision, last outcome
+  services/{service}--{env}--{region}    active rollout, stable revision, last outcome
   artifacts/{sha256-…}                   image, digest, build, commit
   builds/{build id}                      builds that started nothing, and why
 

@@ -128,8 +128,8 @@ def test_duplicated_and_shuffled_delivery_ends_in_the_same_state_and_trail(stack
         for body in builds:
             stack.publish("cloud-builds", body, buildId=build_id, status=body["status"])
         r = step_started(store, service)
-        samples = [probe(stack, r, r.stable_revision, 500, 0, 100, source="stable-probe")]
-        time.sleep(1)  # the baseline first, as the sampler publishes it
+        probe(stack, r, r.stable_revision, 500, 0, 100, source="stable-probe")
+        wait_for("the baseline", lambda: store.rollout(r.id).baseline)  # so both runs judge against it
         samples = [health_sample(service, r.revision, r.step_started_at, r.step_started_at + timedelta(seconds=30),
                                  n, 0, 110, source="probe") for n in (5, 100)]
         alert = incident(service, r.revision, state="closed", project=stack.project)

@@ -75,6 +75,10 @@ class Load:
         for worker in self._workers:
             worker.join(self.timeout_s + 1)
 
+    @property
+    def running(self) -> bool:
+        return any(worker.is_alive() for worker in self._workers)
+
     def __enter__(self) -> Load:
         return self.start()
 

@@ -12,6 +12,10 @@ import threading
 from dataclasses import dataclass
 
 
+RETENTION_S = 6 * 3600  # longer than any rollout window a local run queries
+PRUNE_EVERY = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class Served:
     at: float  # epoch seconds when the response finished
@@ -35,6 +39,9 @@ class RequestLog:
             i = bisect.bisect_right(self._times, item.at)
             self._times.insert(i, item.at)
             self._items.insert(i, item)
+            if len(self._items) % PRUNE_EVERY == 0:  # a long `dev up` must not grow without bound
+                keep = bisect.bisect_left(self._times, item.at - RETENTION_S)
+                del self._times[:keep], self._items[:keep]
 
     def between(self, start: float, end: float) -> list[Served]:
         """Requests with start < at <= end (Monitoring's interval semantics)."""

@@ -1,8 +1,10 @@
-# Installs pitstop into one project and lets it roll out one Cloud Run service, `web`.
+# Installs pitstop into one project and lets it roll out one existing Cloud Run service.
+# Prerequisites: the service (`managed_service`) and its runtime service account exist in the project.
 #
 #   pitstop package build/functions        # from the repository root (or python -m pitstop.package)
 #   cd terraform/examples/basic
-#   terraform init && terraform apply -var project_id=my-project
+#   terraform init && terraform apply -var project_id=my-project \
+#     -var 'managed_service={name="web", service_account="web-runtime@my-project.iam.gserviceaccount.com"}'
 
 terraform {
   required_version = ">= 1.5"
@@ -36,6 +38,20 @@ variable "source_dir" {
   default     = "../../../build/functions"
 }
 
+variable "managed_service" {
+  description = "An existing Cloud Run service in the project that pitstop rolls out, and its runtime service account."
+  type = object({
+    name            = string
+    service_account = string
+  })
+}
+
+variable "command_publishers" {
+  description = "Members allowed to send operator commands (`pitstop promote/pause/abort`), e.g. [\"group:deployers@example.com\"]."
+  type        = list(string)
+  default     = []
+}
+
 provider "google" {
   project = var.project_id
   region  = var.region
@@ -48,15 +64,10 @@ module "pitstop" {
   region     = var.region
   source_dir = var.source_dir
 
-  managed_services = [
-    {
-      name            = "web"
-      service_account = "web-runtime@${var.project_id}.iam.gserviceaccount.com"
-    },
-  ]
+  managed_services = [var.managed_service]
 
   # Who may run `pitstop promote/pause/abort/...` (they publish to pitstop-commands).
-  command_publishers = ["group:deployers@example.com"]
+  command_publishers = var.command_publishers
 }
 
 # If the project already has a `cloud-builds` topic, either set create_cloud_builds_topic = false
