@@ -366,28 +366,29 @@ def _command(p: _Plan, c: Command) -> Decision:
         if r.state not in ("verifying", "progressing", "baking") or not r.applied:
             return p.ignore(f"only a verifying, progressing or baking rollout whose split is applied can be "
                             f"paused; this one is {r.state}")
-        p.set(state="paused", paused_from=r.state, hold_until=p.now + timedelta(seconds=r.max_hold),
+        until = p.now + timedelta(seconds=r.max_hold)
+        p.set(state="paused", paused_from=r.state, hold_until=until,
               message=f"Paused by {c.actor} at {r.new_percent} %.")
         p.reasons.append(f"paused by {c.actor} at {r.new_percent} %; it rolls back if not resumed by "
-                         f"{r.hold_until or p.now + timedelta(seconds=r.max_hold):%Y-%m-%d %H:%M} UTC")
+                         f"{until:%Y-%m-%d %H:%M} UTC")
         return p.done("paused")
     if c.action == "resume":
         if r.state != "paused":
             return p.ignore(f"cannot resume: rollout is {r.state}, not paused")
-        p.set(state=r.paused_from or "progressing", paused_from=None, hold_until=None)
+        _release(p)
         p.reasons.append(f"resumed by {c.actor}; the step's deadline stays "
                          f"{r.next_step_at.isoformat() if r.next_step_at else 'unset'}")
         return p.done("resumed")
     if c.action == "approve":
         if r.state != "awaiting_approval":
             return p.ignore(f"nothing to approve: rollout is {r.state}")
-        p.set(state=r.paused_from or "progressing", paused_from=None, hold_until=None)
+        _release(p)
         return _advance(p, f"approved by {c.actor}", gate_passed=True)
     if c.action == "promote":
         if r.state in ("deploying", "rolling_back") or not r.applied:
             return p.ignore(f"cannot promote while {r.state} and the current split is not applied yet")
         if r.state in ("paused", "awaiting_approval"):
-            p.set(state=r.paused_from or "progressing", paused_from=None, hold_until=None)
+            _release(p)
         if c.full and r.state == "baking":  # already at 100 %: only the bake is left to skip
             p.reasons.append(f"{c.actor} promoted fully, skipping the rest of the bake")
             return _succeed(p, f"Version {r.version} promoted to 100 % of {r.service} by {c.actor}.")
@@ -417,6 +418,11 @@ def _advance(p: _Plan, why: str, gate_passed: bool = False) -> Decision:
     if r.step + 1 < len(steps):
         return _enter_step(p, r.step + 1)
     return _switch(p, "last canary step passed; promoting to 100 %")
+
+
+def _release(p: _Plan) -> None:
+    """Leave a pause or an approval gate for the state it was holding."""
+    p.set(state=p.r.paused_from or "progressing", paused_from=None, hold_until=None)
 
 
 def _gate(p: _Plan) -> Decision:
