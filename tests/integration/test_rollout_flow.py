@@ -296,3 +296,24 @@ def test_a_newer_build_supersedes_the_canary_and_takes_its_traffic_back(stack, s
     assert [e.decision for e in store.events(r2.id)][-1] == "superseded"
     notes = [line.get("message", "") for line in _log_lines(stack, "on_build")]
     assert any("Version v2 superseded by v3" in n for n in notes), "the superseded rollout's notice is sent"
+
+
+def test_blue_green_verifies_on_the_tag_waits_for_approval_switches_and_bakes(stack, store, tmp_path):
+    spec = load_spec(f"service: shelf\nregions: [{REGION}]\nmatch: {{repo: shelf, branch: main}}\n"
+                     "strategy: {blue_green: {verify: 1s, bake: 2s, approve: true}}\nhealth: {min_requests: 20}\n")
+    store.put_spec(spec, "test", datetime.now(timezone.utc))
+    blue = first_version(stack, store, "shelf")
+    ship(stack.state_dir, stack.project, "shelf", "v2")
+    r = wait_for("green verifying", lambda: (x := active(store, "shelf")) and x.state == "verifying"
+                 and x.step_started_at and x)
+    assert cloud_run_split(stack, "shelf") == {blue: 100, r.revision: 0}, "green gets no traffic while verified"
+    time.sleep(1.1)
+    probe(stack, r, r.revision, 40, 0, 90, source="smoke-tests")  # a smoke suite on the green tag URL
+    wait_for("the approval gate", lambda: store.rollout(r.id).state == "awaiting_approval")
+    result = _cli(stack, "approve", "shelf", "-m", "smoke tests green")
+    assert result.exit_code == 0 and "switching" in result.output, result.output
+    r = wait_for("baking at 100 %", lambda: (x := store.rollout(r.id)).state == "baking" and x)
+    assert cloud_run_split(stack, "shelf") == {r.revision: 100, blue: 0}, "blue kept at 0 % for instant rollback"
+    probe(stack, r, r.revision, 200, 0, 95)
+    wait_for("green succeeded after the bake", lambda: store.rollout(r.id).state == "succeeded", timeout=30)
+    assert store.service("shelf", REGION)["stable_revision"] == r.revision
