@@ -33,6 +33,7 @@ HOP_BY_HOP = frozenset(
         "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length",
     )
 )
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 @dataclass(frozen=True)
@@ -212,8 +213,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 break
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
-                if reused and not isinstance(e, TimeoutError):
-                    # The revision had closed this pooled keep-alive connection: retry once, fresh.
+                if reused and not isinstance(e, TimeoutError) and self.command in IDEMPOTENT:
+                    # The revision had closed this pooled keep-alive connection: retry once, fresh
+                    # (only where sending twice is harmless, as HTTP clients do).
                     conn, reused = pool.fresh(backend.port), False
                     continue
                 if isinstance(e, ConnectionRefusedError):
