@@ -1,5 +1,5 @@
-"""The shell around `decide`: find the rollout an input names, decide in a
-Firestore transaction, then carry out the effects (Cloud Run traffic, events).
+"""The shell around `decide`: find the rollout an input names, decide and store it in one
+atomic Firestore write, then carry out the effects (Cloud Run traffic, events).
 
 One loop of clear phases per input: route -> transact -> act. Cloud Run results
 come back in as inputs (`Applied`, `ApplyFailed`), so every consequence of an

@@ -8,7 +8,7 @@ Collections, each readable in the Firestore console:
   artifacts/{sha256-…}                   image, digest, build, commit
   builds/{build id}                      builds that started nothing, and why
 
-Every state change and its audit event commit in one transaction keyed by the
+Every state change and its audit event commit in one atomic batch keyed by the
 input id, so a redelivered input finds its event and changes nothing.
 """
 
@@ -37,7 +37,7 @@ class Contention(RuntimeError):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a transaction did: the decision it stored, or why it stored none."""
+    """What a write did: the decision it stored, or why it stored none."""
 
     decision: Decision | None
     duplicate: bool = False

@@ -32,7 +32,7 @@ ROUTES: dict[str, str] = {
 }
 
 # How long the emulator waits for a function before it redelivers. The
-# Firestore emulator can stall ~30 s on contended transactions; a shorter
+# Firestore emulator can be slow under load (seconds per write); a shorter
 # deadline would run the same message twice at once.
 PUSH_ACK_DEADLINE_S = 60
 
