@@ -48,16 +48,16 @@ def on_build(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def on_health(event: CloudEvent) -> None:
     def handle() -> None:
-        payload, _, message_id = messages.envelope(event.data)
-        engine().on_health(messages.parse_health(payload, message_id))
+        payload, _, _ = messages.envelope(event.data)
+        engine().on_health(messages.parse_health(payload))
     _guarded("health sample", event, handle)
 
 
 @functions_framework.cloud_event
 def on_alert(event: CloudEvent) -> None:
     def handle() -> None:
-        payload, _, message_id = messages.envelope(event.data)
-        engine().on_alert(messages.parse_alert(payload, message_id))
+        payload, _, _ = messages.envelope(event.data)
+        engine().on_alert(messages.parse_alert(payload))
     _guarded("Cloud Monitoring incident", event, handle)
 
 

@@ -337,7 +337,7 @@ def _run_stack(tick: float, state_dir: Path) -> None:
         DEV_PID.write_text(str(os.getpid()))
         DEV_ENV.write_text(lines + "\n")
         console.print(lines)
-        console.print(f"functions: " + ", ".join(f"{t} {p.url}" for t, p in stack.functions.items()))
+        console.print("functions: " + ", ".join(f"{t} {p.url}" for t, p in stack.functions.items()))
         console.print(f"logs: {state_dir / 'logs'}  •  Ctrl-C or `pitstop dev down` stops everything")
         while not stop["now"]:
             time.sleep(0.5)

@@ -72,7 +72,8 @@ class CloudRun:
                 svc = self.client.get_service(name=name)
             except exceptions.NotFound:
                 if revision is None or image is None:
-                    raise CloudRunError(f"service {service} does not exist in {project}/{region}", permanent=True)
+                    raise CloudRunError(f"service {service} does not exist in {project}/{region}",
+                                        permanent=True) from None
                 return self._create(project, region, service, split, revision, image)
             if revision and image and not self._has_revision(svc, revision):
                 svc = self._deploy(svc, revision, image)

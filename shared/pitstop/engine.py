@@ -67,7 +67,7 @@ class Engine:
                 rollout_id=rollout_id)
         elif outcome.duplicate:
             log("INFO", f"{inp.kind} input {inp.id} was already handled; nothing changed", rollout_id=rollout_id)
-        elif outcome.decision and outcome.decision.audit:
+        elif outcome.stored:
             self._act(outcome.decision)
         return outcome
 
@@ -105,9 +105,7 @@ class Engine:
                                               error=str(err), permanent=permanent))
                 return
             outcome = self.handle(r.id, Applied(id=f"applied-g{gen}", generation=gen, observed=observed))
-            accepted = outcome.decision is not None and outcome.decision.audit is not None \
-                and outcome.decision.audit.decision != "ignored"
-            if accepted:
+            if outcome.stored and outcome.decision.audit.decision != "ignored":
                 return
             # A newer split was decided while ours was in flight; ours may have overwritten it.
             current = self.store.rollout(r.id)
@@ -314,7 +312,7 @@ class Engine:
                 continue
             for revision in reversed(revisions):  # stable first: the canary's verdict compares against it
                 h = health.get(revision)
-                if h is None or h.request_count == 0:
+                if h is None or not h.has_data:  # no traffic is no data: nothing to publish
                     continue
                 self.bus.publish(self.config.health_topic, {
                     "service": r.service, "region": r.region, "revision": revision, "rollout_id": r.id,

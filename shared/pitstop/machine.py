@@ -318,8 +318,7 @@ def _alert(p: _Plan, a: Alert) -> Decision:
 def _tick(p: _Plan) -> Decision:
     r, now = p.r, p.now
     if not r.applied:
-        due = r.retry_at or r.desired_at + timedelta(seconds=RECONCILE_AFTER)
-        if now < due:
+        if now < r.reapply_at:
             return p.nothing()
         p.effects.append(ApplyTraffic(generation=r.desired_generation, split=r.desired,
                                       create_revision=r.state == "deploying"))

@@ -140,7 +140,7 @@ def _timestamp(value: Any) -> datetime | None:
 # ---------------------------------------------------------------- health samples
 
 @refusing("health sample")
-def parse_health(payload: dict[str, Any], message_id: str) -> HealthSample:
+def parse_health(payload: dict[str, Any]) -> HealthSample:
     sample = HealthSample.model_validate_json(json.dumps(payload))
     # The same sample published twice is one sample: name it by its content.
     key = "|".join(str(x) for x in (sample.service, sample.region, sample.revision, sample.window_start.isoformat(),
@@ -152,7 +152,7 @@ def parse_health(payload: dict[str, Any], message_id: str) -> HealthSample:
 # ---------------------------------------------------------------- Cloud Monitoring incidents
 
 @refusing("Cloud Monitoring incident")
-def parse_alert(payload: dict[str, Any], message_id: str) -> Alert:
+def parse_alert(payload: dict[str, Any]) -> Alert:
     incident = payload.get("incident")
     if not isinstance(incident, dict):
         raise BadMessage("Cloud Monitoring notification without an 'incident' object")

@@ -1,7 +1,7 @@
 """The nouns of pitstop: specs, rollouts, the inputs that move them, effects, audit.
 
 Plain pydantic models with no I/O. Everything stored in Firestore goes through
-`to_doc()` / `from_doc()` so documents stay short and readable in the console:
+`to_doc()` (and `Rollout.from_doc()`) so documents stay short and readable in the console:
 timestamps, plain strings, small maps.
 """
 
@@ -63,11 +63,6 @@ class Model(BaseModel):
 
     def to_doc(self) -> dict[str, Any]:
         return self.model_dump(mode="python", exclude_none=True)
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]):
-        # Firestore hands back exactly what to_doc stored; ignore fields it adds.
-        return cls.model_validate(doc)
 
 
 # ---------------------------------------------------------------- the spec
@@ -405,9 +400,14 @@ class Rollout(Model):
             return None
         # A hold replaces the step deadline it extends: a past deadline must not make every tick due.
         times = [t for t in (self.hold_until or self.next_step_at, self.retry_at) if t]
-        if self.desired_generation != self.observed_generation:
-            times.append(self.retry_at or self.desired_at + timedelta(seconds=RECONCILE_AFTER))
+        if not self.applied:
+            times.append(self.reapply_at)
         return min(times) if times else None
+
+    @property
+    def reapply_at(self) -> datetime:
+        """When an unobserved split is applied again: the retry time, or when its applier must be dead."""
+        return self.retry_at or self.desired_at + timedelta(seconds=RECONCILE_AFTER)
 
     @property
     def applied(self) -> bool:

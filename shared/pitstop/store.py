@@ -91,7 +91,7 @@ class Store:
         out = []
         for snap in self.db.collection("specs").stream():
             doc = {k: v for k, v in snap.to_dict().items() if k not in ("applied_at", "applied_by", "match_repo")}
-            out.append(RolloutSpec.model_validate_json(_json(doc)))
+            out.append(RolloutSpec.model_validate(doc, strict=False))  # stored as JSON-mode values ("5m")
         return out
 
     # ------------------------------------------------------------ reads
@@ -267,9 +267,3 @@ class Store:
 def _full(rollout: Rollout) -> dict[str, Any]:
     """Every field, None included: an update must clear what the new state no longer has."""
     return rollout.model_dump(mode="python")
-
-
-def _json(doc: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(doc, default=str)

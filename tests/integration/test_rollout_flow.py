@@ -5,7 +5,6 @@ as an external probe would."""
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 import time

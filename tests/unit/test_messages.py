@@ -77,29 +77,29 @@ def test_unknown_build_status_is_refused():
 def test_health_sample_validation_names_the_field():
     t = datetime(2026, 1, 1, tzinfo=timezone.utc)
     good = health_sample("web", "web-v2-1", t, t + timedelta(minutes=1), 100, 3, 250.0)
-    a, b = parse_health(good, "m1"), parse_health(dict(good), "m2")
+    a, b = parse_health(good), parse_health(dict(good))
     assert a.id == b.id, "the same sample published twice is one input"
     bad = dict(good, error_count=500)
     with pytest.raises(BadMessage, match="error_count cannot exceed"):
-        parse_health(bad, "m3")
+        parse_health(bad)
     missing = {k: v for k, v in good.items() if k != "request_count"}
     with pytest.raises(BadMessage, match="request_count: Field required"):
-        parse_health(missing, "m4")
+        parse_health(missing)
     with pytest.raises(BadMessage, match="window_end"):
-        parse_health(dict(good, window_end="yesterday"), "m5")
+        parse_health(dict(good, window_end="yesterday"))
 
 
 def test_alert_schema_1_2_and_test_notifications():
-    a = parse_alert(incident("web", "web-00003-canary"), "m")
+    a = parse_alert(incident("web", "web-00003-canary"))
     assert (a.state, a.service, a.revision, a.location, a.test) == ("open", "web", "web-00003-canary",
                                                                      "us-central1", False)
     assert a.id == "alert-0.nrwotmyokd9n-open" and a.observed_value == "0.31"
-    closed = parse_alert(incident("web", None, state="closed"), "m")
+    closed = parse_alert(incident("web", None, state="closed"))
     assert closed.state == "closed" and closed.revision is None
-    t = parse_alert(incident("web", None, test=True), "m")
+    t = parse_alert(incident("web", None, test=True))
     assert t.test and t.state == "open"
     with pytest.raises(BadMessage, match="incident"):
-        parse_alert({"version": "1.2"}, "m")
+        parse_alert({"version": "1.2"})
 
 
 def test_commands():
@@ -144,9 +144,9 @@ def test_spec_matching():
 
 
 @pytest.mark.parametrize("parse, payload, fragment", [
-    (lambda p: parse_alert(p, "m"), {"version": "1.2", "incident": {"incident_id": "i", "state": "open",
+    (parse_alert, {"version": "1.2", "incident": {"incident_id": "i", "state": "open",
                                                                      "resource": "web"}}, "AttributeError"),
-    (lambda p: parse_alert(p, "m"), {"version": "1.2", "incident": {"incident_id": "i", "state": "open",
+    (parse_alert, {"version": "1.2", "incident": {"incident_id": "i", "state": "open",
                                                                      "policy_name": ["x"]}}, "policy"),
     (lambda p: parse_build(p, {}), dict(cloud_build("SUCCESS"), results={"images": [{"name": "r/web:1",
                                                                                       "digest": 5}]}), "digest"),
@@ -163,7 +163,7 @@ def test_timestamps_without_a_zone_are_refused():
     t = datetime(2026, 1, 1, tzinfo=timezone.utc)
     sample = health_sample("web", "web-v2-1", t, t + timedelta(minutes=1), 100, 0, 10)
     with pytest.raises(BadMessage, match="window_start.*timezone"):
-        parse_health(dict(sample, window_start="2026-01-01T00:00:00"), "m")
+        parse_health(dict(sample, window_start="2026-01-01T00:00:00"))
 
 
 def test_envelope_with_wrong_shapes_is_refused():

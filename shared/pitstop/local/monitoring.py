@@ -48,7 +48,7 @@ from google.api import distribution_pb2, metric_pb2
 from google.cloud import monitoring_v3
 from google.protobuf import timestamp_pb2
 
-from pitstop.local.monitoring_filter import RESOURCE_TYPE, FilterError, parse_filter
+from pitstop.local.monitoring_filter import FilterError, parse_filter
 from pitstop.local.requestlog import RequestLog, Served
 
 SERVICE_NAME = "google.monitoring.v3.MetricService"
