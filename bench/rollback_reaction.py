@@ -42,8 +42,8 @@ from pitstop.local.build import ship
 from pitstop.local.demo import RouteWatcher, local_logs_to
 from pitstop.local.payloads import health_sample
 from pitstop.local.stack import Stack, wait_for
-from pitstop.spec import load_spec
-from pitstop.store import Store
+from pitstop.core.spec import load_spec
+from pitstop.gcp.store import Store
 
 SERVICE, REGION = "bench", "us-central1"
 SPEC = f"""

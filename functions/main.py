@@ -13,7 +13,7 @@ from typing import Callable
 import functions_framework
 from cloudevents.http.event import CloudEvent
 
-from pitstop import messages
+from pitstop.core import messages
 from pitstop.log import log
 
 _engine = None

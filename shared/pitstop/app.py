@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from pitstop.bus import Bus
+from pitstop.gcp.bus import Bus
 from pitstop.config import Config
 from pitstop.engine import Engine
-from pitstop.store import Store
+from pitstop.gcp.store import Store
 
 
 def build_engine(config: Config | None = None) -> Engine:
     config = config or Config.from_env()
 
     def cloudrun():
-        from pitstop.cloudrun import CloudRun
+        from pitstop.gcp.cloudrun import CloudRun
 
         return CloudRun.from_endpoint(config.run_endpoint)
 
     def metrics():
-        from pitstop.metrics import Metrics
+        from pitstop.gcp.metrics import Metrics
 
         return Metrics.from_env()
 

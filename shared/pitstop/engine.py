@@ -11,20 +11,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Callable
 
-from pitstop import machine
+from pitstop.core import machine
 from pitstop.log import log, rollout_fields
-from pitstop.models import (
+from pitstop.core.models import (
     Alert, Applied, ApplyFailed, ApplyTraffic, BuildFinished, Command, HealthSample, Input, Notify, Rollout,
     Superseded, Tick,
 )
-from pitstop.spec import describe_source, matches
-from pitstop.store import Outcome, Store
+from pitstop.core.spec import describe_source, matches
+from pitstop.gcp.store import Outcome, Store
 
 if TYPE_CHECKING:
-    from pitstop.bus import Bus
-    from pitstop.cloudrun import CloudRun
+    from pitstop.gcp.bus import Bus
+    from pitstop.gcp.cloudrun import CloudRun
     from pitstop.config import Config
-    from pitstop.metrics import Metrics
+    from pitstop.gcp.metrics import Metrics
 
 IGNORED_BUILD_STATES = {"STATUS_UNKNOWN", "PENDING", "QUEUED", "WORKING"}
 
@@ -295,7 +295,7 @@ class Engine:
 
     def _sample(self, now: datetime) -> None:
         """Publish a health sample per watched revision over its current step's window."""
-        from pitstop.metrics import MetricsUnavailable
+        from pitstop.gcp.metrics import MetricsUnavailable
 
         end = now - timedelta(seconds=self.config.health_lag)
         metrics = None

@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 
 # Paths inside pitstop/ that production never imports: the CLI, the laptop stack, this tool.
-EXCLUDED = ("cli.py", "render.py", "__main__.py", "local", "package.py")
+EXCLUDED = ("surfaces", "__main__.py", "local", "package.py")
 
 # Distributions in [project].dependencies that only the CLI (typer, rich) and the local stack
 # (httpx) use. tests/infra/test_bundle.py fails if bundled code imports one of them.

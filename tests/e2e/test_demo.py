@@ -16,7 +16,7 @@ from rich.console import Console
 from pitstop.local.demo import REGION, SERVICE, View, run_scenario
 from pitstop.local.load import APP_5XX, OK
 from pitstop.local.stack import Stack
-from pitstop.store import Store
+from pitstop.gcp.store import Store
 
 pytestmark = [pytest.mark.e2e, pytest.mark.emulators]
 

@@ -50,14 +50,14 @@ def test_bundle_layout(bundle: Path) -> None:
     assert (bundle / "main.py").read_text() == (ROOT / "functions" / "main.py").read_text()
     assert (bundle / "pitstop" / "__init__.py").is_file()
     assert not (bundle / "pitstop" / "local").exists()
-    for dev_only in ("cli.py", "render.py", "__main__.py", "package.py"):
+    for dev_only in ("surfaces", "__main__.py", "package.py"):
         assert not (bundle / "pitstop" / dev_only).exists(), dev_only
     assert not list(bundle.rglob("__pycache__"))
     # Every other module of the package is shipped.
     shipped = {p.relative_to(bundle / "pitstop") for p in (bundle / "pitstop").rglob("*.py")}
     source = ROOT / "shared" / "pitstop"
     expected = {p.relative_to(source) for p in source.rglob("*.py")
-                if p.relative_to(source).parts[0] not in ("local", "cli.py", "render.py", "__main__.py", "package.py")}
+                if p.relative_to(source).parts[0] not in ("local", "surfaces", "__main__.py", "package.py")}
     assert shipped == expected
 
 

@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pitstop.cloudrun import CloudRun, CloudRunError
-from pitstop.models import Target
+from pitstop.gcp.cloudrun import CloudRun, CloudRunError
+from pitstop.core.models import Target
 
 NAME = "projects/p/locations/us-central1/services/web"
 REV = 2  # TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION

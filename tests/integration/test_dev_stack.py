@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.emulators
-PITSTOP = [sys.executable, "-m", "pitstop.cli"]
+PITSTOP = [sys.executable, "-m", "pitstop.surfaces.cli"]
 
 
 def run(cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:

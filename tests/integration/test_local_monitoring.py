@@ -1,4 +1,4 @@
-"""The local Cloud Monitoring, queried through the real monitoring_v3 client and through pitstop.metrics.
+"""The local Cloud Monitoring, queried through the real monitoring_v3 client and through pitstop.gcp.metrics.
 
 Known requests go into a RequestLog; every expectation is computed here from
 those requests (interval (start, end], 5xx by status, nearest-rank percentiles),
@@ -22,7 +22,7 @@ from google.cloud.monitoring_v3.services.metric_service.transports import Metric
 
 from pitstop.local.monitoring import start_monitoring_server
 from pitstop.local.requestlog import RequestLog, Served
-from pitstop.metrics import ENDPOINT_ENV, Metrics, MetricsUnavailable, RevisionHealth
+from pitstop.gcp.metrics import ENDPOINT_ENV, Metrics, MetricsUnavailable, RevisionHealth
 
 COUNT = "run.googleapis.com/request_count"
 LATENCIES = "run.googleapis.com/request_latencies"
@@ -344,7 +344,7 @@ def test_unsupported_requests_are_invalid_argument_with_a_reason(client, changes
     assert message in error.value.message
 
 
-# --- through pitstop.metrics ------------------------------------------------------------------
+# --- through pitstop.gcp.metrics ------------------------------------------------------------------
 
 
 def test_revision_health_counts_errors_and_latencies(client, metrics):
@@ -401,5 +401,5 @@ def test_unreachable_monitoring_is_metrics_unavailable():
 
 
 def test_importing_metrics_does_not_load_the_monitoring_client():
-    code = "import sys, pitstop.metrics; sys.exit('google.cloud.monitoring_v3' in sys.modules)"
+    code = "import sys, pitstop.gcp.metrics; sys.exit('google.cloud.monitoring_v3' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -17,8 +17,8 @@ import pytest
 from pitstop.local.build import build_image, ship
 from pitstop.local.payloads import cloud_build, health_sample, incident
 from pitstop.local.stack import Stack, wait_for
-from pitstop.spec import load_spec
-from pitstop.store import Store
+from pitstop.core.spec import load_spec
+from pitstop.gcp.store import Store
 
 pytestmark = pytest.mark.emulators
 REGION = "us-central1"
@@ -228,7 +228,7 @@ def test_malformed_messages_are_logged_acknowledged_and_change_nothing(stack, st
 def _cli(stack: Stack, *args: str):
     from typer.testing import CliRunner
 
-    from pitstop.cli import _config, app
+    from pitstop.surfaces.cli import _config, app
 
     _config.cache_clear()
     result = CliRunner().invoke(app, list(args), env={"GOOGLE_CLOUD_PROJECT": stack.project,

@@ -7,12 +7,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pitstop import machine
+from pitstop.core import machine
 from pitstop.local.payloads import cloud_build
-from pitstop.messages import parse_build
-from pitstop.models import Applied, Command, Superseded
-from pitstop.spec import load_spec
-from pitstop.store import Store
+from pitstop.core.messages import parse_build
+from pitstop.core.models import Applied, Command, Superseded
+from pitstop.core.spec import load_spec
+from pitstop.gcp.store import Store
 
 pytestmark = pytest.mark.emulators
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)

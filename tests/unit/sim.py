@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from pitstop import machine
-from pitstop.messages import parse_build
+from pitstop.core import machine
+from pitstop.core.messages import parse_build
 from pitstop.local.payloads import cloud_build
-from pitstop.models import (
+from pitstop.core.models import (
     Applied, ApplyFailed, ApplyTraffic, AuditEvent, Command, HealthSample, Notify, Rollout, RolloutSpec, Tick,
 )
-from pitstop.spec import load_spec
+from pitstop.core.spec import load_spec
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 

@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pitstop.judge import judge
-from pitstop.models import Health, HealthSample
+from pitstop.core.judge import judge
+from pitstop.core.models import Health, HealthSample
 
 T = datetime(2026, 1, 1, tzinfo=timezone.utc)
 H = Health()  # seeds: error rate > 5 %, p99 > 1000 ms, +20 % over stable

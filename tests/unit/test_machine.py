@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from pitstop import machine
-from pitstop.models import Alert, Superseded
+from pitstop.core import machine
+from pitstop.core.models import Alert, Superseded
 
 from sim import Sim, spec
 

@@ -7,8 +7,8 @@ from datetime import timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pitstop import machine
-from pitstop.models import TERMINAL, Alert, Applied, ApplyTraffic, HealthSample, Superseded, Tick
+from pitstop.core import machine
+from pitstop.core.models import TERMINAL, Alert, Applied, ApplyTraffic, HealthSample, Superseded, Tick
 
 # Inputs that name themselves by content; commands and Cloud Run failures rely on the store's dedupe.
 REPLAY_SAFE = (HealthSample, Tick, Alert, Applied, Superseded)

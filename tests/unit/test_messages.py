@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from pitstop.local.payloads import cloud_build, health_sample, incident, push_envelope
-from pitstop.messages import BadMessage, envelope, parse_alert, parse_build, parse_command, parse_health
-from pitstop.spec import SpecError, load_spec, matches
+from pitstop.core.messages import BadMessage, envelope, parse_alert, parse_build, parse_command, parse_health
+from pitstop.core.spec import SpecError, load_spec, matches
 
 # The SUCCESS example of GCP-FACTS.md, verbatim but for the elided digest.
 FACTS_BUILD = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from pitstop import render
+from pitstop.surfaces import render
 
 from sim import Sim, spec
 

@@ -32,14 +32,14 @@ from rich.table import Table
 from rich.text import Text
 
 from pitstop.local.load import APP_5XX, OK, Load, Result
-from pitstop.models import TERMINAL, AuditEvent, Rollout
-from pitstop.render import split_label, step_label
+from pitstop.core.models import TERMINAL, AuditEvent, Rollout
+from pitstop.surfaces.render import split_label, step_label
 
 if TYPE_CHECKING:
     from pitstop.local.router import Router
     from pitstop.local.stack import Stack
-    from pitstop.metrics import Metrics
-    from pitstop.store import Store
+    from pitstop.gcp.metrics import Metrics
+    from pitstop.gcp.store import Store
 
 SERVICE = "web"
 REGION = "us-central1"
@@ -248,9 +248,9 @@ class Report:
 
 def run_scenario(stack: Stack, rps: float, view: View) -> Report:
     """v1, then v2 promoted, then v3 rolled back, under load; the Report lists what went wrong."""
-    from pitstop.metrics import Metrics
-    from pitstop.spec import load_spec_file
-    from pitstop.store import Store
+    from pitstop.gcp.metrics import Metrics
+    from pitstop.core.spec import load_spec_file
+    from pitstop.gcp.store import Store
 
     store = Store.from_env(stack.project)
     metrics = Metrics(stack.monitoring_endpoint)
@@ -318,7 +318,7 @@ def _ship_and_wait(stack: Stack, store: Store, watch: tuple[Metrics, float] | No
 
 def _traffic(stack: Stack, watch: tuple[Metrics, float], view: View) -> dict[str, tuple[int, int]] | None:
     """Requests and 5xx per revision since the load began; None (keep the last figures) if unavailable."""
-    from pitstop.metrics import MetricsUnavailable
+    from pitstop.gcp.metrics import MetricsUnavailable
 
     metrics, since = watch
     start = datetime.fromtimestamp(since, timezone.utc)

@@ -19,7 +19,7 @@ from typing import Any, Callable, ParamSpec, TypeVar
 
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
-from pitstop.models import Alert, Artifact, BuildFinished, Command, HealthSample, Tick
+from pitstop.core.models import Alert, Artifact, BuildFinished, Command, HealthSample, Tick
 
 
 P = ParamSpec("P")

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable
 
-from pitstop.models import TERMINAL, WATCHED, Artifact, AuditEvent, Rollout, RolloutSpec
+from pitstop.core.models import TERMINAL, WATCHED, Artifact, AuditEvent, Rollout, RolloutSpec
 
 if TYPE_CHECKING:
     from google.cloud import firestore
 
-    from pitstop.machine import Decision
+    from pitstop.core.machine import Decision
 
 
 MAX_ATTEMPTS = 20

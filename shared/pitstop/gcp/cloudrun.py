@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pitstop.models import Target
+from pitstop.core.models import Target
 
 if TYPE_CHECKING:
     from google.cloud import run_v2

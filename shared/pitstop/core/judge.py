@@ -6,7 +6,7 @@ stable revision over an overlapping window. Too little traffic is never a pass.
 
 from __future__ import annotations
 
-from pitstop.models import Check, Health, HealthSample, Verdict
+from pitstop.core.models import Check, Health, HealthSample, Verdict
 
 
 def judge(sample: HealthSample, health: Health, baseline: HealthSample | None = None) -> Verdict:

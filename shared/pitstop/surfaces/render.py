@@ -9,7 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from pitstop.models import AuditEvent, Rollout, Verdict
+from pitstop.core.models import AuditEvent, Rollout, Verdict
 
 STATE_STYLE = {
     "succeeded": "green", "rolled_back": "yellow", "rolling_back": "yellow", "failed": "bold red",

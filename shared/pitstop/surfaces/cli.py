@@ -63,7 +63,7 @@ def _config():
 
 
 def _store():
-    from pitstop.store import Store
+    from pitstop.gcp.store import Store
 
     return Store.from_env(_config().project)
 
@@ -87,7 +87,7 @@ def _actor() -> str:
 def apply(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="rollout spec (YAML)"),
           dry_run: bool = typer.Option(False, "--dry-run", help="validate only")) -> None:
     """Register (or replace) a rollout spec."""
-    from pitstop.spec import SpecError, load_spec_file
+    from pitstop.core.spec import SpecError, load_spec_file
 
     try:
         spec = load_spec_file(file)
@@ -112,7 +112,7 @@ def status(service: Optional[str] = typer.Argument(None, help="only this service
            watch: bool = typer.Option(False, "--watch", "-w", help="live view until Ctrl-C"),
            limit: int = typer.Option(10, help="how many recent rollouts")) -> None:
     """Active and recent rollouts: service, version, state, step, split."""
-    from pitstop import render
+    from pitstop.surfaces import render
 
     store = _store()
     if as_json:
@@ -132,7 +132,7 @@ def _watch(store, service: Optional[str], limit: int) -> None:
     from rich.console import Group
     from rich.live import Live
 
-    from pitstop import render
+    from pitstop.surfaces import render
 
     def frame():
         rollouts = store.recent(service, limit)
@@ -157,7 +157,7 @@ def history(service: str = typer.Argument(..., help="service name"),
             as_json: bool = typer.Option(False, "--json"),
             all_rollouts: bool = typer.Option(False, "--all", help="every recent rollout of the service")) -> None:
     """The audit trail: every input, decision, reason and traffic change."""
-    from pitstop import render
+    from pitstop.surfaces import render
 
     store = _store()
     rollouts = [store.rollout(rollout)] if rollout else store.recent(service, 10 if all_rollouts else 1)
@@ -179,7 +179,7 @@ def history(service: str = typer.Argument(..., help="service name"),
 # ---------------------------------------------------------------- operator commands
 
 def _command(action: str, target: str, wait: float, **fields) -> None:
-    from pitstop.bus import Bus
+    from pitstop.gcp.bus import Bus
     from pitstop.engine import rollout_key
 
     config = _config()
@@ -282,7 +282,7 @@ def dev_up(tick: float = typer.Option(1.0, help="seconds between ticks (Cloud Sc
         DEV_DIR.mkdir(exist_ok=True)
         DEV_ENV.unlink(missing_ok=True)
         with open(DEV_DIR / "dev.log", "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "pitstop.cli", "dev", "up", "--tick", str(tick),
+            proc = subprocess.Popen([sys.executable, "-m", "pitstop.surfaces.cli", "dev", "up", "--tick", str(tick),
                                      "--state-dir", str(state_dir)], stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         try:
@@ -377,7 +377,7 @@ def dev_load(service: str = typer.Argument("web", help="service to send requests
 
     from google.api_core import exceptions
 
-    from pitstop.cloudrun import CloudRun, service_path
+    from pitstop.gcp.cloudrun import CloudRun, service_path
     from pitstop.local.load import Load
 
     config = _config()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from pitstop.models import BuildFinished, RolloutSpec
+from pitstop.core.models import BuildFinished, RolloutSpec
 
 
 class SpecError(ValueError):

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pitstop.judge import judge
-from pitstop.models import (
+from pitstop.core.judge import judge
+from pitstop.core.models import (
     TERMINAL, WATCHED, Alert, Applied, ApplyFailed, ApplyTraffic, Artifact, AuditEvent, Command, Effect,
     HealthSample, Input, Notify, RECONCILE_AFTER, Rollout, RolloutSpec, Superseded, Target, Tick, describe_split,
 )

@@ -1,0 +1,1 @@
+"""One adapter per Google service. Adapters never decide."""

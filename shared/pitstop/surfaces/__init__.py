@@ -1,0 +1,1 @@
+"""What people and machines call: the CLI (and later the API, dashboard, notifications)."""
