@@ -281,6 +281,7 @@ class Command(Model):
     action: Action
     rollout_id: str | None = Field(default=None, pattern=DOC_ID)
     service: str | None = None
+    environment: str | None = None  # with service (and region): which rollout, when several are live
     region: str | None = None
     full: bool = False  # promote --full
     to_version: str | None = None  # rollback --to
