@@ -85,7 +85,8 @@ class Sim:
     def sample(self, requests: int = 200, errors: int = 0, p99: float | None = 120, revision: str | None = None,
                start: datetime | None = None, end: datetime | None = None) -> machine.Decision:
         r = self.rollout
-        start = start or r.step_started_at or self.now - timedelta(seconds=60)
+        # As the sampler does: from the end of what is judged so far up to now.
+        start = start or r.judged_until or r.step_started_at or self.now - timedelta(seconds=60)
         end = end or self.now
         return self.send(HealthSample(
             id=f"h-{self.next_id()}", service=r.service, region=r.region, revision=revision or r.revision,

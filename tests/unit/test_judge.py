@@ -40,10 +40,18 @@ def test_relative_to_stable_over_the_same_window():
     stable = sample(revision="web-v1", p99=300.0, requests=1000)
     assert judge(sample(p99=360.0), H, stable).outcome == "pass"
     v = judge(sample(p99=361.0), H, stable)
-    assert v.outcome == "fail" and "20% above the stable revision's 300 ms (limit +20%)" in v.rule
+    assert v.outcome == "fail" and "20% above the stable revision's 300 ms (limit +20%, and more than 50 ms)" in v.rule
     check = next(c for c in v.checks if c.name == "latency_p99_vs_stable_ms")
     assert (check.measured, check.threshold, check.passed) == (361.0, 360.0, False)
     old = sample(revision="web-v1", p99=100.0, requests=1000, start=T - timedelta(hours=1))
     assert judge(sample(p99=361.0), H, old).outcome == "pass", "no overlap: no comparison"
     thin = sample(revision="web-v1", p99=100.0, requests=3)
     assert judge(sample(p99=361.0), H, thin).outcome == "pass", "too little stable traffic: no comparison"
+
+
+def test_small_latency_increase_never_fails_relative_check():
+    stable = sample(revision="web-v1", p99=5.0, requests=1000)
+    v = judge(sample(p99=7.0), H, stable)  # +40 %, but 2 ms
+    assert v.outcome == "pass", v.rule
+    v = judge(sample(p99=56.0), H, stable)  # +51 ms and +1020 %
+    assert v.outcome == "fail" and "more than 50 ms" in v.rule

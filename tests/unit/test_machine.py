@@ -23,14 +23,23 @@ def test_canary_walks_every_step_to_100_on_healthy_samples():
         s.sample()
         assert s.split[NEW] != weight, "a healthy sample alone must not skip the pause"
         s.advance(240)
-        s.tick()
+        assert s.tick().audit is None and s.split[NEW] != weight, \
+            "the deadline passed, but the minutes since the last window are not judged yet"
+        s.sample()  # a window that reaches the deadline (it arrives late on GCP: Monitoring lags)
         assert s.split[NEW] == weight
+        assert s.rollout.judged_until == s.now
     s.advance(300)
     s.sample()
-    assert s.rollout.state == "succeeded"
+    assert s.rollout.state == "baking", "100 % is watched for at least one window before success"
     assert s.split == {NEW: 100, "web-v1-aaaa": 0}
     assert [t.tag for t in s.rollout.desired] == ["stable", "previous"]
-    assert "promoted to 100 %" in s.notes[-1]
+    s.advance(30)
+    s.sample()
+    assert s.rollout.state == "baking"
+    s.advance(30)
+    s.sample()
+    assert s.rollout.state == "succeeded"
+    assert "judged healthy through its final watch" in s.notes[-1]
 
 
 def test_healthy_sample_after_deadline_promotes_at_once():
@@ -76,15 +85,14 @@ def test_latency_absolute_and_relative_to_stable(p99, baseline, outcome):
 def test_no_data_holds_then_pauses_for_a_person_never_promotes():
     s = Sim(spec())
     s.advance(300)
-    d = s.tick()
-    assert d.audit.decision == "held" and s.split[NEW] == 5
-    assert "never promotes on no data" in d.audit.reasons[0]
+    assert s.tick().audit is None and s.split[NEW] == 5, "waiting for a window that reaches the deadline"
     s.advance(100)
     s.sample(requests=10)  # too few: inconclusive
     assert s.rollout.verdict.outcome == "inconclusive" and s.split[NEW] == 5
-    s.advance(201)
+    s.advance(500)
     d = s.tick()
     assert s.rollout.state == "paused" and s.split[NEW] == 5
+    assert "not judged healthy up to the step's deadline" in d.audit.reasons[-1]
     assert "pitstop promote" in s.notes[-1]
     s.advance(86400)
     s.tick()
@@ -98,15 +106,19 @@ def test_few_requests_with_many_errors_already_fail():
     assert d.audit.verdict.outcome == "fail" and s.rollout.state == "rolled_back"
 
 
-def test_stale_and_foreign_samples_are_ignored_with_reason():
+def test_stale_passes_and_foreign_samples_are_ignored_but_stale_failures_roll_back():
     s = Sim(spec())
     started = s.rollout.step_started_at
-    s.advance(60)
-    d = s.sample(errors=190, start=started - timedelta(minutes=5), end=started)
-    assert d.audit.decision == "ignored" and "stale" in d.audit.reasons[0]
-    d = s.sample(errors=190, revision="web-other-1")
+    s.advance(120)
+    s.sample()
+    d = s.sample(start=started, end=started + timedelta(seconds=60))
+    assert d.audit.decision == "ignored" and "already covered" in d.audit.reasons[-1]
+    d = s.sample(errors=190, revision="web-other-1", start=started)
     assert d.audit.decision == "ignored" and "neither the new" in d.audit.reasons[0]
     assert s.rollout.state == "progressing"
+    # A failure is never discarded, however old its window.
+    d = s.sample(errors=190, start=started - timedelta(minutes=5), end=started)
+    assert d.audit.decision == "rolling_back" and s.rollout.state == "rolled_back"
 
 
 def test_alert_for_new_revision_rolls_back_and_test_alert_does_not():
@@ -160,8 +172,37 @@ strategy: {canary: {steps: [{weight: 20, pause: 1m, approve: true}]}}
     s.advance(61)
     s.sample()
     assert s.rollout.state == "awaiting_approval" and s.split[NEW] == 20
+    d = s.command("promote")
+    assert d.audit.decision == "ignored" and "only `pitstop approve`" in d.audit.reasons[-1]
     s.command("approve")
+    assert s.rollout.state == "baking" and s.split[NEW] == 100
+    s.advance(60)
+    s.sample()
     assert s.rollout.state == "succeeded"
+
+
+def test_plain_promote_stops_at_an_approval_gate():
+    text = """
+service: web
+regions: [us-central1]
+match: {repo: web}
+strategy: {canary: {steps: [{weight: 20, pause: 1m, approve: true}, {weight: 50, pause: 1m}]}}
+"""
+    s = Sim(spec(text))
+    s.command("promote")
+    assert s.rollout.state == "awaiting_approval" and s.split[NEW] == 20
+
+
+def test_promote_full_from_a_paused_bake_succeeds():
+    s = Sim(spec())
+    s.command("promote", full=False)
+    s.command("promote", full=False)
+    s.command("promote", full=False)
+    assert s.rollout.state == "baking"
+    s.command("pause")
+    assert s.rollout.state == "paused"
+    s.command("promote", full=True)
+    assert s.rollout.state == "succeeded" and s.split[NEW] == 100
 
 
 def test_blue_green_verifies_at_zero_switches_and_bakes():
@@ -189,23 +230,30 @@ def test_first_version_goes_straight_to_100():
     assert s.split == {NEW: 100}
 
 
-def test_cloud_run_errors_retry_with_backoff_then_roll_back_then_fail():
+def test_cloud_run_errors_retry_within_a_budget_then_roll_back_as_infrastructure_then_fail():
     s = Sim(spec(), auto_apply=False)
     s.apply_pending()
     s.apply_pending()
     s.advance(301)
     s.sample()
     assert s.split[NEW] == 10
-    for attempt in range(1, machine.MAX_APPLY_ATTEMPTS):
+    delays = []
+    while True:
         s.fail_pending()
-        assert s.rollout.state == "progressing" and s.rollout.apply_attempts == attempt
-        assert "never counts as the new version failing" in s.audit[-1].reasons[0]
-        s.advance((s.rollout.retry_at - s.now).total_seconds())
+        if s.rollout.state != "progressing":
+            break
+        assert "never counts as the new version failing" in s.audit[-1].reasons[-1]
+        delays.append((s.rollout.retry_at - s.now).total_seconds())
+        s.advance(delays[-1])
         d = s.tick()
+        if s.rollout.state == "rolling_back":  # the budget ran out while waiting for the retry
+            break
         assert d.audit.decision == "reconcile"
-    s.fail_pending()
     assert s.rollout.state == "rolling_back"
-    for _ in range(machine.MAX_APPLY_ATTEMPTS):
+    assert sum(delays) >= s.rollout.apply_budget - 60, "the budget is time, not a handful of attempts"
+    assert max(delays) <= machine.BACKOFF_CAP and len(set(delays)) > 3, "capped, jittered backoff"
+    assert "infrastructure failure, not a health verdict" in s.notes[-1]
+    while s.rollout.state == "rolling_back":
         s.fail_pending()
         if s.rollout.state == "failed":
             break
@@ -213,6 +261,16 @@ def test_cloud_run_errors_retry_with_backoff_then_roll_back_then_fail():
         s.tick()
     assert s.rollout.state == "failed"
     assert "FAILED and needs a person" in s.notes[-1] and "web-v1-aaaa 95%" in s.notes[-1]
+
+
+def test_a_transient_error_then_success_keeps_the_rollout_going():
+    s = Sim(spec(), auto_apply=False)
+    s.fail_pending()
+    assert s.rollout.state == "deploying" and s.rollout.apply_attempts == 1
+    s.advance((s.rollout.retry_at - s.now).total_seconds())
+    s.tick()
+    s.apply_pending()
+    assert s.rollout.state == "progressing" and s.rollout.apply_attempts == 0
 
 
 def test_revision_that_cannot_start_sends_all_traffic_to_stable_without_naming_it():
@@ -225,19 +283,17 @@ def test_revision_that_cannot_start_sends_all_traffic_to_stable_without_naming_i
     assert s.rollout.state == "rolled_back"
 
 
-def test_resume_after_the_deadline_gives_a_fresh_hold():
+def test_resume_after_the_deadline_judges_the_pause_too():
     s = Sim(spec())
-    s.advance(300)
-    s.tick()
-    s.advance(301)
+    s.advance(300 + 600)
     s.tick()
     assert s.rollout.state == "paused"
     s.advance(600)
     s.command("resume")
-    d = s.tick()
-    assert d.audit.decision == "held" and s.rollout.hold_until == s.now + timedelta(seconds=300)
-    s.advance(10)
-    assert s.tick().audit is None and s.rollout.state == "progressing"
+    assert s.rollout.state == "progressing" and s.rollout.next_step_at == s.now
+    assert s.tick().audit is None, "a fresh wait for health data, not an immediate pause"
+    s.sample()
+    assert s.split[NEW] == 10
 
 
 def test_revision_names_keep_the_build_suffix():
@@ -245,16 +301,49 @@ def test_revision_names_keep_the_build_suffix():
     assert len(name) <= 63 and name.endswith("-0d97c63e")
 
 
-def test_crash_between_transaction_and_cloud_run_call_is_reconciled_by_a_tick():
+def test_unobserved_split_is_read_back_and_applied_again():
+    from pitstop.core.models import Observed, Target
     s = Sim(spec(), auto_apply=False)
     s.pending.clear()  # the process died before applying the split
-    s.advance(10)
-    assert s.tick().audit is None, "too early: the applier may still be working"
     s.advance(machine.RECONCILE_AFTER)
-    d = s.tick()
+    assert s.tick().audit is None, "a tick alone does not apply blindly: the reconciler reads Cloud Run first"
+    d = s.send(Observed(id="o1", split=[Target(revision="web-v1-aaaa", percent=100, tag="stable")]))
     assert d.audit.decision == "reconcile" and s.pending[0].create_revision
     s.apply_pending()
     assert s.rollout.state == "progressing"
+
+
+def test_drift_is_repaired_and_audited():
+    from pitstop.core.models import Observed, Target
+    s = Sim(spec())
+    want = dict(s.split)
+    d = s.send(Observed(id="o1", split=[Target(revision="web-v1-aaaa", percent=50),
+                                        Target(revision=NEW, percent=50)]))
+    assert d.audit.decision == "drift_repaired" and "not the decided" in d.audit.reasons[-1]
+    assert s.split == want and s.rollout.applied and s.rollout.state == "progressing"
+    assert s.send(Observed(id="o2", split=s.rollout.desired)).audit is None
+
+
+def test_late_effects_of_a_finished_rollout_change_nothing():
+    from pitstop.core.models import Applied, Target
+    s = Sim(spec())
+    s.send(Superseded(id="sup", by_rollout="web-r2", by_version="v3"))
+    d = s.send(Applied(id="late", generation=s.rollout.desired_generation + 1,
+                       observed=[Target(revision=NEW, percent=100)]))
+    assert d.audit.decision == "ignored" and "late Cloud Run result" in d.audit.reasons[-1]
+    assert s.rollout.state == "superseded"
+
+
+def test_transition_table_is_enforced():
+    s = Sim(spec())
+    with pytest.raises(machine.IllegalTransition):
+        bad = dict(machine.TRANSITIONS)
+        try:
+            machine.TRANSITIONS["progressing"] = {**bad["progressing"], "command": {"progressing"}}
+            s.command("abort")
+        finally:
+            machine.TRANSITIONS.clear()
+            machine.TRANSITIONS.update(bad)
 
 
 def test_superseded():
@@ -265,15 +354,18 @@ def test_superseded():
 
 def test_due_at_follows_deadlines():
     s = Sim(spec())
-    assert s.rollout.due_at == s.rollout.next_step_at == s.now + timedelta(minutes=5)
+    assert s.rollout.due_at <= s.now, "a watched rollout is screened every tick"
+    s.command("abort")
+    assert s.rollout.due_at is None
 
 
-def test_a_late_sample_of_an_earlier_window_does_not_replace_the_verdict():
+def test_a_late_inconclusive_sample_of_an_earlier_window_does_not_replace_the_verdict():
     s = Sim(spec())
     start = s.rollout.step_started_at
     s.advance(120)
     s.sample(requests=300, start=start, end=start + timedelta(seconds=100))
     s.sample(requests=5, start=start, end=start + timedelta(seconds=50))
     assert s.rollout.verdict.outcome == "pass" and s.audit[-1].decision == "judged"
-    s.sample(requests=5, start=start, end=start + timedelta(seconds=110))
+    s.sample(requests=5, start=start + timedelta(seconds=100), end=start + timedelta(seconds=110))
     assert s.rollout.verdict.outcome == "inconclusive", "a later window does replace it"
+    assert s.rollout.judged_until == start + timedelta(seconds=100), "only healthy windows extend coverage"

@@ -15,16 +15,8 @@ REPLAY_SAFE = (HealthSample, Tick, Alert, Applied, Superseded)
 
 from sim import Sim, spec
 
-LEGAL = {
-    "deploying": {"progressing", "verifying", "succeeded", "rolled_back", "rolling_back", "superseded", "failed"},
-    "verifying": {"switching", "paused", "awaiting_approval", "rolling_back", "superseded"},
-    "progressing": {"progressing", "switching", "paused", "awaiting_approval", "rolling_back", "superseded"},
-    "switching": {"baking", "succeeded", "rolling_back", "superseded"},
-    "baking": {"succeeded", "paused", "rolling_back", "superseded"},
-    "paused": {"progressing", "verifying", "baking", "switching", "succeeded", "rolling_back", "superseded"},
-    "awaiting_approval": {"progressing", "switching", "verifying", "rolling_back", "superseded"},
-    "rolling_back": {"rolled_back", "failed", "superseded"},
-}
+# Every state a state may lead to, by the machine's own table (decide also checks it per input).
+LEGAL = {state: set().union(*row.values()) if row else set() for state, row in machine.TRANSITIONS.items()}
 
 CANARY = """
 service: web
@@ -104,8 +96,8 @@ def run(sim: Sim, program) -> list:
             # those whose meaning depends on the clock, a minute later for the others.
             later = sim.now if isinstance(inp, (HealthSample, Tick)) else sim.now + timedelta(minutes=1)
             again = machine.decide(d.rollout, inp, later)
-            assert again.rollout.model_dump(exclude={"updated_at", "finished_at"}) == \
-                d.rollout.model_dump(exclude={"updated_at", "finished_at"})
+            assert again.rollout.model_dump(exclude={"updated_at", "finished_at", "due_at"}) == \
+                d.rollout.model_dump(exclude={"updated_at", "finished_at", "due_at"})
             assert not any(isinstance(e, ApplyTraffic) for e in again.effects), again.audit
         sim._take(d)
         if d.audit is not None:
@@ -134,8 +126,12 @@ def make_input(sim: Sim, op):
     if kind == "sample":
         _, requests, error_share, p99, which, fresh = op
         revision = {"new": r.revision, "stable": r.stable_revision or "x", "other": "web-zzz"}[which]
-        start = (r.step_started_at or sim.now) if fresh else sim.now.replace(year=2020)
-        end = max(sim.now, start + timedelta(seconds=1))
+        if fresh:  # as the sampler reads: from the end of what is judged so far
+            start = r.judged_until or r.step_started_at or sim.now
+            end = max(sim.now, start + timedelta(seconds=1))
+        else:  # a window from long ago, delivered late
+            start = sim.now - timedelta(hours=2)
+            end = start + timedelta(minutes=1)
         return machine.HealthSample(id=f"h-{sim.next_id()}", service="web", region="us-central1", revision=revision,
                                     window_start=start, window_end=end, request_count=requests,
                                     error_count=int(requests * error_share), latency_p99_ms=p99, source="prop")
@@ -164,6 +160,6 @@ def test_replaying_every_input_twice_through_the_store_dedupe_changes_nothing(pr
     twice = Sim(spec(text), auto_apply=True)
     doubled = [x for op in program for x in ((op, ("replay",)) if op[0] != "wait" else (op,))]
     run(twice, doubled)
-    strip = {"id", "updated_at"}
+    strip = {"id", "updated_at", "due_at"}
     assert once.rollout.model_dump(exclude=strip) == twice.rollout.model_dump(exclude=strip)
     assert [(a.decision, a.state_after) for a in once.audit] == [(a.decision, a.state_after) for a in twice.audit]

@@ -6,10 +6,10 @@ stable revision over an overlapping window. Too little traffic is never a pass.
 
 from __future__ import annotations
 
-from pitstop.core.models import Check, Health, HealthSample, Verdict
+from pitstop.core.models import Baseline, Check, Health, HealthSample, Verdict
 
 
-def judge(sample: HealthSample, health: Health, baseline: HealthSample | None = None) -> Verdict:
+def judge(sample: HealthSample, health: Health, baseline: HealthSample | Baseline | None = None) -> Verdict:
     checks: list[Check] = []
 
     def verdict(outcome: str, rule: str) -> Verdict:
@@ -49,22 +49,26 @@ def judge(sample: HealthSample, health: Health, baseline: HealthSample | None = 
         assert baseline is not None and baseline.latency_p99_ms is not None
         increase = p99 / baseline.latency_p99_ms - 1 if baseline.latency_p99_ms else float("inf")
         return verdict("fail", f"p99 latency {p99:.0f} ms is {increase:.0%} above the stable revision's "
-                               f"{baseline.latency_p99_ms:.0f} ms (limit +{health.max_latency_increase:.0%})")
+                               f"{baseline.latency_p99_ms:.0f} ms (limit +{health.max_latency_increase:.0%}, "
+                               f"and more than {health.min_latency_increase_ms:.0f} ms)")
     if p99 is None:
         return verdict("inconclusive", "no latency measured")
     return verdict("pass", "error rate and latency within limits")
 
 
-def _relative_limit(sample: HealthSample, health: Health, baseline: HealthSample | None) -> float | None:
+def _relative_limit(sample: HealthSample, health: Health, baseline: HealthSample | Baseline | None) -> float | None:
     """p99 the canary may reach, or None when the stable revision gives no fair comparison."""
     if baseline is None or baseline.latency_p99_ms is None:
         return None
     if baseline.request_count < max(health.min_requests, 1):
         return None
-    overlaps = baseline.window_start < sample.window_end and sample.window_start < baseline.window_end
-    if not overlaps:
-        return None
-    return baseline.latency_p99_ms * (1 + health.max_latency_increase)
+    if isinstance(baseline, HealthSample):  # a `Baseline` inside the sample is over the same window by definition
+        overlaps = baseline.window_start < sample.window_end and sample.window_start < baseline.window_end
+        if not overlaps:
+            return None
+    stable = baseline.latency_p99_ms
+    # Relative and absolute at once: +20 % of 5 ms is noise, so small increases never fail.
+    return max(stable * (1 + health.max_latency_increase), stable + health.min_latency_increase_ms)
 
 
 def _round(value: float | None) -> float | None:

@@ -4,27 +4,130 @@ Pure: no clock, network or randomness. Every call returns the next rollout, the
 effects the shell must carry out, and the audit event explaining the change, or
 `None` for the audit when the input changes nothing worth a line (an idle tick).
 
+Read `TRANSITIONS` first: for each state, the inputs it accepts and the states
+each may lead to. `decide` refuses any other move. The handlers below it are one
+per input kind.
+
+The invariant (README, "Never promote what was not measured"): a step advances,
+and a rollout succeeds, by itself only once the new revision's traffic is judged
+healthy without a gap from when it first served up to the step's deadline
+(`judged_until`); the last step is a watch at 100 % of at least one health
+window. A failing verdict or an open incident for the new revision rolls back in
+every live state, whatever its window's age.
+
 Traffic is desired, not done: a new split bumps `desired_generation`; the shell
-applies it and feeds back `Applied` (or `ApplyFailed`). Step clocks start when
-the split is real, and every wait is an absolute deadline.
+applies it and feeds back `Applied`, `ApplyFailed` or `Observed`. Step clocks
+start when the split is real, and every wait is an absolute deadline.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from pitstop.core.explain import render, render_all
 from pitstop.core.judge import judge
 from pitstop.core.models import (
-    TERMINAL, WATCHED, Alert, Applied, ApplyFailed, ApplyTraffic, Artifact, AuditEvent, Command, Effect,
-    HealthSample, Input, Notify, RECONCILE_AFTER, Rollout, RolloutSpec, Superseded, Target, Tick, describe_split,
+    TERMINAL, Alert, Applied, ApplyFailed, ApplyTraffic, Artifact, AuditEvent, Command, Effect, HealthSample, Input,
+    Notify, Observed, RECONCILE_AFTER, Reason, Rollout, RolloutSpec, Superseded, Target, Tick, describe_split,
 )
 
-MAX_APPLY_ATTEMPTS = 5
-BACKOFF_BASE = 2  # seconds; doubles per attempt, capped
+BACKOFF_BASE = 2  # seconds; doubles per attempt, capped, with jitter
 BACKOFF_CAP = 60
+
+# ---------------------------------------------------------------- the transition table
+#
+# state -> input kind -> the states it may lead to (any input may also leave the state as it is).
+# An input kind a state does not list is recorded as ignored, with the reason.
+
+_LIVE = {"superseded": {"superseded"}}
+TRANSITIONS: dict[str, dict[str, set[str]]] = {
+    "deploying": {  # the new revision is being created at 0 %; it serves nothing yet
+        "applied": {"deploying", "progressing", "verifying", "succeeded"},  # initial: straight to succeeded
+        "apply_failed": {"deploying", "rolling_back", "failed"},
+        "observed": {"deploying", "progressing", "verifying", "succeeded"},
+        "tick": {"deploying", "rolling_back", "failed"},
+        "health": {"deploying", "rolling_back"},  # a failure of the new revision is never discarded
+        "alert": {"deploying", "rolling_back"},
+        "command": {"deploying", "rolling_back"},
+        **_LIVE,
+    },
+    "verifying": {  # blue-green: at 0 % on its tagged URL, judged until the verify deadline
+        "health": {"verifying", "switching", "awaiting_approval", "rolling_back"},
+        "tick": {"verifying", "switching", "awaiting_approval", "paused", "rolling_back"},
+        "alert": {"verifying", "rolling_back"},
+        "command": {"verifying", "paused", "switching", "awaiting_approval", "rolling_back"},
+        "applied": {"verifying"}, "observed": {"verifying"},
+        "apply_failed": {"verifying", "rolling_back"},
+        **_LIVE,
+    },
+    "progressing": {  # canary: a step's weight on the new revision, judged until the step's deadline
+        "health": {"progressing", "switching", "awaiting_approval", "rolling_back"},
+        "tick": {"progressing", "switching", "awaiting_approval", "paused", "rolling_back"},
+        "alert": {"progressing", "rolling_back"},
+        "command": {"progressing", "paused", "switching", "awaiting_approval", "rolling_back"},
+        "applied": {"progressing"}, "observed": {"progressing"},
+        "apply_failed": {"progressing", "rolling_back"},
+        **_LIVE,
+    },
+    "switching": {  # 100 % decided, not yet served
+        "applied": {"baking", "succeeded"}, "observed": {"switching", "baking", "succeeded"},
+        "apply_failed": {"switching", "rolling_back"},
+        "health": {"switching", "rolling_back"},
+        "alert": {"switching", "rolling_back"},
+        "command": {"switching", "rolling_back"},
+        "tick": {"switching", "rolling_back"},
+        **_LIVE,
+    },
+    "baking": {  # the final watch at 100 %: succeeds once judged healthy up to its end
+        "health": {"baking", "succeeded", "rolling_back"},
+        "tick": {"baking", "succeeded", "paused", "rolling_back"},
+        "alert": {"baking", "rolling_back"},
+        "command": {"baking", "paused", "succeeded", "rolling_back"},
+        "applied": {"baking"}, "observed": {"baking"},
+        "apply_failed": {"baking", "rolling_back"},
+        **_LIVE,
+    },
+    "paused": {  # a person's pause, or no conclusive health data: holds until resumed or `max_hold`
+        "command": {"paused", "progressing", "verifying", "baking", "switching", "awaiting_approval", "succeeded",
+                    "rolling_back"},
+        "health": {"paused", "rolling_back"},
+        "alert": {"paused", "rolling_back"},
+        "tick": {"paused", "rolling_back"},
+        "applied": {"paused"}, "observed": {"paused"},
+        "apply_failed": {"paused", "rolling_back"},
+        **_LIVE,
+    },
+    "awaiting_approval": {  # healthy, held for `pitstop approve` until `max_hold`
+        "command": {"awaiting_approval", "progressing", "switching", "rolling_back"},
+        "health": {"awaiting_approval", "rolling_back"},
+        "alert": {"awaiting_approval", "rolling_back"},
+        "tick": {"awaiting_approval", "rolling_back"},
+        "applied": {"awaiting_approval"}, "observed": {"awaiting_approval"},
+        "apply_failed": {"awaiting_approval", "rolling_back"},
+        **_LIVE,
+    },
+    "rolling_back": {  # all traffic back to the stable revision, decided, not yet served
+        "applied": {"rolled_back", "succeeded"},  # a `rollback --to` rollout succeeds when served
+        "observed": {"rolling_back", "rolled_back", "succeeded"},
+        "apply_failed": {"rolling_back", "failed"},
+        "tick": {"rolling_back", "failed"},
+        "health": {"rolling_back"}, "alert": {"rolling_back"}, "command": {"rolling_back"},
+        **_LIVE,
+    },
+    # Finished. Late Cloud Run results change nothing; the reconciler may repair drift of a recent one.
+    "succeeded": {"observed": {"succeeded"}},
+    "rolled_back": {"observed": {"rolled_back"}},
+    "failed": {},
+    "superseded": {},
+}
+
+
+class IllegalTransition(AssertionError):
+    """A handler chose a move the table does not allow: a bug in pitstop, never a bad input."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +144,7 @@ class _Plan:
         self.before, self.inp, self.now, self.actor = rollout, inp, now, actor
         self.changes: dict[str, Any] = {}
         self.effects: list[Effect] = []
-        self.reasons: list[str] = []
+        self.reasons: list[Reason] = []
         self.verdict = None
         self.detail: dict[str, Any] = {}
 
@@ -52,35 +155,39 @@ class _Plan:
     def set(self, **changes: Any) -> None:
         self.changes.update(changes)
 
+    def why(self, code: str, **values: Any) -> None:
+        self.reasons.append(Reason(code=code, values=values))
+
     def split(self, targets: list[Target], create_revision: bool = False) -> None:
         gen = self.r.desired_generation + 1
-        self.set(desired=targets, desired_generation=gen, desired_at=self.now, apply_attempts=0, retry_at=None)
+        self.set(desired=targets, desired_generation=gen, desired_at=self.now, apply_attempts=0,
+                 apply_failing_since=None, retry_at=None)
         self.effects.append(ApplyTraffic(generation=gen, split=targets, create_revision=create_revision))
 
-    def notify(self, severity: str, message: str) -> None:
+    def notify(self, severity: str, code: str, **values: Any) -> None:
+        reason = Reason(code=code, values=values)
+        message = render(reason)
         self.set(message=message)
-        self.effects.append(Notify(severity=severity, message=message))
+        self.effects.append(Notify(severity=severity, message=message, reason=reason))
+
+    def _audit(self, decision: str, after: Rollout) -> AuditEvent:
+        return AuditEvent(
+            id=self.inp.id, at=self.now, input=self.inp.kind, actor=self.actor, decision=decision,
+            reasons=render_all(self.reasons), why=self.reasons, state_before=self.before.state,
+            state_after=after.state, traffic_before=describe_split(self.before.observed),
+            traffic_after=describe_split(after.desired), verdict=self.verdict, detail=self.detail,
+        )
 
     def done(self, decision: str) -> Decision:
         after = self.r.model_copy(update={"updated_at": self.now})
         if after.state in TERMINAL and after.finished_at is None:
             after = after.model_copy(update={"finished_at": self.now})
-        audit = AuditEvent(
-            id=self.inp.id, at=self.now, input=self.inp.kind, actor=self.actor, decision=decision,
-            reasons=self.reasons, state_before=self.before.state, state_after=after.state,
-            traffic_before=describe_split(self.before.observed), traffic_after=describe_split(after.desired),
-            verdict=self.verdict, detail=self.detail,
-        )
-        return Decision(after, self.effects, audit)
+        return Decision(after, self.effects, self._audit(decision, after))
 
-    def ignore(self, reason: str) -> Decision:
-        self.reasons.append(reason)
-        audit = AuditEvent(
-            id=self.inp.id, at=self.now, input=self.inp.kind, actor=self.actor, decision="ignored",
-            reasons=self.reasons, state_before=self.before.state, state_after=self.before.state,
-            detail=self.detail,
-        )
-        return Decision(self.before, [], audit)
+    def ignore(self, code: str, **values: Any) -> Decision:
+        self.why(code, **values)
+        audit = self._audit("ignored", self.before)
+        return Decision(self.before, [], audit.model_copy(update={"traffic_before": None, "traffic_after": None}))
 
     def nothing(self) -> Decision:
         return Decision(self.before)
@@ -103,24 +210,26 @@ def start(spec: RolloutSpec, region: str, project: str, artifact: Artifact, roll
     revision = revision_name(spec.service, artifact.version, artifact.build_id)
     if stable_revision is None:
         kind, targets = "initial", [Target(revision=revision, percent=100, tag="stable")]
-        why = f"first version of {spec.service} in {region}: no stable revision to compare with, deployed at 100 %"
+        why = Reason(code="first_version", values={"service": spec.service, "region": region})
     else:
         kind = spec.strategy.kind
         new_tag = "canary" if kind == "canary" else "green"
         targets = [Target(revision=stable_revision, percent=100, tag="stable"),
                    Target(revision=revision, percent=0, tag=new_tag)]
-        why = f"build {artifact.build_id} of {artifact.repo or 'the repo'} matches spec {spec.key}: " \
-              f"{kind.replace('_', '-')} of {artifact.version} against stable {stable_version or stable_revision}"
+        why = Reason(code="build_matches", values={
+            "build_id": artifact.build_id, "repo": artifact.repo or "the repo", "spec": spec.key,
+            "strategy": kind.replace("_", "-"), "version": artifact.version,
+            "stable": stable_version or stable_revision})
     rollout = Rollout(
         id=rollout_id, service=spec.service, environment=spec.environment, region=region, project=project,
         kind=kind, version=artifact.version, revision=revision, image=artifact.image_by_digest,
         artifact=artifact, strategy=spec.strategy, health=spec.health, max_hold=spec.max_hold,
-        state="deploying", stable_revision=stable_revision, stable_version=stable_version,
-        desired=targets, desired_generation=1, desired_at=now, created_at=now, updated_at=now,
-        message=f"Deploying version {artifact.version} as revision {revision}.",
+        apply_budget=spec.apply_budget, state="deploying", stable_revision=stable_revision,
+        stable_version=stable_version, desired=targets, desired_generation=1, desired_at=now, created_at=now,
+        updated_at=now, message=f"Deploying version {artifact.version} as revision {revision}.",
     )
     audit = AuditEvent(
-        id=input_id, at=now, input="build", actor=actor, decision="started", reasons=[why],
+        id=input_id, at=now, input="build", actor=actor, decision="started", reasons=[render(why)], why=[why],
         state_before=None, state_after="deploying", traffic_after=describe_split(targets),
         detail={"image": rollout.image, "build_id": artifact.build_id, "commit": artifact.commit or ""},
     )
@@ -135,118 +244,149 @@ def start_direct(rollout_id: str, service: str, environment: str, region: str, p
     rollout = Rollout(
         id=rollout_id, service=service, environment=environment, region=region, project=project,
         kind="direct", version=version, revision=revision, image=image, strategy=template.strategy,
-        health=template.health, max_hold=template.max_hold, state="rolling_back",
-        stable_revision=stable_revision, stable_version=stable_version, desired=targets,
+        health=template.health, max_hold=template.max_hold, apply_budget=template.apply_budget,
+        state="rolling_back", stable_revision=stable_revision, stable_version=stable_version, desired=targets,
         desired_at=now, created_at=now, updated_at=now,
         message=f"Rolling back {service} to version {version} (revision {revision}) on request of {actor}.",
     )
+    why = Reason(code="rollback_to", values={"actor": actor, "version": version, "revision": revision})
     audit = AuditEvent(
-        id=input_id, at=now, input="command", actor=actor, decision="rollback_to",
-        reasons=[f"{actor} asked to roll back to version {version}; all traffic goes to {revision} at once"],
-        state_before=None, state_after=rollout.state, traffic_after=describe_split(targets),
+        id=input_id, at=now, input="command", actor=actor, decision="rollback_to", reasons=[render(why)],
+        why=[why], state_before=None, state_after=rollout.state, traffic_after=describe_split(targets),
     )
     return Decision(rollout, [ApplyTraffic(generation=1, split=targets)], audit)
 
 
 # ---------------------------------------------------------------- deciding
 
+ACTORS = {"health": "health-judge", "alert": "cloud-monitoring", "tick": "scheduler", "build": "cloud-build",
+          "observed": "reconciler"}
+
+
 def decide(rollout: Rollout, inp: Input, now: datetime) -> Decision:
-    actor = inp.actor if isinstance(inp, Command) else {
-        "health": "health-judge", "alert": "cloud-monitoring", "tick": "scheduler", "build": "cloud-build",
-    }.get(inp.kind, "pitstop")
+    actor = inp.actor if isinstance(inp, Command) else ACTORS.get(inp.kind, "pitstop")
     plan = _Plan(rollout, inp, now, actor)
-    if isinstance(inp, Applied):
-        return _applied(plan, inp)
-    if isinstance(inp, ApplyFailed):
-        return _apply_failed(plan, inp)
-    if rollout.state in TERMINAL:
+    accepted = TRANSITIONS[rollout.state]
+    if inp.kind not in accepted:
         if isinstance(inp, Tick):
             return plan.nothing()
-        return plan.ignore(f"rollout already {rollout.state}")
-    if isinstance(inp, HealthSample):
-        return _health(plan, inp)
-    if isinstance(inp, Tick):
-        return _tick(plan)
-    if isinstance(inp, Alert):
-        return _alert(plan, inp)
-    if isinstance(inp, Command):
-        return _command(plan, inp)
-    if isinstance(inp, Superseded):
-        plan.set(state="superseded", superseded_by=inp.by_rollout, next_step_at=None, hold_until=None)
-        plan.reasons.append(f"a newer build (version {inp.by_version}) for the same service and environment "
-                            f"supersedes this rollout; rollout {inp.by_rollout} takes over the traffic")
-        plan.notify("NOTICE", f"Version {rollout.version} superseded by {inp.by_version} before it finished.")
-        return plan.done("superseded")
-    return plan.ignore(f"{inp.kind} input does not apply to a rollout")
+        if isinstance(inp, (Applied, ApplyFailed)) and rollout.state in TERMINAL:
+            return plan.ignore("late_effect", state=rollout.state)
+        if rollout.state in TERMINAL:
+            return plan.ignore("finished", state=rollout.state)
+        return plan.ignore("not_accepted", input=inp.kind, state=rollout.state)
+    decision = _HANDLERS[inp.kind](plan, inp)
+    moved = decision.rollout.state != rollout.state
+    if moved and decision.rollout.state not in accepted[inp.kind]:
+        raise IllegalTransition(f"{rollout.state} --{inp.kind}--> {decision.rollout.state} is not in the table")
+    return decision
 
 
-# ---------------------------------------------------------------- traffic applied or not
+# ---------------------------------------------------------------- traffic applied, failed or observed
 
 def _applied(p: _Plan, inp: Applied) -> Decision:
     r = p.r
     if inp.generation != r.desired_generation or r.applied:
-        return p.ignore(f"split generation {inp.generation} is not the pending one "
-                        f"(desired {r.desired_generation}, observed {r.observed_generation})")
-    p.set(observed=inp.observed, observed_generation=inp.generation, apply_attempts=0, retry_at=None)
-    p.reasons.append(f"Cloud Run now serves {describe_split(inp.observed)}")
+        return p.ignore("stale_effect", generation=inp.generation, desired=r.desired_generation,
+                        observed=r.observed_generation)
+    p.set(observed=inp.observed, observed_generation=inp.generation, apply_attempts=0, apply_failing_since=None,
+          retry_at=None)
+    p.why("split_applied", split=describe_split(inp.observed))
     state = r.state
     if state == "deploying":
         if r.kind == "initial":
-            return _succeed(p, f"Version {r.version} deployed as the first revision of {r.service}.")
-        p.reasons.append(f"revision {r.revision} is ready at 0 % behind its tag")
+            return _succeed(p, "note_deployed_first", version=r.version, service=r.service)
+        p.why("revision_ready", revision=r.revision)
         return _enter_step(p, 0) if r.kind == "canary" else _verify(p)
-    if state == "progressing":
+    if state == "progressing" and r.step_started_at is None:  # a new step's split (not a drift repair)
         _start_clock(p, r.strategy.canary.steps[r.step].pause)
         return p.done("step_started")
     if state == "switching":
-        bake = 0 if r.skip_bake else (r.strategy.canary.bake if r.strategy.canary else r.strategy.blue_green.bake)
-        if bake == 0:
-            return _succeed(p, f"Version {r.version} promoted to 100 % of {r.service}.")
+        if r.skip_bake:
+            return _succeed(p, "note_promoted_by", version=r.version, service=r.service, actor=r.promoted_by or "a person")
+        bake = max(r.strategy.canary.bake if r.strategy.canary else r.strategy.blue_green.bake, r.health.interval)
         p.set(state="baking")
         _start_clock(p, bake)
-        p.reasons.append(f"all traffic on {r.revision}; baking for {bake}s before calling it done")
+        p.why("bake", revision=r.revision, seconds=bake)
         return p.done("baking")
     if state == "rolling_back":
         if r.kind == "direct":
-            return _succeed(p, f"Rolled back {r.service} to version {r.version}: revision {r.revision} serves 100 %.")
+            return _succeed(p, "note_direct_done", service=r.service, version=r.version, revision=r.revision)
         p.set(state="rolled_back")
         return p.done("rolled_back")
-    return p.done("applied")  # paused etc.: the split is real, the state holds
+    return p.done("applied")  # paused, a repaired drift, etc.: the split is real, the state holds
+
+
+def _observed(p: _Plan, o: Observed) -> Decision:
+    """The reconciler read Cloud Run: confirm a split applied late, re-apply one lost, repair drift."""
+    r = p.r
+    p.detail = {"observed": describe_split(o.split), "desired": describe_split(r.desired)}
+    if not o.settled:
+        return p.nothing()  # Cloud Run is still working on it: look again next tick
+    if _same(o.split, r.desired):
+        if r.applied:
+            return p.nothing()
+        return _applied(p, Applied(id=o.id, generation=r.desired_generation, observed=o.split))
+    if not r.applied:
+        if r.retry_at and p.now < r.retry_at:
+            return p.nothing()
+        p.effects.append(ApplyTraffic(generation=r.desired_generation, split=r.desired,
+                                      create_revision=r.state == "deploying"))
+        p.set(retry_at=p.now + timedelta(seconds=RECONCILE_AFTER))
+        p.why("split_reapplied", generation=r.desired_generation, split=describe_split(r.desired))
+        return p.done("reconcile")
+    # Served traffic no state explains (a late write, a person in the console): the decided split wins.
+    p.why("drift", observed=describe_split(o.split), desired=describe_split(r.desired))
+    p.set(observed=o.split)
+    p.split(r.desired)  # a new generation: its `Applied` confirms the repair
+    return p.done("drift_repaired")
 
 
 def _apply_failed(p: _Plan, inp: ApplyFailed) -> Decision:
     r = p.r
     if inp.generation != r.desired_generation or r.applied:
-        return p.ignore(f"failure of split generation {inp.generation} no longer matters "
-                        f"(desired {r.desired_generation}, observed {r.observed_generation})")
-    if r.state in TERMINAL:
-        return p.ignore(f"rollout already {r.state}; the failed update changes nothing")
+        return p.ignore("stale_effect", generation=inp.generation, desired=r.desired_generation,
+                        observed=r.observed_generation)
     attempts = r.apply_attempts + 1
-    where = f"traffic is as last observed: {describe_split(r.observed)}"
-    p.detail = {"error": inp.error, "attempt": attempts}
-    if not inp.permanent and attempts < MAX_APPLY_ATTEMPTS:
-        delay = min(BACKOFF_BASE ** attempts, BACKOFF_CAP)
-        p.set(apply_attempts=attempts, retry_at=p.now + timedelta(seconds=delay))
-        p.reasons.append(f"Cloud Run update failed ({inp.error}); retry {attempts + 1} of {MAX_APPLY_ATTEMPTS} "
-                         f"in {delay}s; {where}. An API error never counts as the new version failing.")
+    since = r.apply_failing_since or p.now
+    spent = int((p.now - since).total_seconds())
+    split = describe_split(r.observed)
+    p.detail = {"error": inp.error, "attempt": attempts, "failing_for_s": spent}
+    if not inp.permanent and spent < r.apply_budget:
+        delay = _backoff(r.id, r.desired_generation, attempts)
+        p.set(apply_attempts=attempts, apply_failing_since=since, retry_at=p.now + timedelta(seconds=delay))
+        p.why("apply_retry", error=inp.error, attempt=attempts, delay=delay, budget=r.apply_budget, spent=spent,
+              split=split)
         return p.done("retrying")
-    why = "cannot succeed" if inp.permanent else f"failed {attempts} times"
+    return _give_up_applying(p, "cannot succeed" if inp.permanent else f"kept failing for {spent}s", inp.error)
+
+
+def _give_up_applying(p: _Plan, why: str, error: str) -> Decision:
+    """Past the retry budget (or a permanent error): an infrastructure failure, never a health verdict."""
+    r = p.r
+    p.why("apply_gave_up", why=why, error=error, split=describe_split(r.observed))
     if r.state != "rolling_back" and r.stable_revision:
-        p.reasons.append(f"Cloud Run update {why}: {inp.error}; {where}")
         if r.state == "deploying":
             # The new revision never served; still, make sure the stable one has everything (a superseded
             # canary may hold a share), without naming a revision that may not exist.
             p.set(state="rolling_back", next_step_at=None, hold_until=None)
             p.split([Target(revision=r.stable_revision, percent=100, tag="stable")])
-            p.notify("ERROR", f"Version {r.version} could not be deployed: {inp.error}. All traffic goes to "
-                              f"version {r.stable_version or r.stable_revision}. The new version served no requests.")
+            p.notify("ERROR", "note_deploy_failed", version=r.version, error=error,
+                     stable=r.stable_version or r.stable_revision)
             return p.done("deploy_failed")
-        return _roll_back(p, f"Cloud Run could not apply the next split ({inp.error})", severity="ERROR")
-    p.set(state="failed", apply_attempts=attempts, retry_at=None, next_step_at=None, hold_until=None)
-    p.reasons.append(f"Cloud Run update {why}: {inp.error}")
-    p.notify("CRITICAL", f"Rollout of {r.service} version {r.version} FAILED and needs a person: Cloud Run update "
-                         f"{why} ({inp.error}). Wanted {describe_split(r.desired)}; {where}.")
+        return _roll_back(p, "infrastructure", f"Cloud Run could not apply the next split ({error}); this is an "
+                                               f"infrastructure failure, not a health verdict", severity="ERROR")
+    p.set(state="failed", retry_at=None, next_step_at=None, hold_until=None)
+    p.notify("CRITICAL", "note_failed", service=r.service, version=r.version, why=why, error=error,
+             desired=describe_split(r.desired), observed=describe_split(r.observed))
     return p.done("failed")
+
+
+def _backoff(rollout_id: str, generation: int, attempt: int) -> int:
+    """Capped exponential backoff with jitter; the jitter comes from the ids, so `decide` stays pure."""
+    cap = min(BACKOFF_BASE ** attempt, BACKOFF_CAP)
+    h = int(hashlib.sha256(f"{rollout_id}/{generation}/{attempt}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return max(1, round(cap * (0.5 + h / 2)))
 
 
 # ---------------------------------------------------------------- health and alerts
@@ -256,38 +396,42 @@ def _health(p: _Plan, s: HealthSample) -> Decision:
     p.detail = {"revision": s.revision, "requests": s.request_count, "errors": s.error_count,
                 "p99_ms": s.latency_p99_ms, "source": s.source}
     if s.service != r.service or s.region != r.region:
-        return p.ignore(f"sample is for {s.service} in {s.region}, not {r.service} in {r.region}")
+        return p.ignore("wrong_service", service=s.service, region=s.region, want_service=r.service,
+                        want_region=r.region)
     if s.revision == r.stable_revision and s.revision != r.revision:
         if r.baseline and r.baseline.window_end >= s.window_end:
-            return p.ignore("an equal or newer sample of the stable revision is already held")
+            return p.ignore("baseline_older")
         p.set(baseline=s)
-        p.reasons.append(f"baseline: stable {s.revision} served {s.request_count} requests, p99 "
-                         f"{_ms(s.latency_p99_ms)} in {s.window_start:%H:%M:%S}–{s.window_end:%H:%M:%S}")
+        p.why("baseline", revision=s.revision, requests=s.request_count, p99=_ms(s.latency_p99_ms),
+              start=s.window_start, end=s.window_end)
         return p.done("baseline")
     if s.revision != r.revision:
-        return p.ignore(f"sample is for revision {s.revision}, neither the new {r.revision} "
-                        f"nor the stable {r.stable_revision}")
-    if r.state not in WATCHED:
-        return p.ignore(f"the new revision is not being judged while {r.state}")
-    if r.step_started_at is None:
-        return p.ignore("the current split is not applied yet; no window can belong to it")
-    if s.window_end <= r.step_started_at:
-        return p.ignore(f"stale: window ended {s.window_end.isoformat()}, before the current step began "
-                        f"{r.step_started_at.isoformat()}")
-    verdict = judge(s, r.health, r.baseline)
+        return p.ignore("other_revision", revision=s.revision, new=r.revision, stable=r.stable_revision)
+    verdict = judge(s, r.health, s.stable or r.baseline)
     p.verdict = verdict
-    p.reasons.append(verdict.rule)
-    if verdict.outcome == "fail":
+    p.why("verdict", rule=verdict.rule)
+    if verdict.outcome == "fail":  # whatever the window's age or the state: never discarded
+        if r.state == "rolling_back":
+            return p.ignore("already_rolling_back")
         p.set(verdict=verdict)  # the verdict that rolled it back is the one a person must see
-        return _roll_back(p, f"health check failed: {verdict.rule}")
+        return _roll_back(p, "health", render(Reason(code="health_failed", values={"rule": verdict.rule})))
+    if r.state in ("deploying", "rolling_back") or r.judged_until is None:
+        return p.ignore("not_serving", state=r.state)
+    if verdict.outcome == "pass":
+        if s.window_end <= r.judged_until:
+            return p.ignore("already_covered", end=s.window_end, until=r.judged_until)
+        if s.window_start > r.judged_until:
+            p.why("coverage_gap", start=s.window_start, until=r.judged_until)
+        else:
+            p.set(judged_until=s.window_end)
+            p.why("covered", until=s.window_end)
     held = r.verdict
-    if held and (held.window_end, held.request_count) > (verdict.window_end, verdict.request_count):
-        # Samples arrive in any order: the verdict on the later (or larger) window stands.
-        p.reasons.append(f"the verdict on the window ending {held.window_end:%H:%M:%S} ({held.outcome}) stands")
-        return p.done("judged")
-    p.set(verdict=verdict)
-    if verdict.outcome == "pass" and r.next_step_at and p.now >= r.next_step_at and r.state not in ("paused", "awaiting_approval"):
-        return _advance(p, "healthy and the step's pause is over")
+    if held and held.window_end > verdict.window_end and verdict.outcome != "pass":
+        p.why("verdict_stands", end=held.window_end, outcome=held.outcome)
+    else:
+        p.set(verdict=verdict)
+    if _step_done(p.r, p.now):
+        return _advance(p)
     return p.done("judged")
 
 
@@ -296,127 +440,145 @@ def _alert(p: _Plan, a: Alert) -> Decision:
     p.detail = {"incident": a.incident_id, "policy": a.policy or "", "observed": a.observed_value or "",
                 "threshold": a.threshold_value or ""}
     if a.test:
-        return p.ignore(f"test notification from policy {a.policy}: no action taken")
+        return p.ignore("test_alert", policy=a.policy)
     if a.service and a.service != r.service:
-        return p.ignore(f"incident concerns service {a.service}, not {r.service}")
-    if a.revision and a.revision not in (r.revision,):
-        return p.ignore(f"incident concerns revision {a.revision}, not the new revision {r.revision}")
+        return p.ignore("alert_other_service", service=a.service, want=r.service)
+    if a.revision and a.revision != r.revision:
+        return p.ignore("alert_other_revision", revision=a.revision, new=r.revision)
     if a.revision is None and a.started_at and a.started_at < r.created_at:
-        return p.ignore(f"incident {a.incident_id} began {a.started_at:%Y-%m-%d %H:%M:%S} UTC, before this rollout; "
-                        f"it names no revision, so it cannot be about this one")
+        return p.ignore("alert_before", incident=a.incident_id, started=a.started_at)
     if a.state == "closed":
-        p.reasons.append(f"incident {a.incident_id} ({a.policy}) closed")
+        p.why("alert_closed", incident=a.incident_id, policy=a.policy)
         return p.done("alert_closed")
-    if r.state == "deploying":
-        return p.ignore("the new revision is still being deployed and serves no traffic")
-    return _roll_back(p, f"Cloud Monitoring incident {a.incident_id} opened: {a.policy or 'alert policy'}"
-                         f" / {a.condition or 'condition'} observed {a.observed_value} against threshold {a.threshold_value}")
+    if r.state == "rolling_back":
+        return p.ignore("already_rolling_back")
+    why = render(Reason(code="alert_open", values={
+        "incident": a.incident_id, "policy": a.policy or "alert policy", "condition": a.condition or "condition",
+        "observed": a.observed_value, "threshold": a.threshold_value}))
+    return _roll_back(p, "alert", why)
 
 
-# ---------------------------------------------------------------- ticks: deadlines and reconciliation
+# ---------------------------------------------------------------- ticks: deadlines and retries
 
-def _tick(p: _Plan) -> Decision:
+def _tick(p: _Plan, _: Tick) -> Decision:
     r, now = p.r, p.now
     if not r.applied:
-        if now < r.reapply_at:
-            return p.nothing()
-        p.effects.append(ApplyTraffic(generation=r.desired_generation, split=r.desired,
-                                      create_revision=r.state == "deploying"))
-        p.set(retry_at=now + timedelta(seconds=RECONCILE_AFTER))
-        p.reasons.append(f"desired split generation {r.desired_generation} ({describe_split(r.desired)}) is not "
-                         f"observed yet (observed generation {r.observed_generation}); applying it again")
-        return p.done("reconcile")
+        if r.retry_at and now >= r.retry_at:  # a Cloud Run error asked for another try
+            since = r.apply_failing_since or r.desired_at
+            if (now - since).total_seconds() >= r.apply_budget:
+                return _give_up_applying(p, f"kept failing for {int((now - since).total_seconds())}s",
+                                         "no attempt succeeded within the retry budget")
+            p.effects.append(ApplyTraffic(generation=r.desired_generation, split=r.desired,
+                                          create_revision=r.state == "deploying"))
+            p.set(retry_at=now + timedelta(seconds=RECONCILE_AFTER))
+            p.why("split_reapplied", generation=r.desired_generation, split=describe_split(r.desired))
+            return p.done("reconcile")
+        return p.nothing()  # the reconciler reads Cloud Run back (`Observed`) before applying again
     if r.state in ("paused", "awaiting_approval"):
         if r.hold_until and now >= r.hold_until:
             what = "paused" if r.state == "paused" else "waiting for approval"
-            return _roll_back(p, f"{what} since before {r.hold_until - timedelta(seconds=r.max_hold):%Y-%m-%d %H:%M} "
-                                 f"UTC, past the {r.max_hold}s hold limit")
+            return _roll_back(p, "hold", render(Reason(code="hold_expired", values={
+                "what": what, "since": r.hold_until - timedelta(seconds=r.max_hold), "max_hold": r.max_hold})))
         return p.nothing()
     if r.next_step_at is None or now < r.next_step_at:
         return p.nothing()
-    if r.verdict and r.verdict.outcome == "pass":
-        return _advance(p, "the step's pause is over and the last verdict was healthy")
-    if r.hold_until is None:
-        deadline = max(now, r.next_step_at) + timedelta(seconds=r.health.no_data_timeout)
-        p.set(hold_until=deadline, message=f"Holding at {r.new_percent} %: no conclusive health verdict yet.")
-        why = r.verdict.rule if r.verdict else "no health sample for this step yet"
-        p.reasons.append(f"inconclusive ({why}); holding at {r.new_percent} % until {deadline:%H:%M:%S} UTC "
-                         f"for a conclusive verdict: pitstop never promotes on no data")
-        return p.done("held")
-    if now >= r.hold_until:
+    if _step_done(r, now):
+        return _advance(p)
+    if now >= r.next_step_at + timedelta(seconds=r.health.no_data_timeout):
         p.set(state="paused", paused_from=r.state, hold_until=now + timedelta(seconds=r.max_hold))
-        p.reasons.append(f"still inconclusive {r.health.no_data_timeout}s past the step's deadline")
-        p.notify("WARNING", f"Rollout of {r.service} version {r.version} paused at {r.new_percent} %: not enough "
-                            f"health data to decide. Run `pitstop promote {r.id}` or `pitstop abort {r.id}`.")
+        p.why("no_coverage", deadline=r.next_step_at, until=r.judged_until, timeout=r.health.no_data_timeout,
+              last=r.verdict.rule if r.verdict else "no health sample of this step yet")
+        p.notify("WARNING", "note_paused_no_data", service=r.service, version=r.version, percent=r.new_percent,
+                 id=r.id)
         return p.done("paused")
-    return p.nothing()
+    return p.nothing()  # waiting for a window that reaches the deadline (Monitoring lags): nothing to write
+
+
+def _step_done(r: Rollout, now: datetime) -> bool:
+    """The step's deadline has passed and its traffic is judged healthy, without a gap, up to it."""
+    return (r.state in ("progressing", "verifying", "baking") and r.applied and r.next_step_at is not None
+            and now >= r.next_step_at and r.judged_until is not None and r.judged_until >= r.next_step_at
+            and r.verdict is not None and r.verdict.outcome == "pass")
 
 
 # ---------------------------------------------------------------- operator commands
 
 def _command(p: _Plan, c: Command) -> Decision:
-    r = p.r
     p.detail = {"action": c.action, "reason": c.reason or ""}
     if c.reason:
-        p.reasons.append(f"{c.actor}: {c.reason}")
+        p.why("actor_says", actor=c.actor, text=c.reason)
+    r = p.r
     if c.action in ("abort", "rollback"):
-        return _roll_back(p, f"{c.actor} asked to {c.action}", severity="NOTICE")
+        if r.state == "rolling_back":
+            return p.ignore("already_rolling_back")
+        return _roll_back(p, "person", render(Reason(code="asked", values={"actor": c.actor, "action": c.action})),
+                          severity="NOTICE")
     if c.action == "pause":
         if r.state not in ("verifying", "progressing", "baking") or not r.applied:
-            return p.ignore(f"only a verifying, progressing or baking rollout whose split is applied can be "
-                            f"paused; this one is {r.state}")
+            return p.ignore("pause_refused", state=r.state)
         until = p.now + timedelta(seconds=r.max_hold)
         p.set(state="paused", paused_from=r.state, hold_until=until,
               message=f"Paused by {c.actor} at {r.new_percent} %.")
-        p.reasons.append(f"paused by {c.actor} at {r.new_percent} %; it rolls back if not resumed by "
-                         f"{until:%Y-%m-%d %H:%M} UTC")
+        p.why("paused_by", actor=c.actor, percent=r.new_percent, until=until)
         return p.done("paused")
     if c.action == "resume":
         if r.state != "paused":
-            return p.ignore(f"cannot resume: rollout is {r.state}, not paused")
+            return p.ignore("resume_refused", state=r.state)
         _release(p)
-        p.reasons.append(f"resumed by {c.actor}; the step's deadline stays "
-                         f"{r.next_step_at.isoformat() if r.next_step_at else 'unset'}")
+        if r.next_step_at and r.next_step_at < p.now:
+            # The revision served all through the pause: the step ends once that time is judged too.
+            p.set(next_step_at=p.now)
+        p.why("resumed", actor=c.actor, deadline=p.r.next_step_at)
+        if _step_done(p.r, p.now):
+            return _advance(p)
         return p.done("resumed")
     if c.action == "approve":
         if r.state != "awaiting_approval":
-            return p.ignore(f"nothing to approve: rollout is {r.state}")
+            return p.ignore("approve_refused", state=r.state)
         _release(p)
-        return _advance(p, f"approved by {c.actor}", gate_passed=True)
-    if c.action == "promote":
-        if r.state in ("deploying", "rolling_back") or not r.applied:
-            return p.ignore(f"cannot promote while {r.state} and the current split is not applied yet")
-        if r.state in ("paused", "awaiting_approval"):
-            _release(p)
-        if c.full and r.state == "baking":  # already at 100 %: only the bake is left to skip
-            p.reasons.append(f"{c.actor} promoted fully, skipping the rest of the bake")
-            return _succeed(p, f"Version {r.version} promoted to 100 % of {r.service} by {c.actor}.")
-        if c.full:
-            p.set(skip_bake=True)
-            return _switch(p, f"{c.actor} promoted to 100 % at once, skipping the remaining steps and analysis")
-        return _advance(p, f"promoted by {c.actor} (last verdict: {r.verdict.outcome if r.verdict else 'none'})",
-                        gate_passed=True)
-    return p.ignore(f"unknown action {c.action}")
+        p.why("approved", actor=c.actor)
+        return _advance(p, gate_passed=True)
+    # promote
+    if r.state in ("deploying", "rolling_back", "switching") or not r.applied:
+        return p.ignore("promote_refused", state=r.state)
+    if r.state == "awaiting_approval":
+        return p.ignore("promote_at_gate")
+    if r.state == "paused":
+        _release(p)
+    r = p.r  # released: the state it was holding
+    p.set(promoted_by=c.actor)
+    if c.full and r.state == "baking":  # already at 100 %: only the watch is left to skip
+        p.why("promoted_full_bake", actor=c.actor)
+        return _succeed(p, "note_promoted_by", version=r.version, service=r.service, actor=c.actor)
+    if c.full:
+        p.set(skip_bake=True)
+        p.why("promoted_full", actor=c.actor)
+        return _switch(p)
+    p.why("promoted", actor=c.actor, verdict=r.verdict.outcome if r.verdict else "none", until=r.judged_until)
+    return _advance(p)
 
 
 # ---------------------------------------------------------------- moves
 
-def _advance(p: _Plan, why: str, gate_passed: bool = False) -> Decision:
+def _advance(p: _Plan, gate_passed: bool = False) -> Decision:
+    """The current step is done: the gate, the next step, the switch to 100 % or success."""
     r = p.r
-    p.reasons.append(why)
+    if r.next_step_at and r.judged_until and r.judged_until >= r.next_step_at:
+        p.why("advance", deadline=r.next_step_at, until=r.judged_until)
     if r.state == "baking":
-        return _succeed(p, f"Version {r.version} is live on 100 % of {r.service} and healthy through the bake.")
+        return _succeed(p, "note_succeeded", version=r.version, service=r.service, until=r.judged_until)
     if r.state == "verifying":
         if r.strategy.blue_green.approve and not gate_passed:
             return _gate(p)
-        return _switch(p, "verification passed on the tagged URL; switching all traffic at once")
-    # progressing
-    steps = r.strategy.canary.steps
+        p.why("switch_verified")
+        return _switch(p)
+    steps = r.strategy.canary.steps  # progressing
     if steps[r.step].approve and not gate_passed:
         return _gate(p)
     if r.step + 1 < len(steps):
         return _enter_step(p, r.step + 1)
-    return _switch(p, "last canary step passed; promoting to 100 %")
+    p.why("switch_last_step")
+    return _switch(p)
 
 
 def _release(p: _Plan) -> None:
@@ -427,18 +589,18 @@ def _release(p: _Plan) -> None:
 def _gate(p: _Plan) -> Decision:
     r = p.r
     p.set(state="awaiting_approval", paused_from=r.state, hold_until=p.now + timedelta(seconds=r.max_hold))
-    p.notify("NOTICE", f"Rollout of {r.service} version {r.version} is healthy at {r.new_percent} % and waits for "
-                       f"approval: `pitstop approve {r.id}`.")
+    p.notify("NOTICE", "note_gate", service=r.service, version=r.version, percent=r.new_percent, id=r.id)
     return p.done("awaiting_approval")
 
 
 def _enter_step(p: _Plan, step: int) -> Decision:
     r = p.r
-    weight = r.strategy.canary.steps[step].weight
-    p.set(state="progressing", step=step, step_started_at=None, next_step_at=None, hold_until=None, verdict=None)
+    steps = r.strategy.canary.steps
+    weight = steps[step].weight
+    p.set(state="progressing", step=step, step_started_at=None, next_step_at=None, hold_until=None)
     p.split(_with_new(r, weight))
-    p.reasons.append(f"step {step + 1} of {len(r.strategy.canary.steps)}: {weight} % to {r.revision}")
-    p.set(message=f"Canary of version {r.version} at {weight} % (step {step + 1} of {len(r.strategy.canary.steps)}).")
+    p.why("step", step=step + 1, steps=len(steps), weight=weight, revision=r.revision)
+    p.set(message=f"Canary of version {r.version} at {weight} % (step {step + 1} of {len(steps)}).")
     return p.done("advanced")
 
 
@@ -446,51 +608,55 @@ def _verify(p: _Plan) -> Decision:
     r = p.r
     p.set(state="verifying", verdict=None, hold_until=None)
     _start_clock(p, r.strategy.blue_green.verify)
-    p.reasons.append(f"verifying {r.revision} at 0 % on its tagged URL for {r.strategy.blue_green.verify}s")
+    p.why("verify", revision=r.revision, seconds=r.strategy.blue_green.verify)
     p.set(message=f"Verifying version {r.version} at 0 % on its tagged URL.")
     return p.done("verifying")
 
 
-def _switch(p: _Plan, why: str) -> Decision:
+def _switch(p: _Plan) -> Decision:
     r = p.r
-    p.reasons.append(why)
     targets = [Target(revision=r.revision, percent=100, tag="stable" if r.kind == "canary" else "green")]
     if r.stable_revision:  # keep the old revision addressable for an instant rollback
         targets.append(Target(revision=r.stable_revision, percent=0, tag="previous" if r.kind == "canary" else "blue"))
     p.set(message=f"Switching all traffic to version {r.version}.")
     p.set(state="switching", step=len(r.strategy.canary.steps) if r.strategy.canary else 0,
-          step_started_at=None, next_step_at=None, hold_until=None, verdict=None)
+          step_started_at=None, next_step_at=None, hold_until=None)
     p.split(targets)
     return p.done("switching")
 
 
-def _roll_back(p: _Plan, why: str, severity: str = "ERROR") -> Decision:
+CAUSES = {"health": "New version failed health checks after deployment",
+          "alert": "A Cloud Monitoring alert fired for the new version",
+          "infrastructure": "Cloud Run could not apply the next traffic split (an infrastructure failure, not a "
+                            "health verdict)",
+          "hold": "The rollout was held past its limit"}
+
+
+def _roll_back(p: _Plan, cause: str, why: str, severity: str = "ERROR") -> Decision:
     r = p.r
-    p.reasons.append(why)
-    if r.state == "rolling_back":
-        return p.ignore("already rolling back")
+    p.why("cause", cause=why)
     if not r.stable_revision:
-        return p.ignore("no stable revision to roll back to (first version of the service)")
+        return p.ignore("no_stable")
     p.set(state="rolling_back", next_step_at=None, hold_until=None, paused_from=None)
     p.split(_stable_only(r))
     served = sum(t.percent for t in r.observed or [] if t.revision == r.revision)
     impact = "No customer impact." if served == 0 else f"It was serving {served} % of requests."
-    verb = "Automatically rolled back" if p.actor in ("health-judge", "cloud-monitoring", "scheduler", "pitstop") \
-        else f"Rolled back by {p.actor}"
-    reason = {"health-judge": "New version failed health checks after deployment",
-              "cloud-monitoring": "A Cloud Monitoring alert fired for the new version"}.get(p.actor, why[:1].upper() + why[1:])
-    p.notify(severity, f"{reason}. {verb} {r.service} to version {r.stable_version or r.stable_revision}. {impact}")
+    verb = f"Rolled back by {p.actor}" if cause == "person" else "Automatically rolled back"
+    p.notify(severity, "note_rolled_back", cause=CAUSES.get(cause, why[:1].upper() + why[1:]), verb=verb,
+             service=r.service, stable=r.stable_version or r.stable_revision, impact=impact)
     return p.done("rolling_back")
 
 
-def _succeed(p: _Plan, message: str) -> Decision:
+def _succeed(p: _Plan, note: str, **values: Any) -> Decision:
     p.set(state="succeeded", next_step_at=None, hold_until=None)
-    p.notify("NOTICE", message)
+    p.notify("NOTICE", note, **values)
     return p.done("succeeded")
 
 
 def _start_clock(p: _Plan, pause: int) -> None:
-    p.set(step_started_at=p.now, next_step_at=p.now + timedelta(seconds=pause), hold_until=None, verdict=None)
+    p.set(step_started_at=p.now, next_step_at=p.now + timedelta(seconds=pause), hold_until=None)
+    if p.r.judged_until is None:  # the new revision starts serving now: judged from here on
+        p.set(judged_until=p.now)
 
 
 def _with_new(r: Rollout, weight: int) -> list[Target]:
@@ -506,5 +672,26 @@ def _stable_only(r: Rollout) -> list[Target]:
     return stable + [Target(revision=r.revision, percent=0, tag="canary" if r.kind == "canary" else "green")]
 
 
+def _same(a: list[Target], b: list[Target]) -> bool:
+    """The same traffic: revisions, percents and tags (a tagged 0 % entry proves its revision exists)."""
+    def served(split: list[Target]) -> set[tuple[str, int, str | None]]:
+        return {(t.revision, t.percent, t.tag or None) for t in split if t.percent or t.tag}
+    return served(a) == served(b)
+
+
+def _superseded(p: _Plan, inp: Superseded) -> Decision:
+    r = p.r
+    p.set(state="superseded", superseded_by=inp.by_rollout, next_step_at=None, hold_until=None)
+    p.why("superseded", version=inp.by_version, by=inp.by_rollout)
+    p.notify("NOTICE", "note_superseded", version=r.version, by_version=inp.by_version)
+    return p.done("superseded")
+
+
 def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f} ms"
+
+
+_HANDLERS = {
+    "applied": _applied, "apply_failed": _apply_failed, "observed": _observed, "health": _health,
+    "alert": _alert, "tick": _tick, "command": _command, "superseded": _superseded,
+}

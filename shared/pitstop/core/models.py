@@ -7,11 +7,13 @@ timestamps, plain strings, small maps.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -22,6 +24,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from pitstop.core import limits
 
 # ---------------------------------------------------------------- durations
 
@@ -96,7 +100,7 @@ def _default_steps() -> list[Step]:
 
 class Canary(Model):
     steps: list[Step] = Field(default_factory=_default_steps, min_length=1)
-    bake: Duration = 0  # watch at 100 % before calling it done
+    bake: Duration = 0  # watch at 100 % before calling it done (at least one health window, whatever this says)
 
     @field_validator("steps")
     @classmethod
@@ -133,7 +137,12 @@ class Health(Model):
     max_error_rate: float = Field(default=0.05, ge=0, le=1)
     max_p99_ms: float = Field(default=1000, gt=0)
     max_latency_increase: float = Field(default=0.20, ge=0)  # canary p99 vs stable p99
-    no_data_timeout: Duration = 300  # inconclusive this long past a deadline -> paused
+    # ... but never for an increase of this many ms or less: 5 ms -> 7 ms is +40 % and harmless.
+    min_latency_increase_ms: float = Field(default=50, ge=0)
+    interval: Duration = Field(default=60, ge=1)  # one health window; also the shortest watch at 100 %
+    # A step waits this long past its deadline for a healthy window that reaches the deadline (on GCP
+    # Monitoring's 180 s lag and a one-minute tick use about 4 minutes of it), then pauses for a person.
+    no_data_timeout: Duration = 600
 
 
 SERVICE_NAME = r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$"
@@ -148,6 +157,8 @@ class RolloutSpec(Model):
     strategy: Strategy = Field(default_factory=lambda: Strategy(canary=Canary()))
     health: Health = Field(default_factory=Health)
     max_hold: Duration = 86400  # a paused or gated rollout rolls back after this
+    # Cloud Run API errors are retried, holding the current split, for this long before rolling back.
+    apply_budget: Duration = 600
 
     @property
     def key(self) -> str:
@@ -169,19 +180,83 @@ def describe_split(split: list[Target] | None) -> str:
 
 
 # ---------------------------------------------------------------- inputs
+# Inputs come from Pub/Sub, where anyone with publish rights can send anything. Each field is bounded
+# so that whatever validates can be stored in Firestore (limits.py says why).
 
-class Artifact(Model):
-    image: str  # repo path with tag, as built
-    digest: str  # sha256:...
-    build_id: str
-    commit: str | None = None
-    version: str
-    repo: str | None = None
-    branch: str | None = None
-    tag: str | None = None
-    trigger: str | None = None
-    log_url: str | None = None
-    created_at: datetime | None = None
+
+def _cut(value: Any) -> Any:
+    """Free text is cut, not refused: an open incident with a huge policy name must still roll back."""
+    return limits.truncate(limits.valid_unicode(value)) if isinstance(value, str) else value
+
+
+def _digest(value: str) -> str:
+    if not limits.DIGEST.fullmatch(value):
+        raise ValueError(f"{limits.preview(value)} is not an image digest: expected 'sha256:' and 64 "
+                         f"lowercase hex digits")
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_cut)]  # at most MAX_TEXT characters, cut with a marker
+Id = Annotated[str, Field(max_length=limits.MAX_ID)]
+Name = Annotated[str, Field(min_length=1, max_length=limits.MAX_NAME)]  # Cloud Run names, regions
+Label = Annotated[str, Field(max_length=limits.MAX_LABEL)]  # git refs, repository names, actors
+Count = Annotated[int, Field(ge=0, le=limits.INT64_MAX)]
+Millis = Annotated[float, Field(ge=0, le=limits.MAX_LATENCY_MS, allow_inf_nan=False)]
+Timestamp = Annotated[AwareDatetime, AfterValidator(limits.plausible_time)]  # zoned, in 2000..2100
+Digest = Annotated[str, AfterValidator(_digest)]
+
+
+def _unstorable(value: Any, path: str) -> str | None:
+    """The first value Firestore could not store, as a sentence; None when all can be."""
+    if isinstance(value, str):
+        if not limits.is_unicode(value):
+            return f"{path}: contains a lone surrogate (\\ud800-\\udfff), which is not valid Unicode text"
+        if len(value) > limits.MAX_TEXT:
+            return f"{path}: {len(value)} characters, more than {limits.MAX_TEXT}"
+    elif isinstance(value, bool):
+        pass
+    elif isinstance(value, int) and not limits.INT64_MIN <= value <= limits.INT64_MAX:
+        return f"{path}: {limits.preview(value)} is outside the 64-bit integer range"
+    elif isinstance(value, float) and not math.isfinite(value):
+        return f"{path}: {value} is not a finite number"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            problem = _unstorable(key, f"{path} key") or _unstorable(item, f"{path}.{key}")
+            if problem:
+                return problem
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = _unstorable(item, f"{path}.{i}")
+            if problem:
+                return problem
+    return None
+
+
+class Inbound(Model):
+    """An input from outside. Besides each field's own bounds, every value in it, nested ones and fields
+    added later included, must be storable: text in valid Unicode, ints in int64, finite numbers."""
+
+    @model_validator(mode="after")
+    def _storable(self) -> Inbound:
+        for name, value in self.model_dump().items():
+            problem = _unstorable(value, name)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+
+class Artifact(Inbound):
+    image: str = Field(min_length=1, max_length=limits.MAX_TEXT)  # repo path with tag, as built
+    digest: Digest
+    build_id: Id
+    commit: Id | None = None
+    version: Id
+    repo: Label | None = None
+    branch: Label | None = None
+    tag: Label | None = None
+    trigger: Label | None = None
+    log_url: Text | None = None
+    created_at: Timestamp | None = None
 
     @property
     def image_by_digest(self) -> str:
@@ -198,47 +273,60 @@ BuildStatus = Literal[
 ]
 
 
-class BuildFinished(Model):
+class BuildFinished(Inbound):
     kind: Literal["build"] = "build"
-    id: str
-    build_id: str
+    id: Id
+    build_id: Id
     status: BuildStatus
-    status_detail: str | None = None
-    repo: str | None = None
-    branch: str | None = None
-    tag: str | None = None
-    trigger: str | None = None  # TRIGGER_NAME
-    trigger_id: str | None = None  # buildTriggerId
-    commit: str | None = None
-    log_url: str | None = None
+    status_detail: Text | None = None
+    repo: Label | None = None
+    branch: Label | None = None
+    tag: Label | None = None
+    trigger: Label | None = None  # TRIGGER_NAME
+    trigger_id: Id | None = None  # buildTriggerId
+    commit: Id | None = None
+    log_url: Text | None = None
     artifact: Artifact | None = None  # SUCCESS with results.images only
-    substitutions: dict[str, str] = Field(default_factory=dict)
+    substitutions: dict[Label, Text] = Field(default_factory=dict, max_length=limits.MAX_ENTRIES)
+
+
+class Baseline(Model):
+    """The stable revision over the same window as a sample of the new one: what "relative" compares with."""
+
+    revision: str = Field(min_length=1, max_length=63)
+    request_count: int = Field(ge=0)
+    error_count: int = Field(ge=0)
+    latency_p99_ms: float | None = Field(default=None, ge=0)
 
 
 # Firestore document ids: no '/', not '__x__', bounded.
 DOC_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
-class HealthSample(Model):
+class HealthSample(Inbound):
     kind: Literal["health"] = "health"
-    id: str = ""
-    service: str = Field(min_length=1, max_length=63)
-    region: str = Field(min_length=1, max_length=63)
-    revision: str = Field(min_length=1, max_length=63)
-    window_start: AwareDatetime  # a timestamp without its zone is ambiguous: refused
-    window_end: AwareDatetime
-    request_count: int = Field(ge=0)
-    error_count: int = Field(ge=0)
-    latency_p50_ms: float | None = Field(default=None, ge=0)
-    latency_p95_ms: float | None = Field(default=None, ge=0)
-    latency_p99_ms: float | None = Field(default=None, ge=0)
-    source: str
+    id: Id = ""
+    service: Name
+    region: Name
+    revision: Name
+    window_start: Timestamp  # a timestamp without its zone is ambiguous: refused
+    window_end: Timestamp
+    request_count: Count
+    error_count: Count
+    latency_p50_ms: Millis | None = None
+    latency_p95_ms: Millis | None = None
+    latency_p99_ms: Millis | None = None
+    source: Id
     rollout_id: str | None = Field(default=None, pattern=DOC_ID)
+    stable: Baseline | None = None  # the stable revision over the same window, when the sender measured it
 
     @model_validator(mode="after")
     def _sane(self) -> HealthSample:
         if self.window_end <= self.window_start:
             raise ValueError("window_end must be after window_start")
+        if self.window_end - self.window_start > limits.MAX_WINDOW:
+            raise ValueError(f"the window from window_start to window_end lasts {self.window_end - self.window_start}; "
+                             f"a sample covers at most {limits.MAX_WINDOW}")
         if self.error_count > self.request_count:
             raise ValueError("error_count cannot exceed request_count")
         return self
@@ -253,40 +341,40 @@ class Tick(Model):
     id: str
 
 
-class Alert(Model):
+class Alert(Inbound):
     kind: Literal["alert"] = "alert"
-    id: str
-    incident_id: str
+    id: Id
+    incident_id: Id
     state: Literal["open", "closed"]
-    started_at: datetime | None = None
+    started_at: Timestamp | None = None
     test: bool = False
-    policy: str | None = None
-    condition: str | None = None
-    summary: str | None = None
-    url: str | None = None
-    service: str | None = None
-    revision: str | None = None
-    location: str | None = None
-    project: str | None = None
-    observed_value: str | None = None
-    threshold_value: str | None = None
+    policy: Text | None = None
+    condition: Text | None = None
+    summary: Text | None = None
+    url: Text | None = None
+    service: Name | None = None
+    revision: Name | None = None
+    location: Name | None = None
+    project: Name | None = None
+    observed_value: Text | None = None
+    threshold_value: Text | None = None
 
 
 Action = Literal["promote", "pause", "resume", "abort", "rollback", "approve"]
 
 
-class Command(Model):
+class Command(Inbound):
     kind: Literal["command"] = "command"
-    id: str = ""
+    id: Id = ""
     action: Action
     rollout_id: str | None = Field(default=None, pattern=DOC_ID)
-    service: str | None = None
-    environment: str | None = None  # with service (and region): which rollout, when several are live
-    region: str | None = None
+    service: Name | None = None
+    environment: Name | None = None  # with service (and region): which rollout, when several are live
+    region: Name | None = None
     full: bool = False  # promote --full
-    to_version: str | None = None  # rollback --to
-    actor: str = "unknown"
-    reason: str | None = None
+    to_version: Id | None = None  # rollback --to
+    actor: Label = "unknown"
+    reason: Text | None = None
 
     @model_validator(mode="after")
     def _target(self) -> Command:
@@ -314,6 +402,15 @@ class ApplyFailed(Model):
     permanent: bool = False  # retrying cannot help (bad image, invalid request)
 
 
+class Observed(Model):
+    """What Cloud Run serves now, read back by the reconciler (drift, or an apply that finished later)."""
+
+    kind: Literal["observed"] = "observed"
+    id: str
+    split: list[Target]
+    settled: bool = True  # False: Cloud Run is still working on an update
+
+
 class Superseded(Model):
     kind: Literal["superseded"] = "superseded"
     id: str
@@ -321,7 +418,7 @@ class Superseded(Model):
     by_version: str
 
 
-Input = BuildFinished | HealthSample | Tick | Alert | Command | Applied | ApplyFailed | Superseded
+Input = BuildFinished | HealthSample | Tick | Alert | Command | Applied | ApplyFailed | Observed | Superseded
 
 
 # ---------------------------------------------------------------- rollout state
@@ -369,22 +466,28 @@ class Rollout(Model):
     strategy: Strategy
     health: Health
     max_hold: int
+    apply_budget: int = 600
     state: State
     message: str = ""
     stable_revision: str | None = None
     stable_version: str | None = None
     step: int = 0  # index into canary steps; len(steps) means the final 100 %
     step_started_at: datetime | None = None  # when the current split became real
+    # The new revision's traffic is judged healthy, without a gap, from when it first served up to here.
+    # A step advances (and the rollout succeeds) only once this reaches the step's deadline.
+    judged_until: datetime | None = None
     next_step_at: datetime | None = None
     hold_until: datetime | None = None  # deadline of an inconclusive hold, pause or gate
     paused_from: State | None = None
     skip_bake: bool = False
+    promoted_by: str | None = None  # who skipped steps with `promote`, for the success notice
     desired: list[Target]
     desired_generation: int = 1
     desired_at: datetime
     observed: list[Target] | None = None
     observed_generation: int = 0
     apply_attempts: int = 0
+    apply_failing_since: datetime | None = None  # first Cloud Run error of the pending split
     retry_at: datetime | None = None
     verdict: Verdict | None = None  # latest verdict on the new revision in this step
     baseline: HealthSample | None = None  # latest sample of the stable revision
@@ -399,7 +502,8 @@ class Rollout(Model):
         """When a tick must look at this rollout; None once it is finished."""
         if self.state in TERMINAL:
             return None
-        # A hold replaces the step deadline it extends: a past deadline must not make every tick due.
+        if self.state in WATCHED:
+            return self.updated_at  # its health is screened every tick, and its deadlines checked
         times = [t for t in (self.hold_until or self.next_step_at, self.retry_at) if t]
         if not self.applied:
             times.append(self.reapply_at)
@@ -424,9 +528,9 @@ class Rollout(Model):
         return cls.model_validate(doc)
 
 
-# Seconds an applier may take (a new revision can need a minute on GCP) before a tick assumes it died
-# and applies the split again. Applying twice is harmless; too early only wastes a Cloud Run call.
-RECONCILE_AFTER = 120
+# Seconds before a tick reads back an unobserved split (the applier may have died, or Cloud Run is still
+# working on it) and applies it again if it is not served. Applying twice is harmless.
+RECONCILE_AFTER = 20
 
 
 # ---------------------------------------------------------------- effects and audit
@@ -440,10 +544,18 @@ class ApplyTraffic(Model):
     create_revision: bool = False
 
 
+class Reason(Model):
+    """Why, as a code with its measured values; `pitstop.core.explain` renders the sentence."""
+
+    code: str
+    values: dict[str, Any] = Field(default_factory=dict)
+
+
 class Notify(Model):
     kind: Literal["notify"] = "notify"
     severity: Literal["INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL"]
-    message: str
+    message: str  # rendered from `reason`
+    reason: Reason
 
 
 Effect = ApplyTraffic | Notify
@@ -457,10 +569,15 @@ class AuditEvent(Model):
     input: str  # kind of input
     actor: str
     decision: str  # short verb: started, advanced, held, rolled_back, ignored, ...
-    reasons: list[str]
+    reasons: list[str]  # the sentences, rendered from `why` (what the Firestore console shows)
+    why: list[Reason] = Field(default_factory=list)
     state_before: str | None = None
     state_after: str
     traffic_before: str | None = None
     traffic_after: str | None = None
     verdict: Verdict | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
+
+    def to_doc(self) -> dict[str, Any]:
+        # Reasons quote inputs (a policy name, a build's status detail): cut so the event always fits Firestore.
+        return limits.bounded(super().to_doc())

@@ -1,0 +1,139 @@
+"""Every sentence pitstop says about a decision, rendered from a reason code and its values.
+
+The machine records *why* as `Reason(code, values)`: measured values, thresholds, times. This module
+is the one place that turns them into words, for the Firestore audit text, the CLI and notifications
+alike, so the three never disagree. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pitstop.core.models import Reason
+
+# code -> template; values are filled in with str.format. Times are ISO strings, rendered HH:MM:SS.
+TEMPLATES: dict[str, str] = {
+    # starting
+    "first_version": "first version of {service} in {region}: no stable revision to compare with, deployed at 100 %",
+    "build_matches": "build {build_id} of {repo} matches spec {spec}: {strategy} of {version} against stable {stable}",
+    "rollback_to": "{actor} asked to roll back to version {version}; all traffic goes to {revision} at once",
+    # traffic
+    "split_applied": "Cloud Run now serves {split}",
+    "revision_ready": "revision {revision} is ready at 0 % behind its tag",
+    "split_reapplied": "desired split generation {generation} ({split}) is not served yet; applying it again",
+    "split_pending": "Cloud Run is still applying split generation {generation}; looking again later",
+    "drift": "Cloud Run serves {observed}, not the decided {desired}; applying the decided split again",
+    "stale_effect": "split generation {generation} is not the pending one (desired {desired}, observed {observed})",
+    "late_effect": "rollout already {state}: this late Cloud Run result changes nothing",
+    "apply_retry": "Cloud Run update failed ({error}); attempt {attempt}, next in {delay}s, giving up after "
+                   "{budget}s of failures ({spent}s so far); traffic stays {split}. An API error never counts "
+                   "as the new version failing",
+    "apply_gave_up": "Cloud Run update {why}: {error}; traffic stays {split}",
+    # health
+    "wrong_service": "sample is for {service} in {region}, not {want_service} in {want_region}",
+    "baseline": "baseline: stable {revision} served {requests} requests, p99 {p99} in {start}–{end}",
+    "baseline_older": "an equal or newer sample of the stable revision is already held",
+    "other_revision": "sample is for revision {revision}, neither the new {new} nor the stable {stable}",
+    "verdict": "{rule}",
+    "covered": "healthy and contiguous: the new revision is judged healthy from its start up to {until}",
+    "already_covered": "a healthy window ending {end}, already covered (judged healthy up to {until})",
+    "coverage_gap": "healthy, but its window starts {start}, after {until}, the end of what is judged so far: "
+                    "the gap stays unjudged and nothing advances on it",
+    "not_serving": "the new revision does not serve yet while {state}; a healthy window proves nothing",
+    "verdict_stands": "the verdict on the window ending {end} ({outcome}) stands",
+    "health_failed": "health check failed: {rule}",
+    # alerts
+    "test_alert": "test notification from policy {policy}: no action taken",
+    "alert_other_service": "incident concerns service {service}, not {want}",
+    "alert_other_revision": "incident concerns revision {revision}, not the new revision {new}",
+    "alert_before": "incident {incident} began {started}, before this rollout; it names no revision, so it cannot "
+                    "be about this one",
+    "alert_closed": "incident {incident} ({policy}) closed",
+    "alert_open": "Cloud Monitoring incident {incident} opened: {policy} / {condition} observed {observed} against "
+                  "threshold {threshold}",
+    # steps and deadlines
+    "step": "step {step} of {steps}: {weight} % to {revision}",
+    "advance": "the step's deadline {deadline} passed and its traffic is judged healthy up to {until}",
+    "hold_expired": "{what} since {since}, past the {max_hold}s hold limit",
+    "no_coverage": "still not judged healthy up to the step's deadline {deadline} (judged up to {until}) "
+                   "{timeout}s past it: {last}",
+    "verify": "verifying {revision} at 0 % on its tagged URL for {seconds}s",
+    "bake": "all traffic on {revision}; watching it for {seconds}s before calling it done",
+    "switch_last_step": "last canary step passed; promoting to 100 %",
+    "switch_verified": "verification passed on the tagged URL; switching all traffic at once",
+    "superseded": "a newer build (version {version}) for the same service and environment supersedes this "
+                  "rollout; rollout {by} takes over the traffic",
+    "finished": "rollout already {state}",
+    "not_accepted": "a {input} input does not apply while {state}",
+    # commands
+    "actor_says": "{actor}: {text}",
+    "asked": "{actor} asked to {action}",
+    "pause_refused": "only a verifying, progressing or baking rollout whose split is applied can be paused; "
+                     "this one is {state}",
+    "paused_by": "paused by {actor} at {percent} %; it rolls back if not resumed by {until}",
+    "resume_refused": "cannot resume: rollout is {state}, not paused",
+    "resumed": "resumed by {actor}; the step's deadline stays {deadline}",
+    "approve_refused": "nothing to approve: rollout is {state}",
+    "approved": "approved by {actor}",
+    "promote_refused": "cannot promote while {state} and the current split is not applied yet",
+    "promote_at_gate": "the rollout waits for approval: only `pitstop approve` (by a person allowed to approve) "
+                       "passes the gate; promote does not",
+    "promoted": "promoted by {actor} (last verdict: {verdict}; judged healthy up to {until})",
+    "promoted_full": "{actor} promoted to 100 % at once, skipping the remaining steps and analysis",
+    "promoted_full_bake": "{actor} promoted fully, skipping the rest of the bake",
+    # rolling back
+    "already_rolling_back": "already rolling back",
+    "cause": "{cause}",
+    "no_stable": "no stable revision to roll back to (first version of the service)",
+}
+
+# Notifications: the sentence a person reads first. Same rendering, same values.
+TEMPLATES.update({
+    "note_deployed_first": "Version {version} deployed as the first revision of {service}.",
+    "note_promoted": "Version {version} promoted to 100 % of {service}.",
+    "note_promoted_by": "Version {version} promoted to 100 % of {service} by {actor}.",
+    "note_succeeded": "Version {version} is live on 100 % of {service} and judged healthy through its final watch "
+                      "(up to {until}).",
+    "note_direct_done": "Rolled back {service} to version {version}: revision {revision} serves 100 %.",
+    "note_deploy_failed": "Version {version} could not be deployed: {error}. All traffic goes to version {stable}. "
+                          "The new version served no requests.",
+    "note_failed": "Rollout of {service} version {version} FAILED and needs a person: Cloud Run update {why} "
+                   "({error}). Wanted {desired}; traffic is as last observed: {observed}.",
+    "note_rolled_back": "{cause}. {verb} {service} to version {stable}. {impact}",
+    "note_superseded": "Version {version} superseded by {by_version} before it finished.",
+    "note_paused_no_data": "Rollout of {service} version {version} paused at {percent} %: its traffic is not judged "
+                           "healthy up to the step's deadline (not enough health data). Run `pitstop promote {id}` "
+                           "or `pitstop abort {id}`.",
+    "note_gate": "Rollout of {service} version {version} is healthy at {percent} % and waits for approval: "
+                 "`pitstop approve {id}`.",
+})
+
+
+def render(reason: Reason) -> str:
+    template = TEMPLATES.get(reason.code)
+    if template is None:  # an unknown code still says what it knows
+        return f"{reason.code}: " + ", ".join(f"{k}={_show(v)}" for k, v in reason.values.items())
+    try:
+        return template.format_map({k: _show(v) for k, v in reason.values.items()})
+    except (KeyError, IndexError, ValueError) as err:
+        return f"{reason.code} ({err}): " + ", ".join(f"{k}={_show(v)}" for k, v in reason.values.items())
+
+
+def render_all(reasons: list[Reason]) -> list[str]:
+    return [render(r) for r in reasons]
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, datetime):
+        return f"{value:%H:%M:%S} UTC"
+    if isinstance(value, str) and len(value) >= 19 and value[4] == "-" and value[10] == "T":
+        try:  # ISO timestamps stored in values read as times
+            return f"{datetime.fromisoformat(value):%H:%M:%S} UTC"
+        except ValueError:
+            return value
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,143 @@
+"""Bounds on what comes in from outside, shared by the parsers (messages.py) and the input models.
+
+Whatever an input carries ends up in Firestore (the rollout, its audit trail), and Firestore refuses a
+document over 1 MiB, an integer outside int64 and a string that is not UTF-8. A value outside these bounds
+must be refused (or, for free text, cut) while parsing, where the message can still be acknowledged with
+a reason; found later, at commit, it fails on every delivery and Pub/Sub redelivers it forever.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+MAX_ID = 128  # ids: build, incident, input, trigger, commit, version
+MAX_NAME = 63  # Cloud Run service and revision names, regions, environments
+MAX_LABEL = 256  # git refs, repository and trigger names, actors, Pub/Sub attribute keys
+MAX_TEXT = 1000  # free text: summaries, reasons, status details, policy names, URLs
+MAX_ITEMS = 100  # list entries and map keys kept in an audit document
+MAX_ENTRIES = 200  # map entries in an input: Cloud Build substitutions, Pub/Sub attributes (at most 100)
+
+# Real messages are a few KiB (a Cloud Build resource with many steps stays well under 64 KiB).
+MAX_PAYLOAD_BYTES = 256 * 1024
+# Cloud Build's resource nests about 6 levels, an incident 4. Deeper is not a GCP message, and 1,000
+# levels is enough to exhaust Python's recursion limit in json or pydantic.
+MAX_DEPTH = 32
+MAX_DOC_BYTES = 100_000  # an audit document, well under Firestore's 1 MiB
+
+# The parsers have no clock: plausible means this century. A sample's window is at most a day.
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
+MAX_WINDOW = timedelta(days=1)
+# Cloud Run's longest request timeout is 60 minutes: no request can take longer.
+MAX_LATENCY_MS = 3_600_000.0
+
+TRUNCATED = "…[truncated]"
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def truncate(text: str, limit: int = MAX_TEXT) -> str:
+    """`text` cut to at most `limit` characters, the cut marked so nobody mistakes it for the whole."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(TRUNCATED)] + TRUNCATED
+
+
+def is_unicode(text: str) -> bool:
+    """False for a string with a lone surrogate (JSON allows "\\ud800"): UTF-8, hence Firestore, cannot hold it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def valid_unicode(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD, the replacement character."""
+    if is_unicode(text):
+        return text
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def preview(value: Any, limit: int = 60) -> str:
+    """A short, printable rendering of a value for an error message (never the 1 MB it may be)."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # a deeply nested value; ints beyond 4,300 digits
+        text = f"<{type(value).__name__}>"
+    return truncate(text, limit)
+
+
+def plausible_time(t: datetime) -> datetime:
+    """`t` if it lies in 2000..2100; ValueError otherwise (also when it cannot even be expressed in UTC)."""
+    try:
+        utc = t.astimezone(timezone.utc)
+    except (OverflowError, ValueError):  # "9999-12-31T23:59:59-23:59" is in year 10000 in UTC
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise ValueError(f"{t.isoformat()} is not a time between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}")
+    return t
+
+
+# A JSON string (escapes included) and the brackets outside strings: enough to measure depth
+# without parsing, so a 1,000-level document is refused before json.loads recurses into it.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def json_depth(text: str) -> int:
+    """How deeply arrays and objects nest in a JSON text (0 for a scalar)."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.findall(_JSON_STRING.sub('""', text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+# ---------------------------------------------------------------- documents
+
+# Successively tighter (text, items, depth) bounds: the first that fits MAX_DOC_BYTES is used.
+_BUDGETS = ((MAX_TEXT, MAX_ITEMS, 16), (200, 20, 8), (40, 5, 4))
+
+
+def bounded(doc: dict[str, Any]) -> dict[str, Any]:
+    """`doc` cut to fit Firestore: strings at most MAX_TEXT characters of valid UTF-8, lists and maps at
+    most MAX_ITEMS entries, ints in int64, the whole under MAX_DOC_BYTES. Every cut is marked TRUNCATED."""
+    for text, items, depth in _BUDGETS:
+        out = _bound(doc, text, items, depth)
+        if doc_bytes(out) <= MAX_DOC_BYTES:
+            return out
+    return out  # the tightest budget: 5 entries of 40 characters, 4 levels deep, cannot reach the limit
+
+
+def doc_bytes(doc: Any) -> int:
+    """The UTF-8 size of a document as JSON: close to, and above, what Firestore counts."""
+    return len(json.dumps(doc, default=str, ensure_ascii=False).encode("utf-8"))
+
+
+def _bound(value: Any, text: int, items: int, depth: int) -> Any:
+    if isinstance(value, str):
+        return truncate(valid_unicode(value), text)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):  # Firestore integers are int64: a larger one is kept as text
+        return value if INT64_MIN <= value <= INT64_MAX else preview(value, text)
+    if isinstance(value, (dict, list, tuple)) and depth <= 0:
+        return TRUNCATED
+    if isinstance(value, dict):
+        out = {truncate(valid_unicode(str(k)), MAX_ID): _bound(v, text, items, depth - 1)
+               for k, v in list(value.items())[:items]}
+        if len(value) > items:
+            out[TRUNCATED] = f"{len(value) - items} more entries"
+        return out
+    if isinstance(value, (list, tuple)):
+        out_list = [_bound(v, text, items, depth - 1) for v in value[:items]]
+        if len(value) > items:
+            out_list.append(f"{TRUNCATED} {len(value) - items} more items")
+        return out_list
+    return value  # datetimes and other values Firestore stores as they are
