@@ -13,7 +13,7 @@ from typing import Callable
 import functions_framework
 from cloudevents.http.event import CloudEvent
 
-from pitstop.core import messages
+from pitstop.core import limits, messages
 from pitstop.log import log
 
 _engine = None
@@ -29,11 +29,23 @@ def engine():
     return _engine
 
 
+# Besides BadMessage, what data raises that redelivery cannot fix: a value that slipped past the parsers
+# and fails where Python handles it (a date out of range, text that is not UTF-8, nesting that exhausts
+# recursion). Everything else (google.api_core errors, the store's Contention, transport failures,
+# Firestore's ValueError after its transaction retries) raises, and Pub/Sub redelivers.
+_NEVER_PROCESSABLE = (OverflowError, RecursionError, UnicodeError)
+
+
 def _guarded(kind: str, event: CloudEvent, handle: Callable[[], None]) -> None:
     try:
         handle()
     except messages.BadMessage as err:
         log("ERROR", f"rejected {kind} message {event['id']}: {err}. Acknowledged; nothing changed.",
+            event_id=event["id"], source=event["source"])
+    except _NEVER_PROCESSABLE as err:
+        problem = limits.truncate(f"{type(err).__name__}: {err}", 300)
+        log("ERROR", f"{kind} message {event['id']} cannot be processed ({problem}): a value pitstop does not "
+                     f"bound yet, please report it. Acknowledged; the input may be partly applied.",
             event_id=event["id"], source=event["source"])
 
 

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
+from cloudevents.http.event import CloudEvent
+from google.api_core.exceptions import ServiceUnavailable
 
+from pitstop.core.limits import MAX_DOC_BYTES, MAX_TEXT, TRUNCATED, bounded, doc_bytes
+from pitstop.core.messages import (
+    BadMessage, doc_id, envelope, parse_alert, parse_build, parse_command, parse_health, refusing,
+)
+from pitstop.core.models import AuditEvent
+from pitstop.gcp.store import Contention
 from pitstop.local.payloads import cloud_build, health_sample, incident, push_envelope
-from pitstop.core.messages import BadMessage, envelope, parse_alert, parse_build, parse_command, parse_health
 from pitstop.core.spec import SpecError, load_spec, matches
 
 # The SUCCESS example of GCP-FACTS.md, verbatim but for the elided digest.
@@ -144,8 +153,8 @@ def test_spec_matching():
 
 
 @pytest.mark.parametrize("parse, payload, fragment", [
-    (parse_alert, {"version": "1.2", "incident": {"incident_id": "i", "state": "open",
-                                                                     "resource": "web"}}, "AttributeError"),
+    (parse_alert, {"version": "1.2", "incident": {"incident_id": "i", "state": "open", "resource": "web"}},
+     "incident.resource is a string, expected an object"),
     (parse_alert, {"version": "1.2", "incident": {"incident_id": "i", "state": "open",
                                                                      "policy_name": ["x"]}}, "policy"),
     (lambda p: parse_build(p, {}), dict(cloud_build("SUCCESS"), results={"images": [{"name": "r/web:1",
@@ -179,3 +188,269 @@ def test_trigger_matches_by_name_or_id_and_creation_time_is_kept():
     assert build.artifact.created_at.isoformat() == "2024-02-21T16:56:35.560619+00:00"
     by_id = load_spec("service: web\nregions: [r]\nmatch: {trigger: 33f60a9c-3d79-4941-bfb1-fccbdd9cf38c}")
     assert matches(by_id, build)
+
+
+# ---------------------------------------------------------------- parsers never crash (issue 7, item 8)
+# Each of these once raised something other than BadMessage (500, redelivered forever) or was accepted
+# and then failed at the Firestore commit. All go through the real path: push data -> envelope -> parser.
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def _through(payload: dict, parse, attributes: dict | None = None):
+    body, attrs, mid = envelope(push_envelope(payload, attributes=attributes))
+    if parse is parse_build:
+        return parse_build(body, attrs)
+    if parse is parse_command:
+        return parse_command(body, mid)
+    return parse(body)
+
+
+def _sample(**changes):
+    return dict(health_sample("web", "web-v2-1", T0, T0 + timedelta(minutes=1), 100, 3, 250.0), **changes)
+
+
+def _alert(**changes):
+    body = incident("web", "web-00003-canary")
+    body["incident"].update(changes)
+    return body
+
+
+@pytest.mark.parametrize("started_at", [1e20, -1e20, float("nan"), float("inf"), 2**64, "1e20", "soon", [1], 0])
+def test_alert_with_an_impossible_start_is_refused_naming_started_at(started_at):
+    with pytest.raises(BadMessage, match="incident.started_at"):
+        _through(_alert(started_at=started_at), parse_alert)
+
+
+def test_alert_start_as_epoch_seconds_in_a_string_is_read():
+    assert _through(_alert(started_at="1746178794"), parse_alert).started_at.year == 2025
+
+
+@pytest.mark.parametrize("levels", [33, 1_000, 100_000])
+def test_deeply_nested_json_is_refused_before_it_is_parsed(levels):
+    payload = json.dumps(_sample()).replace('"probe"', "[" * levels + "]" * levels)
+    with pytest.raises(BadMessage, match="more than 32 levels deep"):
+        envelope(push_envelope(None, raw=payload.encode()))
+
+
+def test_nesting_as_gcp_sends_it_passes_the_depth_check():
+    nested = {"a": {"b": {"c": {"d": {"e": [{"f": [1]}]}}}}}
+    payload, _, _ = envelope(push_envelope(dict(cloud_build("SUCCESS"), failureInfo=nested)))
+    assert payload["failureInfo"] == nested
+
+
+def test_deep_values_handed_straight_to_a_parser_are_refused_too():
+    deep: list = []
+    for _ in range(5_000):
+        deep = [deep]
+    for parse in (parse_health, parse_alert, lambda p: parse_build(p, {}), lambda p: parse_command(p, "1")):
+        with pytest.raises(BadMessage):
+            parse({"service": deep, "incident": {"incident_id": "i", "state": "open", "summary": deep},
+                   "id": "b-1", "status": "SUCCESS", "substitutions": {"X": deep}, "action": "pause"})
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("request_count", 2**64, "request_count: Input should be less than or equal to 9223372036854775807"),
+    ("request_count", 2**63, "request_count"),
+    ("error_count", -1, "error_count: Input should be greater than or equal to 0"),
+    ("window_end", "9999-12-31T23:59:59-23:59", "window_end: 9999-12-31T23:59:59-23:59 is not a time between"),
+    ("window_start", "1999-12-31T23:59:00Z", "window_start: .* is not a time between 2000-01-01 and 2100-01-01"),
+    ("window_end", "2100-01-01T00:00:00Z", "window_end: .* is not a time between"),
+    ("window_end", "2026-01-02T00:00:01Z", "a sample covers at most 1 day"),
+    ("latency_p99_ms", float("inf"), "latency_p99_ms: Input should be a finite number"),
+    ("latency_p99_ms", float("nan"), "latency_p99_ms: Input should be a finite number"),
+    ("latency_p50_ms", 1e308, "latency_p50_ms: Input should be less than or equal to 3600000"),
+    ("source", "s" * 129, "source: String should have at most 128 characters"),
+    ("service", "w" * 64, "service: String should have at most 63 characters"),
+    ("revision", "web-\ud800", "revision contains a lone surrogate"),
+])
+def test_implausible_health_samples_are_refused_naming_the_field(field, value, fragment):
+    with pytest.raises(BadMessage, match=fragment):
+        _through(_sample(**{field: value}), parse_health)
+
+
+def test_health_sample_at_the_bounds_is_accepted():
+    s = _through(_sample(request_count=2**63 - 1, error_count=0, window_start="2000-01-01T00:00:00Z",
+                         window_end="2000-01-02T00:00:00Z", latency_p99_ms=3_600_000.0), parse_health)
+    assert s.request_count == 2**63 - 1 and s.window_end - s.window_start == timedelta(days=1)
+
+
+def test_a_megabyte_source_is_refused_by_size_and_by_the_parser_alone():
+    huge = _sample(source="s" * 1_100_000)
+    with pytest.raises(BadMessage, match="larger than the 256 KiB pitstop accepts"):
+        envelope(push_envelope(huge))
+    with pytest.raises(BadMessage, match="source: String should have at most 128 characters"):
+        parse_health(huge)
+
+
+def test_an_open_incident_with_a_huge_policy_name_still_rolls_back():
+    """Refusing it would lose the rollback: the free text is cut, marked, and the alert kept."""
+    via_pubsub = _through(_alert(policy_name="p" * 200_000), parse_alert)
+    direct = parse_alert(_alert(policy_name="p" * 1_100_000, summary="s" * 5_000))
+    for alert in (via_pubsub, direct):
+        assert alert.state == "open" and alert.revision == "web-00003-canary"
+        assert len(alert.policy) == MAX_TEXT and alert.policy.endswith(TRUNCATED)
+    assert len(direct.summary) == MAX_TEXT
+    with pytest.raises(BadMessage, match="larger than"):  # 1.1 MB is no GCP message: refused whole
+        envelope(push_envelope(_alert(policy_name="p" * 1_100_000)))
+
+
+def test_free_text_with_a_lone_surrogate_is_repaired_not_refused():
+    alert = _through(_alert(summary="5xx \ud800 above threshold"), parse_alert)
+    assert alert.summary == "5xx \ufffd above threshold"
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"incident_id": "i" * 129}, "incident_id: String should have at most 128 characters"),
+    ({"incident_id": 7}, "incident_id 7 is not a string"),
+    ({"state": "x" * 100_000}, "state 'xxxx.*truncated.* is neither open nor closed"),
+    ({"resource": {"labels": {"service_name": "w" * 64}}}, "service: String should have at most 63"),
+    ({"policy_user_labels": ["web"]}, "incident.policy_user_labels is an array, expected an object"),
+])
+def test_implausible_alerts_are_refused_naming_the_field(changes, fragment):
+    with pytest.raises(BadMessage, match=fragment):
+        _through(_alert(**changes), parse_alert)
+
+
+@pytest.mark.parametrize("digest", ["sha256:" + "0" * 63, "sha256:" + "A" * 64, "sha256:" + "g" * 64,
+                                    "md5:" + "0" * 32, "sha256:" + "0" * 64 + "\n", "0" * 64])
+def test_an_image_digest_must_be_sha256_and_64_lowercase_hex(digest):
+    with pytest.raises(BadMessage, match=r"results.images\[0\].digest .* is not 'sha256:' and 64 lowercase hex"):
+        _through(cloud_build("SUCCESS", digest=digest), parse_build)
+
+
+def test_cloud_build_substitutions_are_bounded_strings():
+    build = _through(cloud_build("SUCCESS", substitutions={"_NOTES": "n" * 5_000}), parse_build)
+    assert len(build.substitutions["_NOTES"]) == MAX_TEXT and build.substitutions["_NOTES"].endswith(TRUNCATED)
+    with pytest.raises(BadMessage, match="substitution '_RETRIES' is a number, expected a string"):
+        _through(cloud_build("SUCCESS", substitutions={"_RETRIES": 3}), parse_build)
+    with pytest.raises(BadMessage, match="version: String should have at most 128 characters"):
+        _through(cloud_build("SUCCESS", substitutions={"_VERSION": "v" * 129}), parse_build)
+    with pytest.raises(BadMessage, match="createTime .* is not a time between"):
+        _through(dict(cloud_build("SUCCESS"), createTime="1970-01-01T00:00:00Z"), parse_build)
+
+
+def test_commands_are_bounded():
+    cmd = _through({"action": "pause", "service": "web", "reason": "r" * 5_000}, parse_command)
+    assert len(cmd.reason) == MAX_TEXT and len(cmd.id) <= 128
+    with pytest.raises(BadMessage, match="actor: String should have at most 256"):
+        _through({"action": "pause", "service": "web", "actor": "a" * 257}, parse_command)
+    with pytest.raises(BadMessage, match="environment: String should have at most 63"):
+        _through({"action": "pause", "service": "web", "environment": "e" * 64}, parse_command)
+
+
+def test_long_ids_stay_document_ids_and_stay_apart():
+    a, b = doc_id("x" * 300 + "a"), doc_id("x" * 300 + "b")
+    assert len(a) == len(b) == 128 and a != b
+    assert doc_id("0.nrwotmyokd9n") == "0.nrwotmyokd9n"
+
+
+@pytest.mark.parametrize("data, fragment", [
+    (push_envelope({"a": "x" * 300_000}), "larger than the 256 KiB"),
+    (push_envelope(None, raw=b'{"id": ' + b"9" * 5000 + b"}"), "JSON pitstop cannot read"),
+    (push_envelope({"a": 1}, attributes={"status": 3}), "attribute 'status' is not a string"),
+    ({"message": {"data": "e30=", "attributes": {f"k{i}": "v" for i in range(300)}, "messageId": "1"}},
+     "300 attributes"),
+    ({"message": {"data": "e30=", "messageId": {"a": 1}}}, "messageId .* is not an id"),
+])
+def test_envelopes_out_of_bounds_are_refused(data, fragment):
+    with pytest.raises(BadMessage, match=fragment):
+        envelope(data)
+
+
+@pytest.mark.parametrize("error", [OverflowError("timestamp out of range"), RecursionError("too deep"),
+                                   UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
+                                   IndexError("list index out of range")])
+def test_refusing_turns_what_python_raises_on_bad_data_into_bad_message(error):
+    @refusing("test input")
+    def parse() -> None:
+        raise error
+
+    with pytest.raises(BadMessage, match="invalid test input"):
+        parse()
+
+
+def test_refusal_reasons_are_short_and_printable():
+    with pytest.raises(BadMessage) as err:
+        parse_command({"action": "pause", "service": "web", "\ud800" + "k" * 100_000: 1}, "1")
+    assert len(str(err.value)) <= MAX_TEXT and str(err.value).encode("utf-8")
+
+
+# ---------------------------------------------------------------- audit documents fit Firestore
+
+def test_bounded_cuts_strings_lists_and_ints_with_a_marker():
+    doc = bounded({"s": "x" * 5_000, "l": list(range(500)), "i": 2**64, "ok": 5, "u": "a\ud800",
+                   "nested": {"deep": [{"s": "y" * 2_000}]}, "at": T0})
+    assert len(doc["s"]) == MAX_TEXT and doc["s"].endswith(TRUNCATED)
+    assert len(doc["l"]) == 101 and doc["l"][-1] == f"{TRUNCATED} 400 more items"
+    assert doc["i"] == "18446744073709551616" and doc["ok"] == 5 and doc["u"] == "a\ufffd" and doc["at"] == T0
+    assert doc["nested"]["deep"][0]["s"].endswith(TRUNCATED)
+
+
+def test_bounded_keeps_a_whole_document_under_100_kb():
+    doc = bounded({f"k{i}": ["x" * 5_000] * 200 for i in range(200)})
+    assert doc_bytes(doc) <= MAX_DOC_BYTES
+
+
+def test_the_audit_of_an_alert_with_a_huge_policy_fits_firestore():
+    alert = parse_alert(_alert(policy_name="p" * 1_100_000))
+    reason = f"Cloud Monitoring incident {alert.incident_id} opened: {alert.policy} / {alert.condition}"
+    event = AuditEvent(id=alert.id, at=T0, input="alert", actor="cloud-monitoring", decision="rolled_back",
+                       reasons=[reason] * 3, state_after="rolling_back", detail={"policy": alert.policy * 2})
+    doc = event.to_doc()
+    assert all(len(r) <= MAX_TEXT for r in doc["reasons"]) and doc["detail"]["policy"].endswith(TRUNCATED)
+    assert doc_bytes(doc) <= MAX_DOC_BYTES
+
+
+# ---------------------------------------------------------------- the functions acknowledge bad data
+
+def _functions_main():
+    path = Path(__file__).resolve().parents[2] / "functions" / "main.py"
+    spec = importlib.util.spec_from_file_location("pitstop_functions_main", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Engine:
+    def __init__(self, error: BaseException | None) -> None:
+        self.error, self.alerts = error, []
+
+    def on_alert(self, alert) -> None:
+        self.alerts.append(alert)
+        if self.error is not None:
+            raise self.error
+
+
+def _alert_event(payload) -> CloudEvent:
+    return CloudEvent({"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": "//pubsub/test",
+                       "id": "42"}, push_envelope(payload, message_id="42"))
+
+
+def test_a_message_pitstop_can_never_process_is_logged_and_acknowledged(monkeypatch, capsys):
+    main = _functions_main()
+    monkeypatch.setattr(main, "engine", lambda: _Engine(None))
+    main.on_alert(_alert_event(_alert(started_at=1e20)))  # returns: acknowledged
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["severity"] == "ERROR" and "incident.started_at 1e+20" in line["message"]
+    assert "Acknowledged; nothing changed" in line["message"]
+
+
+@pytest.mark.parametrize("error", [OverflowError("date value out of range"), RecursionError("deep"),
+                                   UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")])
+def test_data_errors_past_the_parser_are_acknowledged_too(monkeypatch, capsys, error):
+    main = _functions_main()
+    monkeypatch.setattr(main, "engine", lambda: _Engine(error))
+    main.on_alert(_alert_event(_alert()))
+    assert type(error).__name__ in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("error", [ServiceUnavailable("firestore down"), Contention("changed 5 times"),
+                                   ValueError("Failed to commit transaction in 5 attempts")])
+def test_infrastructure_errors_raise_so_pubsub_redelivers(monkeypatch, error):
+    main = _functions_main()
+    engine = _Engine(error)
+    monkeypatch.setattr(main, "engine", lambda: engine)
+    with pytest.raises(type(error)):
+        main.on_alert(_alert_event(_alert()))
+    assert engine.alerts, "the alert was parsed and handed to the engine"

@@ -39,6 +39,7 @@ MAX_LATENCY_MS = 3_600_000.0
 
 TRUNCATED = "…[truncated]"
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def truncate(text: str, limit: int = MAX_TEXT) -> str:
@@ -59,9 +60,7 @@ def is_unicode(text: str) -> bool:
 
 def valid_unicode(text: str) -> str:
     """`text` with each lone surrogate replaced by U+FFFD, the replacement character."""
-    if is_unicode(text):
-        return text
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text if is_unicode(text) else _SURROGATE.sub("\ufffd", text)
 
 
 def preview(value: Any, limit: int = 60) -> str:
@@ -84,19 +83,29 @@ def plausible_time(t: datetime) -> datetime:
     return t
 
 
-# A JSON string (escapes included) and the brackets outside strings: enough to measure depth
+# A JSON string (escapes included), what is not a bracket, an innermost pair: enough to measure depth
 # without parsing, so a 1,000-level document is refused before json.loads recurses into it.
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
-_BRACKETS = re.compile(r"[\[\]{}]")
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_INNERMOST = re.compile(r"\[\]|\{\}")
 
 
-def json_depth(text: str) -> int:
-    """How deeply arrays and objects nest in a JSON text (0 for a scalar)."""
-    depth = deepest = 0
-    for bracket in _BRACKETS.findall(_JSON_STRING.sub('""', text)):
-        depth += 1 if bracket in "[{" else -1
-        deepest = max(deepest, depth)
-    return deepest
+def nests_deeper(text: str, limit: int = MAX_DEPTH) -> bool:
+    """Whether arrays and objects in a JSON text nest more than `limit` levels."""
+    if text.count("[") + text.count("{") <= limit:  # the common case, and cheap: not even that many brackets
+        return False
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    # Each pass removes the innermost pairs, one level: at most limit + 1 passes over a short string, in C.
+    for depth in range(limit + 1):
+        if not brackets:
+            return False
+        if "[" * (limit + 1 - depth) in brackets or "{" * (limit + 1 - depth) in brackets:
+            return True  # a bomb of plain openers: found at once, where removing pairs takes a pass each
+        shorter = _INNERMOST.sub("", brackets)
+        if shorter == brackets:  # unbalanced, so not JSON; json.loads may still recurse into its openers first
+            return depth + brackets.count("[") + brackets.count("{") > limit
+        brackets = shorter
+    return True
 
 
 # ---------------------------------------------------------------- documents
