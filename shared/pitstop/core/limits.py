@@ -23,17 +23,20 @@ MAX_TEXT = 1000  # free text: summaries, reasons, status details, policy names, 
 MAX_ITEMS = 100  # list entries and map keys kept in an audit document
 MAX_ENTRIES = 200  # map entries in an input: Cloud Build substitutions, Pub/Sub attributes (at most 100)
 
-# Real messages are a few KiB (a Cloud Build resource with many steps stays well under 64 KiB).
-MAX_PAYLOAD_BYTES = 256 * 1024
+# Real messages are a few KiB (a Cloud Build resource with many steps stays well under 64 KiB), but an
+# incident with a 1 MB policy name is still an incident that must roll back: accept up to 4 MiB (Pub/Sub
+# allows 10 MB) and truncate the text, rather than refuse it whole.
+MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
 # Cloud Build's resource nests about 6 levels, an incident 4. Deeper is not a GCP message, and 1,000
 # levels is enough to exhaust Python's recursion limit in json or pydantic.
 MAX_DEPTH = 32
 MAX_DOC_BYTES = 100_000  # an audit document, well under Firestore's 1 MiB
 
-# The parsers have no clock: plausible means this century. A sample's window is at most a day.
+# The parsers have no clock: plausible means this century. A sample's window is at most 8 days: the
+# sampler's window runs from the end of what is judged, which a long hold (max_hold) can leave behind.
 EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
-MAX_WINDOW = timedelta(days=1)
+MAX_WINDOW = timedelta(days=8)
 # No request outlasts Cloud Run's 60-minute timeout, but a percentile read from Monitoring's exponential
 # buckets can land above it: a day (a window's longest) refuses only what cannot be a measurement.
 MAX_LATENCY_MS = 86_400_000.0

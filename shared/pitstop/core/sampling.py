@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pitstop.core.judge import judge
+from pitstop.core.limits import MAX_WINDOW
 from pitstop.core.models import HealthSample, Rollout
 
 # States whose new revision serves traffic and is judged (rolling back, the judge has nothing left to say).
@@ -40,7 +41,8 @@ def windows(r: Rollout, now: datetime, lag: float) -> tuple[Window, Window] | No
     if end <= r.judged_until:
         return None
     recent_start = max(r.judged_until, end - timedelta(seconds=r.health.interval))
-    return Window(r.judged_until, end), Window(recent_start, end)
+    start = max(r.judged_until, end - MAX_WINDOW)  # beyond it, a sample would be refused: the gap stays unjudged
+    return Window(start, end), Window(recent_start, end)
 
 
 def to_publish(r: Rollout, whole: HealthSample | None, recent: HealthSample | None) -> list[HealthSample]:
