@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
@@ -478,3 +479,108 @@ def test_local_cloud_process_stops_every_revision_on_sigterm(tmp_path: Path, clo
     stderr = process.stderr.read()
     assert not any(is_running(pid) for pid in pids), stderr
     assert all(json.loads(line)["severity"] for line in stderr.splitlines()), stderr
+
+
+# --- GCP's faults and timing, on request ------------------------------------------------
+
+
+def _started(state: Path, **options: float) -> LocalCloudRun:
+    cloud_run = LocalCloudRun(state, startup_timeout_s=30, **options)
+    cloud_run.start()
+    return cloud_run
+
+
+def _services(cloud_run: LocalCloudRun) -> run_v2.ServicesClient:
+    return run_v2.ServicesClient(credentials=AnonymousCredentials(), transport="rest",
+                                 client_options=ClientOptions(api_endpoint=cloud_run.url))
+
+
+def test_faults_answer_503_with_googles_error_body(tmp_path: Path) -> None:
+    cloud_run = _started(tmp_path, fault_rate=1.0)
+    try:
+        response = httpx.get(f"{cloud_run.url}/v2/{PARENT}/services/any")
+        assert response.status_code == 503
+        error = response.json()["error"]
+        assert (error["code"], error["status"]) == (503, "UNAVAILABLE")
+        assert "currently unavailable" in error["message"]
+        with pytest.raises(exceptions.ServiceUnavailable):
+            _services(cloud_run).get_service(name=f"{PARENT}/services/any", retry=None)
+    finally:
+        cloud_run.stop()
+
+
+def test_faults_replay_with_the_same_seed(tmp_path: Path) -> None:
+    def statuses(seed: int) -> list[int]:
+        cloud_run = _started(tmp_path, fault_rate=0.5, fault_seed=seed)
+        try:
+            with httpx.Client() as http:
+                return [http.get(f"{cloud_run.url}/v2/{PARENT}/services/missing").status_code for _ in range(40)]
+        finally:
+            cloud_run.stop()
+
+    first = statuses(11)
+    assert set(first) == {404, 503} and 10 < first.count(503) < 30
+    assert statuses(11) == first
+    assert statuses(12) != first
+
+
+def test_a_faulted_update_may_have_been_applied(tmp_path: Path, cloudrun_image: str, cloudrun_state: Path) -> None:
+    register_image(tmp_path, "local/app:v1", [sys.executable, str(cloudrun_state / "app.py")])
+    cloud_run = _started(tmp_path, fault_seed=5)
+    services = _services(cloud_run)
+    try:
+        service = create(services, "lossy", "local/app:v1")
+        cloud_run.fault_rate = 1.0  # every answer is lost from here on
+        for _ in range(12):
+            with pytest.raises(exceptions.ServiceUnavailable):
+                services.update_service(service=service, retry=None)
+        cloud_run.fault_rate = 0.0
+        after = services.get_service(name=service.name)
+    finally:
+        cloud_run.stop()
+    applied = after.generation - service.generation
+    assert 0 < applied < 12, "some updates were applied before their 503, as on GCP; some never were"
+
+
+def test_slow_operations_stay_running_with_traffic_as_before(tmp_path: Path, cloudrun_state: Path) -> None:
+    register_image(tmp_path, "local/app:v1", [sys.executable, str(cloudrun_state / "app.py")])
+    cloud_run = _started(tmp_path, slow_operations=1.0)
+    services = _services(cloud_run)
+    try:
+        service = deploy_canary(services, "sluggish", "local/app:v1")
+        service.traffic = [target("sluggish-v1", 50), target("sluggish-v2", 50)]
+        started = time.monotonic()
+
+        operation = services.update_service(service=service)
+
+        assert not operation.operation.done
+        during = services.get_service(name=service.name)
+        assert during.reconciling and during.observed_generation == during.generation - 1
+        assert statuses_of(during) == statuses_of(service), "traffic stays as it was until the work is done"
+        done = operation.result(timeout=30)
+        assert time.monotonic() - started >= 1.0
+        assert statuses_of(done) == traffic_of(done) and not done.reconciling
+    finally:
+        cloud_run.stop()
+
+
+def test_local_cloud_process_takes_fault_options(tmp_path: Path) -> None:
+    from pitstop.local import cloud
+
+    with pytest.raises(SystemExit):
+        cloud.main(["--state-dir", str(tmp_path), "--api-port", "0", "--monitoring-port", "0", "--fault-rate", "2"])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pitstop.local.cloud", "--state-dir", str(tmp_path), "--api-port", "0",
+         "--monitoring-port", "0", "--fault-rate", "1", "--fault-seed", "3", "--slow-operations", "0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        ready = json.loads(process.stdout.readline())
+        response = httpx.get(f"{ready['cloud_run_api']}/v2/{PARENT}/services/web")
+        assert response.status_code == 503 and response.json()["error"]["status"] == "UNAVAILABLE"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

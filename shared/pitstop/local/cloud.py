@@ -51,6 +51,20 @@ def start_monitoring(request_log: RequestLog, host: str, port: int) -> Any | Non
     return start_monitoring_server(request_log, host, port)
 
 
+def _fault_rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1, got {text}")
+    return value
+
+
+def _slow_seconds(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pitstop.local.cloud", description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, required=True, help="images, revision logs")
@@ -58,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--monitoring-port", type=int, required=True, help="Cloud Monitoring (gRPC); 0 = any free port")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--project", default="local-project", help="reported in the ready line")
+    parser.add_argument("--fault-rate", type=_fault_rate, default=0.0, metavar="SHARE",
+                        help="share of Cloud Run API calls answered 503 UNAVAILABLE, as GCP sometimes does (0..1)")
+    parser.add_argument("--fault-seed", type=int, default=None, help="seed for --fault-rate, to replay a run")
+    parser.add_argument("--slow-operations", type=_slow_seconds, default=0.0, metavar="SECONDS",
+                        help="Cloud Run updates stay in progress this long first, like a slow revision start on GCP")
     args = parser.parse_args(argv)
 
     handler = logging.StreamHandler(sys.stderr)
@@ -69,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
 
     request_log = RequestLog()
-    cloud_run = LocalCloudRun(args.state_dir, args.host, args.api_port, request_log)
+    cloud_run = LocalCloudRun(args.state_dir, args.host, args.api_port, request_log, fault_rate=args.fault_rate,
+                              fault_seed=args.fault_seed, slow_operations=args.slow_operations)
     cloud_run.start()
     monitoring = start_monitoring(request_log, args.host, args.monitoring_port)
     ready = {

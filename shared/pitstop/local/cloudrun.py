@@ -16,12 +16,20 @@ container settings. The update's operation finishes once that process answers
 HTTP and the router (router.py) sends traffic as asked, or fails with the reason
 (process exited, image not found) while the old traffic keeps flowing.
 State lives in memory; the state directory holds images and revision logs.
+
+GCP's faults, on request: `fault_rate` is the share of API calls answered
+`503 UNAVAILABLE` (Google's JSON error body), drawn from `fault_seed`; half of
+the faulted updates are applied before the 503, as when GCP loses an answer.
+`slow_operations` keeps every create's and update's operation `done: false`
+(the service reconciling, traffic as before) for that many seconds first, as a
+slow revision start on GCP does.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import secrets
 import threading
@@ -127,7 +135,14 @@ class LocalCloudRun:
         port: int = 0,
         request_log: RequestLog | None = None,
         startup_timeout_s: float = 60.0,
+        fault_rate: float = 0.0,
+        fault_seed: int | None = None,
+        slow_operations: float = 0.0,
     ) -> None:
+        if not 0.0 <= fault_rate <= 1.0:
+            raise ValueError(f"fault_rate must be between 0 and 1, got {fault_rate}")
+        if slow_operations < 0:
+            raise ValueError(f"slow_operations must be >= 0 seconds, got {slow_operations}")
         self.state_dir = Path(state_dir)
         self.host = host
         self.request_log = request_log if request_log is not None else RequestLog()
@@ -137,6 +152,11 @@ class LocalCloudRun:
         self._operations: dict[str, dict[str, Any]] = {}
         self._lock = threading.RLock()
         self._stopped = False
+        self._stopping = threading.Event()  # cuts slow operations short on stop
+        self.fault_rate = fault_rate
+        self.slow_operations = slow_operations
+        self._faults = random.Random(fault_seed)
+        self._faults_lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), _ApiHandler)
         self._server.daemon_threads = True
         self._server.cloud_run = self  # type: ignore[attr-defined]
@@ -153,6 +173,7 @@ class LocalCloudRun:
 
     def stop(self) -> None:
         """Stop serving and stop every revision process."""
+        self._stopping.set()
         with self._lock:
             self._stopped = True
             processes = [r.process for s in self._services.values() for r in s.revisions.values() if r.process]
@@ -334,6 +355,8 @@ class LocalCloudRun:
     def _reconcile(self, state: _ServiceState, plan: _Plan, op_name: str) -> None:
         with state.reconciling:
             try:
+                if self._stopping.wait(self.slow_operations) or self._stopped:
+                    raise _Abandoned(f"The local cloud stopped while updating '{state.resource.name}'.")
                 if plan.new_revision:
                     self._start_revision(state, state.revisions[plan.new_revision])
                 with self._lock:
@@ -460,6 +483,15 @@ class LocalCloudRun:
         self._operations[op_name] = op
         return dict(op)
 
+    def draw_fault(self, mutating: bool) -> str | None:
+        """Whether this API call meets an injected fault: None, "before" or (updates only) "after" it applies."""
+        if self.fault_rate <= 0:
+            return None
+        with self._faults_lock:
+            if self._faults.random() >= self.fault_rate:
+                return None
+            return "after" if mutating and self._faults.random() < 0.5 else "before"
+
     def _service_state(self, name: str) -> _ServiceState:
         state = self._services.get(name)
         if state is None:
@@ -569,6 +601,11 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 ]
 
 
+def _unavailable(method: str, path: str, applied: bool) -> ApiError:
+    log.info("injected fault", extra={"method": method, "path": path, "applied": applied})
+    return ApiError(503, "UNAVAILABLE", "The service is currently unavailable. (fault injected by the local Cloud Run)")
+
+
 class _ApiHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out in separate writes
@@ -584,6 +621,9 @@ class _ApiHandler(BaseHTTPRequestHandler):
                 match = pattern.match(path)
                 if method == self.command and match:
                     resource = match.group(1)
+                    fault = cloud.draw_fault(mutating=self.command != "GET")
+                    if fault == "before":
+                        raise _unavailable(self.command, path, applied=False)
                     if action == "create":
                         result = cloud.create_service(resource, query.get("serviceId", [""])[0], body)
                     elif action == "update":
@@ -591,6 +631,8 @@ class _ApiHandler(BaseHTTPRequestHandler):
                         result = cloud.update_service(resource, body, allow_missing)
                     else:
                         result = getattr(cloud, action)(resource)
+                    if fault == "after":
+                        raise _unavailable(self.command, path, applied=True)
                     return self._send(200, result)
             raise not_found(f"No such method: {self.command} {path}")
         except ApiError as e:
