@@ -16,7 +16,7 @@ class Config:
     project: str
     events_topic: str = "pitstop-events"
     health_topic: str = "pitstop-health"
-    health_lag: int = 180  # seconds Cloud Monitoring may lag behind; 0 locally
+    health_lag: float = 180  # seconds Cloud Monitoring may lag behind (the local stack: 3, scaled)
     run_endpoint: str | None = None  # e.g. http://127.0.0.1:8181 for the local Cloud Run
     monitoring_endpoint: str | None = None  # e.g. 127.0.0.1:8282 for the local Monitoring
 
@@ -29,7 +29,7 @@ class Config:
             project=project,
             events_topic=os.environ.get("PITSTOP_EVENTS_TOPIC", "pitstop-events"),
             health_topic=os.environ.get("PITSTOP_HEALTH_TOPIC", "pitstop-health"),
-            health_lag=int(os.environ.get("PITSTOP_HEALTH_LAG", "180")),
+            health_lag=float(os.environ.get("PITSTOP_HEALTH_LAG", "180")),
             run_endpoint=os.environ.get("PITSTOP_RUN_ENDPOINT") or None,
             monitoring_endpoint=os.environ.get("PITSTOP_MONITORING_ENDPOINT") or None,
         )

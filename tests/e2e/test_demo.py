@@ -1,19 +1,23 @@
 """The demo's scenario end to end, under real load on the whole local stack.
 
 v1 deployed; v2 promoted through every canary step on verdicts computed from
-what the router served (local Cloud Monitoring, the production path); v3 (30 %
-errors) rolled back. Then the test reads Cloud Run through the Admin API
-client and the audit trail from Firestore, as an auditor would.
+what the router served (local Cloud Monitoring, the production path, lagging
+as on GCP: the stack's default 3 s for its 1 s ticks); v3 (30 % errors) rolled
+back. Then the test reads Cloud Run through the Admin API client and the audit
+trail from Firestore, as an auditor would.
 """
 
 from __future__ import annotations
 
 import io
+import time
+from datetime import datetime, timedelta, timezone
 
+import httpx
 import pytest
 from rich.console import Console
 
-from pitstop.local.demo import REGION, SERVICE, View, run_scenario
+from pitstop.local.demo import REGION, SERVICE, View, run_scenario, service_uri
 from pitstop.local.load import APP_5XX, OK
 from pitstop.local.stack import Stack
 from pitstop.gcp.store import Store
@@ -31,7 +35,7 @@ def demo(emulators, tmp_path_factory):
 
     wipe_firestore(emulators.firestore.host, emulators.project)  # other tests' rollouts of "web"
     out = io.StringIO()
-    with Stack(tmp_path_factory.mktemp("demo"), emulators=emulators, tick_interval=1.0) as stack:
+    with Stack(tmp_path_factory.mktemp("demo"), emulators=emulators, tick_interval=1.0) as stack:  # default lag
         report = run_scenario(stack, rps=50, view=View(Console(file=out, width=200), rps=50))
         yield stack, report
         print(out.getvalue())  # pytest shows it when a test fails
@@ -55,7 +59,7 @@ def test_v2_was_promoted_through_every_step_to_100_percent(demo):
     assert report.split_after_v2 == {v2.revision: 100, report.v1_revision: 0}, "Cloud Run at the time v2 succeeded"
     events = store.events(v2.id)
     assert lifecycle(events) == ["started", "advanced", "step_started", "advanced", "step_started", "advanced",
-                                 "step_started", "switching", "succeeded"]
+                                 "step_started", "switching", "baking", "succeeded"], "100 % is watched before done"
     passes = [e.verdict for e in events if e.verdict and e.verdict.outcome == "pass"]
     assert passes and all(v.source == "cloud-monitoring" and v.revision == v2.revision for v in passes)
     assert not any(e.verdict and e.verdict.outcome == "fail" for e in events)
@@ -112,5 +116,50 @@ def test_no_request_failed_except_v3s_own_500s(demo):
 def test_the_router_stopped_sending_to_v3_once_it_switched_back(demo):
     _, report = demo
     assert report.stable_routed_at is not None
+    assert report.v3_routed_at is not None and report.v3_routed_at < report.stable_routed_at
     late = [r for r in report.results if r.revision == report.v3.revision and r.sent > report.stable_routed_at]
     assert late == []
+
+
+def test_the_stack_runs_with_monitorings_lag_scaled_like_its_ticks(demo):
+    stack, report = demo
+    assert stack.health_lag >= 3 * stack.tick_interval > 0, "GCP: up to 180 s of lag for a tick a minute"
+    assert report.health_lag == stack.health_lag
+
+
+def test_every_monitoring_verdict_judged_only_data_older_than_the_lag(demo):
+    stack, report = demo
+    store = Store.from_env(stack.project)
+    lag = timedelta(seconds=stack.health_lag)
+    judged = [(e.at, e.verdict) for r in (report.v2, report.v3) for e in store.events(r.id)
+              if e.verdict and e.verdict.source == "cloud-monitoring"]
+    assert any(v.outcome == "pass" for _, v in judged) and any(v.outcome == "fail" for _, v in judged)
+    too_new = [(at, v.window_end) for at, v in judged if v.window_end > at - lag]
+    assert too_new == [], "the sampler's windows end the lag before the tick that judged them"
+
+
+def test_the_stacks_monitoring_shows_a_request_only_once_the_lag_has_passed(demo):
+    from pitstop.gcp.metrics import Metrics
+
+    stack, _ = demo
+    lag = stack.health_lag
+    metrics = Metrics(stack.monitoring_endpoint)
+    try:
+        since = datetime.now(timezone.utc)
+        sent = time.time()
+        answer = httpx.get(service_uri(stack), timeout=10)
+        answered = time.time()
+        revision = answer.json()["revision"]
+        polls = []  # (query sent, query answered, the revision's requests since `since`)
+        deadline = time.monotonic() + 30
+        while not (polls and polls[-1][2]) and time.monotonic() < deadline:
+            asked = time.time()
+            health = metrics.revision_health(stack.project, REGION, SERVICE, [revision], since,
+                                             datetime.now(timezone.utc))
+            polls.append((asked, time.time(), health[revision].request_count))
+            time.sleep(0.1)
+    finally:
+        metrics.close()
+    assert polls[0][2] == 0 and polls[-1][2] == 1, polls
+    assert all(n == 0 for _, done, n in polls if done < sent + lag), polls
+    assert all(n == 1 for asked, _, n in polls if asked >= answered + lag), polls

@@ -35,9 +35,18 @@ def children_of(pid: int) -> list[int]:
     return [int(r[0]) for r in rows if (r[1] == str(pid) or r[2] == str(pid)) and not r[3].startswith("Z")]
 
 
+def environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:  # gone meanwhile, or not ours to read
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
 def test_dev_up_detached_then_down_leaves_nothing_running(tmp_path):
-    up = run(tmp_path, "dev", "up", "--detach", "--tick", "2")
+    up = run(tmp_path, "dev", "up", "--detach", "--tick", "2", "--health-lag", "4.5")
     assert up.returncode == 0, up.stdout + up.stderr
+    assert "a tick every 2 s" in up.stdout and "Monitoring shows requests 4.5 s after they are served" in up.stdout
     env = dict(line.removeprefix("export ").split("=", 1)
                for line in (tmp_path / ".pitstop" / "dev.env").read_text().splitlines())
     pid = int((tmp_path / ".pitstop" / "dev.pid").read_text())
@@ -48,6 +57,8 @@ def test_dev_up_detached_then_down_leaves_nothing_running(tmp_path):
     try:
         assert all(listening(e) for e in endpoints), endpoints
         assert children_of(pid), "the stack runs its emulators and functions as children"
+        lags = {environ(child).get("PITSTOP_HEALTH_LAG") for child in children_of(pid)}
+        assert "4.5" in lags, "the functions' sampler allows for the lag the stack runs with"
         spec = Path(__file__).resolve().parents[2] / "examples" / "web" / "rollout.yaml"
         applied = run(tmp_path, "apply", str(spec))
         assert applied.returncode == 0 and "applied spec web--production" in applied.stdout, applied.stderr

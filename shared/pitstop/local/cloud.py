@@ -1,8 +1,9 @@
 """The "local cloud": Cloud Run API, its router and Cloud Monitoring in one process.
 
-    python -m pitstop.local.cloud --state-dir DIR --api-port A --monitoring-port M
+    python -m pitstop.local.cloud --state-dir DIR --api-port A --monitoring-port M [--health-lag S]
 
-They share one RequestLog: what the router serves is what Monitoring reports.
+They share one RequestLog: what the router serves is what Monitoring reports,
+`--health-lag` seconds later (3 by default, GCP's 180 s scaled; 0 shows it at once).
 Prints one JSON line `{"event": "ready", ...}` to stdout once listening, logs
 JSON lines to stderr, and on SIGTERM/SIGINT stops every revision process.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -20,6 +22,7 @@ from typing import Any
 
 from pitstop.local.cloudrun import LocalCloudRun
 from pitstop.local.requestlog import RequestLog
+from pitstop.local.stack import DEFAULT_HEALTH_LAG
 
 log = logging.getLogger("pitstop.local.cloud")
 
@@ -41,14 +44,21 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def start_monitoring(request_log: RequestLog, host: str, port: int) -> Any | None:
+def start_monitoring(request_log: RequestLog, host: str, port: int, lag: float = 0.0) -> Any | None:
     """The local Monitoring gRPC server, or None (with a warning) if that module is not there."""
     try:
         from pitstop.local.monitoring import start_monitoring_server
     except ImportError as e:
         log.warning("local Cloud Monitoring not available; running without it", extra={"error": str(e)})
         return None
-    return start_monitoring_server(request_log, host, port)
+    return start_monitoring_server(request_log, host, port, lag=lag)
+
+
+def _lag(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return value
 
 
 def _fault_rate(text: str) -> float:
@@ -70,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, required=True, help="images, revision logs")
     parser.add_argument("--api-port", type=int, required=True, help="Cloud Run Admin API (REST); 0 = any free port")
     parser.add_argument("--monitoring-port", type=int, required=True, help="Cloud Monitoring (gRPC); 0 = any free port")
+    parser.add_argument("--health-lag", type=_lag, default=DEFAULT_HEALTH_LAG, metavar="SECONDS",
+                        help="Monitoring's ingestion lag: requests served more recently are not visible yet "
+                             f"(default {DEFAULT_HEALTH_LAG:g}, GCP's 180 s scaled to 1 s ticks)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--project", default="local-project", help="reported in the ready line")
     parser.add_argument("--fault-rate", type=_fault_rate, default=0.0, metavar="SHARE",
@@ -91,12 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     cloud_run = LocalCloudRun(args.state_dir, args.host, args.api_port, request_log, fault_rate=args.fault_rate,
                               fault_seed=args.fault_seed, slow_operations=args.slow_operations)
     cloud_run.start()
-    monitoring = start_monitoring(request_log, args.host, args.monitoring_port)
+    monitoring = start_monitoring(request_log, args.host, args.monitoring_port, args.health_lag)
     ready = {
         "event": "ready",
         "project": args.project,
         "cloud_run_api": cloud_run.url,
         "monitoring": f"{args.host}:{monitoring.bound_port}" if monitoring is not None else None,
+        "monitoring_lag_s": args.health_lag,
         "state_dir": str(args.state_dir),
     }
     print(json.dumps(ready), flush=True)

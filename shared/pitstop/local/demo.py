@@ -7,6 +7,12 @@ of its requests fail) is caught by the health judge on data from the local
 Cloud Monitoring and rolled back. Nothing is simulated past the stand-ins: the
 verdicts come from what the router really served.
 
+Time runs as on GCP, scaled: a tick a second for Cloud Scheduler's minute and a
+Monitoring that shows a request `health_lag` seconds (3 by default) after it was
+served, for GCP's up to 180 s. So every step waits for its pause, then the lag,
+then up to a tick, before a verdict covers its end; the summary says how long
+that took and how fast v3 was caught.
+
 `run_scenario` is the part the end-to-end test drives on its own stack;
 `run_demo` wraps it with the stack's lifetime, the console and an exit code.
 """
@@ -36,6 +42,7 @@ from pitstop.core.models import TERMINAL, AuditEvent, Rollout
 from pitstop.surfaces.render import split_label, step_label
 
 if TYPE_CHECKING:
+    from pitstop.core.models import RolloutSpec
     from pitstop.local.router import Router
     from pitstop.local.stack import Stack
     from pitstop.gcp.metrics import Metrics
@@ -49,10 +56,10 @@ SPEC = Path(__file__).resolve().parents[3] / "examples" / "web" / "rollout.yaml"
 HEALTHY = {"LATENCY_MS": "40"}
 BAD = {**HEALTHY, "FAIL_RATE": "0.3"}  # v3: 30 % of its requests answer 500
 MIN_RPS, MAX_RPS = 10.0, 500.0  # the 10 % step needs 20 requests before its hold runs out
+TICK_S = 1.0  # Cloud Scheduler's minute, scaled
 FIRST_DEPLOY_TIMEOUT_S = 90.0
-ROLLOUT_TIMEOUT_S = 150.0
+ROLLOUT_TIMEOUT_S = 180.0  # at least; more when the spec's steps need it (rollout_timeout)
 SETTLE_S = 2.0  # load kept on after the rollback, so the summary shows stable serving alone
-LOAD_LIMIT_S = 600.0  # the load stops by itself after this, whatever happens
 ROUTE_POLL_S = 0.005
 
 
@@ -87,6 +94,10 @@ class RouteWatcher:
     def first(self, split: dict[str, int], after: float) -> float | None:
         """When the router first routed by exactly `split` at or after `after`."""
         return next((t for t, s in list(self.changes) if s == split and t >= after), None)
+
+    def first_serving(self, revision: str) -> float | None:
+        """When the router first sent a share of the requests to `revision`."""
+        return next((t for t, s in list(self.changes) if s.get(revision, 0) > 0), None)
 
     def _poll(self) -> None:
         last = None
@@ -129,6 +140,7 @@ class View:
     def __init__(self, console: Console, rps: float) -> None:
         self.console, self.rps = console, rps
         self.live: Live | None = None
+        self.lag = 0.0  # Monitoring's, so the traffic table says how far behind it is
         self.rollout: Rollout | None = None
         self.traffic: dict[str, tuple[int, int]] = {}  # revision -> (requests, 5xx) from Monitoring
         self.versions: dict[str, str] = {}  # revision -> version
@@ -194,7 +206,7 @@ class View:
             head.append(f"rollout {r.id}  version {r.version}  state ")
             head.append(r.state, style="bold cyan")
             head.append(f"  step {step_label(r)}\nsplit   {split_label(r)}{'' if r.applied else '  (applying)'}")
-        table = Table(title="served, from Cloud Monitoring (local)", title_justify="left")
+        table = Table(title=f"served, from Cloud Monitoring (local, {self.lag:g} s behind)", title_justify="left")
         for col in ("revision", "version", "requests", "5xx"):
             table.add_column(col, justify="right" if col in ("requests", "5xx") else "left")
         for rev, (n, e) in self.traffic.items():
@@ -214,17 +226,30 @@ def _clock() -> str:
     return datetime.now().strftime("%H:%M:%S")
 
 
+def _at(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).strftime("%H:%M:%S.%f")[:-3]
+
+
+def _timing(lag: float, tick: float) -> str:
+    return (f"a tick every {tick:g} s and Monitoring {lag:g} s behind "
+            f"(GCP: a tick a minute, Monitoring up to 180 s behind)")
+
+
 # ---------------------------------------------------------------- the scenario
 
 
 @dataclass
 class Report:
+    health_lag: float = 0.0  # Monitoring's ingestion lag the stack ran with, seconds
+    tick_s: float = 0.0
+    expected_s: float = 0.0  # how long a healthy canary of the spec should take (expected_rollout_s)
     v1_revision: str = ""
     v2: Rollout | None = None
     v3: Rollout | None = None
     results: list[Result] = field(default_factory=list)
     monitoring: dict[str, tuple[int, int]] = field(default_factory=dict)  # revision -> (requests, 5xx)
     first_failing_event: AuditEvent | None = None
+    v3_routed_at: float | None = None  # router first sends v3 a share (epoch s)
     stable_routed_at: float | None = None  # router routes 100 % to v2 again (epoch s)
     first_v3_error_at: float | None = None  # first 500 of v3 as the load saw it
     last_v3_served_at: float | None = None  # last v3 answer in the router's RequestLog
@@ -245,6 +270,30 @@ class Report:
             return None
         return self.stable_routed_at - self.first_failing_event.verdict.window_end.timestamp()
 
+    @property
+    def exposure_s(self) -> float | None:
+        """Router first sends v3 a share -> router on stable 100 %: how long users met v3 at all."""
+        if self.v3_routed_at is None or self.stable_routed_at is None:
+            return None
+        return self.stable_routed_at - self.v3_routed_at
+
+
+def expected_rollout_s(spec: RolloutSpec, lag: float, tick: float) -> float:
+    """How long a healthy canary of `spec` should take on the stack, from its first step applied.
+
+    Each step, and the final watch at 100 %, lasts its pause, then waits for a healthy verdict whose
+    window reaches its end: Monitoring's lag, plus up to one tick for the sampler to run. The final
+    watch at 100 % is the bake, and at least one health interval.
+    """
+    canary = spec.strategy.canary
+    watch = max(canary.bake, spec.health.interval)
+    return sum(step.pause + lag + tick for step in canary.steps) + watch + lag + tick
+
+
+def rollout_timeout(expected_s: float) -> float:
+    """Generous: a busy laptop (emulators, functions, revisions, the load) may run slow."""
+    return max(ROLLOUT_TIMEOUT_S, 60 + 3 * expected_s)
+
 
 def run_scenario(stack: Stack, rps: float, view: View) -> Report:
     """v1, then v2 promoted, then v3 rolled back, under load; the Report lists what went wrong."""
@@ -254,28 +303,38 @@ def run_scenario(stack: Stack, rps: float, view: View) -> Report:
 
     store = Store.from_env(stack.project)
     metrics = Metrics(stack.monitoring_endpoint)
-    report = Report()
+    lag, tick = stack.health_lag, stack.tick_interval
+    report = Report(health_lag=lag, tick_s=tick)
+    view.lag = lag
     try:
         spec = load_spec_file(SPEC)
         store.put_spec(spec, "pitstop demo", datetime.now(timezone.utc))
-        steps = " → ".join(f"{s.weight} % ({s.pause}s)" for s in spec.strategy.canary.steps)
-        view.say(f"{_clock()} registered {SPEC.name}: canary {steps} → 100 %")
+        canary = spec.strategy.canary
+        steps = " → ".join(f"{s.weight} % ({s.pause}s)" for s in canary.steps)
+        view.say(f"{_clock()} registered {SPEC.name}: canary {steps} → 100 % "
+                 f"(watched {max(canary.bake, spec.health.interval)}s)")
+        report.expected_s = expected_rollout_s(spec, lag, tick)
+        timeout = rollout_timeout(report.expected_s)
+        view.say(f"{_clock()} timing: {_timing(lag, tick)}; each step lasts its pause + the {lag:g} s lag + up to "
+                 f"a {tick:g} s tick, so a healthy canary takes about {report.expected_s:.0f} s")
         v1 = _ship_and_wait(stack, store, None, view, "v1", HEALTHY, "succeeded", FIRST_DEPLOY_TIMEOUT_S)
         report.v1_revision = v1.revision
         view.versions[v1.revision] = "v1"
         view.url = service_uri(stack)
         with RouteWatcher(stack.cloud_run.router, _service_name(stack, SERVICE)) as routes, \
-                Load(view.url, rps, max_duration_s=LOAD_LIMIT_S) as load:
+                Load(view.url, rps, max_duration_s=2 * timeout + 60) as load:  # stops by itself, whatever happens
             view.say(f"{_clock()} load: {rps:g} requests/s on {view.url}")
             watch = (metrics, load.started_at)
-            report.v2 = _ship_and_wait(stack, store, watch, view, "v2", HEALTHY, "succeeded", ROLLOUT_TIMEOUT_S)
+            report.v2 = _ship_and_wait(stack, store, watch, view, "v2", HEALTHY, "succeeded", timeout)
             report.split_after_v2 = cloud_run_split(stack)
-            report.v3 = _ship_and_wait(stack, store, watch, view, "v3", BAD, "rolled_back",
-                                       ROLLOUT_TIMEOUT_S)
+            report.v3 = _ship_and_wait(stack, store, watch, view, "v3", BAD, "rolled_back", timeout)
             report.split_after_v3 = cloud_run_split(stack)
             time.sleep(SETTLE_S)
         report.results = load.results()
-        _measure(report, stack, store, metrics, routes, load.started_at)
+        load_ended = time.time()
+        view.say(f"{_clock()} load stopped; waiting {lag:g} s for Monitoring to show its last requests")
+        time.sleep(lag)  # the local Monitoring shows a request `lag` s after it was served, not earlier
+        _measure(report, stack, store, metrics, routes, load.started_at, load_ended)
     except DemoFailed as err:
         report.problems.append(str(err))
     finally:
@@ -331,10 +390,10 @@ def _traffic(stack: Stack, watch: tuple[Metrics, float], view: View) -> dict[str
 
 
 def _measure(report: Report, stack: Stack, store: Store, metrics: Metrics, routes: RouteWatcher,
-             load_started: float) -> None:
+             load_started: float, load_ended: float) -> None:
     v2, v3 = report.v2, report.v3
     revisions = [report.v1_revision, v2.revision, v3.revision]
-    end = datetime.now(timezone.utc)
+    end = datetime.fromtimestamp(load_ended, timezone.utc)
     health = metrics.revision_health(stack.project, REGION, SERVICE, revisions,
                                      datetime.fromtimestamp(load_started, timezone.utc), end)
     report.monitoring = {rev: (h.request_count, h.error_count) for rev, h in health.items()}
@@ -342,6 +401,7 @@ def _measure(report: Report, stack: Stack, store: Store, metrics: Metrics, route
     report.first_failing_event = next((e for e in events if e.verdict and e.verdict.outcome == "fail"), None)
     if report.first_failing_event:
         report.stable_routed_at = routes.first({v2.revision: 100}, report.first_failing_event.at.timestamp())
+    report.v3_routed_at = routes.first_serving(v3.revision)
     report.first_v3_error_at = min((r.finished for r in report.results
                                     if r.revision == v3.revision and r.kind == APP_5XX), default=None)
     served = [s for s in stack.request_log.between(load_started, end.timestamp()) if s.revision == v3.revision]
@@ -393,6 +453,12 @@ def summary(report: Report) -> Group:
         table.add_row(rev, version, str(answered), str(by_rev[(rev, APP_5XX)]), str(other), str(mon[0]), str(mon[1]))
     unanswered = sum(n for (r, _), n in by_rev.items() if r is None)
     lines = Text()
+    lines.append(f"timing: {_timing(report.health_lag, report.tick_s)}\n")
+    for version, r in (("v2", v2), ("v3", v3)):
+        if r and r.finished_at:
+            lines.append(f"{version} {r.state} {(r.finished_at - r.created_at).total_seconds():.1f} s after its build"
+                         + (f" (expected: its deploy, then about {report.expected_s:.0f} s of steps)"
+                            if version == "v2" else "") + "\n")
     lines.append(f"requests sent {len(report.results)}, not answered by any revision {unanswered}\n")
     foreign = len(report.foreign_failures)
     lines.append(f"failures other than v3's own 500s: {foreign}\n", style="green" if not foreign else "bold red")
@@ -402,10 +468,15 @@ def summary(report: Report) -> Group:
                      f"({e.verdict.window_end.astimezone():%H:%M:%S.%f}"[:-3] + ") to the router's table routing "
                      f"100 % to v2 (polled every {ROUTE_POLL_S * 1000:g} ms)\n")
         lines.append(f"          {report.stable_routed_at - e.at.timestamp():.2f} s of it from the rollback "
-                     f"decision to the router\n")
+                     f"decision to the router; the window had ended {report.health_lag:g} s (the lag) before "
+                     f"the tick that sampled it\n")
+    if report.exposure_s is not None:
+        lines.append(f"exposure: {report.exposure_s:.2f} s from v3 starting to serve (the router's first share "
+                     f"for it, {_at(report.v3_routed_at)}) to 100 % on v2: enough requests for a failing verdict, "
+                     f"the {report.health_lag:g} s lag and up to a {report.tick_s:g} s tick\n")
     if report.first_v3_error_at and report.stable_routed_at:
-        lines.append(f"exposure: {report.stable_routed_at - report.first_v3_error_at:.2f} s from v3's first 500 to "
-                     f"100 % on v2 (includes collecting enough errors for a verdict and the next 1 s tick)\n")
+        lines.append(f"          {report.stable_routed_at - report.first_v3_error_at:.2f} s of it from v3's "
+                     f"first 500 seen by the load\n")
     if report.last_v3_served_at and report.stable_routed_at:
         gap = report.last_v3_served_at - report.stable_routed_at
         lines.append(f"last v3 answer in the router's request log: {abs(gap):.3f} s "
@@ -415,10 +486,14 @@ def summary(report: Report) -> Group:
     return Group(table, lines)
 
 
-def run_demo(rps: float = 50.0, state_dir: Path | None = None, console: Console | None = None) -> int:
-    """Run the demo from start to finish; 0 if every outcome was right."""
+def run_demo(rps: float = 50.0, state_dir: Path | None = None, console: Console | None = None,
+             health_lag: float | None = None) -> int:
+    """Run the demo from start to finish; 0 if every outcome was right.
+
+    `health_lag`: Monitoring's ingestion lag in seconds; the stack's default (3) if None.
+    """
     from pitstop.local.emulators import MissingTool
-    from pitstop.local.stack import Stack
+    from pitstop.local.stack import DEFAULT_HEALTH_LAG, Stack
 
     console = console or Console()
     if not MIN_RPS <= rps <= MAX_RPS:
@@ -435,7 +510,8 @@ def run_demo(rps: float = 50.0, state_dir: Path | None = None, console: Console 
             cleanup.enter_context(_sigterm_as_interrupt())
             cleanup.enter_context(local_logs_to(state_dir / "local-cloud.log"))
             console.print(f"starting the local stack (emulators, functions, Cloud Run, Monitoring) in {state_dir} …")
-            stack = cleanup.enter_context(Stack(state_dir, tick_interval=1.0))
+            lag = DEFAULT_HEALTH_LAG if health_lag is None else health_lag
+            stack = cleanup.enter_context(Stack(state_dir, tick_interval=TICK_S, health_lag=lag))
             with view.running():
                 report = run_scenario(stack, rps, view)
             console.print("stopping the local stack …")

@@ -3,7 +3,7 @@
 It answers from the `RequestLog` the local router fills, over gRPC, so the
 production `monitoring_v3.MetricServiceClient` talks to it unchanged:
 
-    server = start_monitoring_server(log, "127.0.0.1", 0)
+    server = start_monitoring_server(log, "127.0.0.1", 0, lag=3.0)
     addr = f"127.0.0.1:{server.bound_port}"   # the port actually bound
     ...
     server.stop(grace=None)
@@ -16,7 +16,15 @@ service_name, revision_name; metric labels response_code, response_code_class):
 
 Semantics, chosen to match Cloud Monitoring where it matters to pitstop:
 - Interval: start exclusive, end inclusive; a missing start means start = end
-  (nothing). Data is visible at once (no ingestion lag).
+  (nothing).
+- Ingestion lag (`lag`, 0 by default; the local stack runs with 3 s, GCP's up
+  to 180 s scaled like its 1 s ticks for Cloud Scheduler's minute): a request
+  served less than `lag` seconds ago is not visible yet, as if its point were
+  not ingested. Every query answers from what was served at or before
+  now - lag: a window ending now holds only what is older than that; one that
+  ended `lag` or more ago is complete. Periods still end at interval.end: data
+  is missing, never shifted. (GCP ingests a minute's point at once; here each
+  request becomes visible on its own.)
 - ALIGN_NONE returns the raw points: one per series per wall-clock minute
   (Cloud Run writes one a minute), clipped to the interval.
 - Other aligners: periods end at interval.end, end - P, end - 2P, ... while
@@ -38,6 +46,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -120,12 +129,15 @@ class QueryError(ValueError):
     """A request the local Monitoring cannot answer; sent as INVALID_ARGUMENT."""
 
 
-def start_monitoring_server(log: RequestLog, host: str = "127.0.0.1", port: int = 0) -> grpc.Server:
+def start_monitoring_server(log: RequestLog, host: str = "127.0.0.1", port: int = 0, lag: float = 0.0,
+                            clock: Callable[[], float] = time.time) -> grpc.Server:
     """Serve ListTimeSeries from `log` on host:port (0 = any free port); returns the started server.
 
-    The port actually bound is `server.bound_port`. Stop it with `server.stop(grace)`.
+    Requests served less than `lag` seconds before `clock()` (epoch seconds) are not visible yet
+    (see the module doc). The port actually bound is `server.bound_port`. Stop it with
+    `server.stop(grace)`.
     """
-    service = LocalMetricService(log)
+    service = LocalMetricService(log, lag=lag, clock=clock)
     handler = grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {
@@ -148,8 +160,14 @@ def start_monitoring_server(log: RequestLog, host: str = "127.0.0.1", port: int 
 
 
 class LocalMetricService:
-    def __init__(self, log: RequestLog) -> None:
+    """ListTimeSeries over a RequestLog, hiding what was served less than `lag` seconds ago."""
+
+    def __init__(self, log: RequestLog, lag: float = 0.0, clock: Callable[[], float] = time.time) -> None:
+        if not (math.isfinite(lag) and lag >= 0):
+            raise ValueError(f"the ingestion lag must be a finite number of seconds >= 0, got {lag!r}")
         self._log = log
+        self.lag = lag
+        self._clock = clock
 
     def handle_list_time_series(
         self, request: monitoring_v3.ListTimeSeriesRequest, context: grpc.ServicerContext
@@ -162,7 +180,8 @@ class LocalMetricService:
 
     def list_time_series(self, request: monitoring_v3.ListTimeSeriesRequest) -> monitoring_v3.ListTimeSeriesResponse:
         query = _Query.from_request(request)
-        series = _select(self._log.between(query.start, query.end), query)
+        ingested_until = self._clock() - self.lag  # newer requests are not visible yet
+        series = _select(self._log.between(query.start, min(query.end, ingested_until)), query)
         if query.aligner == Aligner.ALIGN_NONE:
             out = _raw_series(series, query)
         else:

@@ -271,8 +271,15 @@ def rollback(target: str = TARGET, to: Optional[str] = typer.Option(None, "--to"
 
 # ---------------------------------------------------------------- local stack and demo
 
+# 3.0 is pitstop.local.stack.DEFAULT_HEALTH_LAG, not imported here so that every command starts fast.
+HEALTH_LAG = typer.Option(3.0, "--health-lag", min=0.0, metavar="SECONDS",
+                          help="Monitoring's ingestion lag: the local Monitoring shows a request this long after "
+                               "it was served, and the sampler allows for it (GCP: up to 180 s for 60 s ticks)")
+
+
 @dev.command("up")
 def dev_up(tick: float = typer.Option(1.0, help="seconds between ticks (Cloud Scheduler stand-in)"),
+           health_lag: float = HEALTH_LAG,
            detach: bool = typer.Option(False, "--detach", "-d", help="run in the background; stop with `dev down`"),
            state_dir: Path = typer.Option(DEV_DIR / "state", help="local images, revision logs")) -> None:
     """Start the local stack and print the environment to export."""
@@ -283,8 +290,8 @@ def dev_up(tick: float = typer.Option(1.0, help="seconds between ticks (Cloud Sc
         DEV_ENV.unlink(missing_ok=True)
         with open(DEV_DIR / "dev.log", "w") as out:
             proc = subprocess.Popen([sys.executable, "-m", "pitstop.surfaces.cli", "dev", "up", "--tick", str(tick),
-                                     "--state-dir", str(state_dir)], stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                     "--health-lag", str(health_lag), "--state-dir", str(state_dir)],
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + 180
             while not DEV_ENV.exists():
@@ -298,11 +305,11 @@ def dev_up(tick: float = typer.Option(1.0, help="seconds between ticks (Cloud Sc
             _fail("interrupted while the local stack was starting; it was stopped again", 130)
         console.print(DEV_ENV.read_text().rstrip())
         console.print("\n".join(line for line in (DEV_DIR / "dev.log").read_text().splitlines()
-                                if line.startswith(("functions:", "logs:"))))
+                                if line.startswith(("functions:", "timing:", "logs:"))))
         console.print(f"[green]local stack running in the background (pid {proc.pid}); "
                       f"`pitstop dev down` stops it[/green]")
         return
-    _run_stack(tick, state_dir)
+    _run_stack(tick, health_lag, state_dir)
 
 
 def _stop_background(proc: subprocess.Popen) -> None:
@@ -315,7 +322,7 @@ def _stop_background(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _run_stack(tick: float, state_dir: Path) -> None:
+def _run_stack(tick: float, health_lag: float, state_dir: Path) -> None:
     from pitstop.local.emulators import MissingTool
     from pitstop.local.stack import Stack
 
@@ -325,7 +332,7 @@ def _run_stack(tick: float, state_dir: Path) -> None:
         stop["now"] = True
 
     signal.signal(signal.SIGTERM, on_signal)
-    stack = Stack(state_dir.resolve(), tick_interval=tick)
+    stack = Stack(state_dir.resolve(), tick_interval=tick, health_lag=health_lag)
     try:
         stack.start()
     except MissingTool as e:
@@ -338,6 +345,8 @@ def _run_stack(tick: float, state_dir: Path) -> None:
         DEV_ENV.write_text(lines + "\n")
         console.print(lines)
         console.print("functions: " + ", ".join(f"{t} {p.url}" for t, p in stack.functions.items()))
+        console.print(f"timing: a tick every {tick:g} s (Cloud Scheduler: 60 s); Monitoring shows requests "
+                      f"{health_lag:g} s after they are served (GCP: up to 180 s)")
         console.print(f"logs: {state_dir / 'logs'}  •  Ctrl-C or `pitstop dev down` stops everything")
         while not stop["now"]:
             time.sleep(0.5)
@@ -433,11 +442,12 @@ def _alive(pid: int) -> bool:
 
 
 @app.command()
-def demo(rps: float = typer.Option(50.0, help="steady load on the service, requests per second")) -> None:
+def demo(rps: float = typer.Option(50.0, help="steady load on the service, requests per second"),
+         health_lag: float = HEALTH_LAG) -> None:
     """Run a real rollout on this machine: v1, then v2 promoted, then a bad v3 rolled back."""
     from pitstop.local.demo import run_demo
 
-    raise typer.Exit(run_demo(rps=rps, console=console))
+    raise typer.Exit(run_demo(rps=rps, health_lag=health_lag, console=console))
 
 
 @app.command()
