@@ -39,7 +39,7 @@ def store(stack) -> Store:
 
 def apply(store: Store, service: str, steps: str = "[{weight: 10, pause: 1s}, {weight: 50, pause: 1s}]") -> None:
     spec = load_spec(f"service: {service}\nregions: [{REGION}]\nmatch: {{repo: {service}, branch: main}}\n"
-                     f"strategy: {{canary: {{steps: {steps}}}}}\nhealth: {{min_requests: 20}}\n")
+                     f"strategy: {{canary: {{steps: {steps}}}}}\nhealth: {{min_requests: 20, interval: 1s}}\n")
     store.put_spec(spec, "test", datetime.now(timezone.utc))
 
 
@@ -60,8 +60,9 @@ def step_started(store: Store, service: str):
 
 def probe(stack: Stack, r, revision: str, requests: int, errors: int, p99: float, source: str = "probe") -> dict:
     now = datetime.now(timezone.utc)
-    sample = health_sample(r.service, revision, r.step_started_at, max(now, r.step_started_at + timedelta(
-        milliseconds=10)), requests, errors, p99, source=source)
+    start = r.judged_until or r.step_started_at  # a probe covers from where the judged time ends
+    sample = health_sample(r.service, revision, start, max(now, start + timedelta(milliseconds=10)), requests,
+                           errors, p99, source=source)
     stack.publish("pitstop-health", sample)
     return sample
 
@@ -87,7 +88,7 @@ def test_build_drives_canary_to_100_then_bad_version_rolls_back(stack, store):
     assert (r.version, r.stable_revision, r.new_percent) == ("v2", v1, 10)
     assert r.image.endswith(r.artifact.digest) and "@sha256:" in r.image, "deployed by digest"
     while (r := store.rollout(r.id)).state != "succeeded":
-        assert r.state in ("progressing", "switching"), r.message
+        assert r.state in ("progressing", "switching", "baking"), r.message
         if r.step_started_at:
             probe(stack, r, r.revision, 200, 1, 120)
         time.sleep(0.5)
@@ -299,7 +300,7 @@ def test_a_newer_build_supersedes_the_canary_and_takes_its_traffic_back(stack, s
 
 def test_blue_green_verifies_on_the_tag_waits_for_approval_switches_and_bakes(stack, store, tmp_path):
     spec = load_spec(f"service: shelf\nregions: [{REGION}]\nmatch: {{repo: shelf, branch: main}}\n"
-                     "strategy: {blue_green: {verify: 1s, bake: 2s, approve: true}}\nhealth: {min_requests: 20}\n")
+                     "strategy: {blue_green: {verify: 1s, bake: 2s, approve: true}}\nhealth: {min_requests: 20, interval: 1s}\n")
     store.put_spec(spec, "test", datetime.now(timezone.utc))
     blue = first_version(stack, store, "shelf")
     ship(stack.state_dir, stack.project, "shelf", "v2")
@@ -313,6 +314,7 @@ def test_blue_green_verifies_on_the_tag_waits_for_approval_switches_and_bakes(st
     assert result.exit_code == 0 and "switching" in result.output, result.output
     r = wait_for("baking at 100 %", lambda: (x := store.rollout(r.id)).state == "baking" and x)
     assert cloud_run_split(stack, "shelf") == {r.revision: 100, blue: 0}, "blue kept at 0 % for instant rollback"
-    probe(stack, r, r.revision, 200, 0, 95)
-    wait_for("green succeeded after the bake", lambda: store.rollout(r.id).state == "succeeded", timeout=30)
+    # A probe keeps reporting; the rollout succeeds once its windows reach the end of the bake.
+    wait_for("green succeeded after the bake", lambda: probe(stack, store.rollout(r.id), r.revision, 200, 0, 95)
+             and store.rollout(r.id).state == "succeeded", timeout=30)
     assert store.service("shelf", REGION)["stable_revision"] == r.revision

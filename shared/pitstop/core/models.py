@@ -524,7 +524,7 @@ class Rollout(Model):
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Rollout:
-        doc = {k: v for k, v in doc.items() if k != "due_at"}
+        doc = {k: v for k, v in doc.items() if k not in ("due_at", "last_input")}  # store bookkeeping
         return cls.model_validate(doc)
 
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 
 MAX_ATTEMPTS = 20
+SPEC_BOOKKEEPING = ("applied_at", "applied_by", "match_repo", "match_keys")
 
 
 class Contention(RuntimeError):
@@ -43,6 +44,7 @@ class Outcome:
     duplicate: bool = False
     missing: bool = False
     superseded: Decision | None = None  # the rollout a new one replaced, by `start`
+    rollout: Rollout | None = None  # as read before deciding (for a duplicate: the state its decision left)
 
     @property
     def stored(self) -> bool:
@@ -61,7 +63,8 @@ def service_after(record: dict[str, Any] | None, rollout: Rollout) -> dict[str, 
                   project=rollout.project, last_rollout=rollout.id, last_version=rollout.version,
                   last_state=rollout.state, updated_at=rollout.updated_at)
     if rollout.state == "succeeded":
-        record.update(stable_revision=rollout.revision, stable_version=rollout.version, stable_image=rollout.image)
+        record.update(stable_revision=rollout.revision, stable_version=rollout.version, stable_image=rollout.image,
+                      stable_created_at=rollout.artifact.created_at if rollout.artifact else None)
     if rollout.state in TERMINAL:
         if record.get("active_rollout") == rollout.id:
             record["active_rollout"] = None
@@ -83,15 +86,35 @@ class Store:
     # ------------------------------------------------------------ specs
 
     def put_spec(self, spec: RolloutSpec, actor: str, now: datetime) -> None:
+        from pitstop.core.routing import match_keys
+
         doc = spec.model_dump(mode="json", exclude_none=True)
-        doc.update(applied_at=now, applied_by=actor, match_repo=spec.match.repo)
+        doc.update(applied_at=now, applied_by=actor, match_keys=match_keys(spec))
         self.db.collection("specs").document(spec.key).set(doc)
 
     def specs(self) -> list[RolloutSpec]:
+        return self._parse_specs(self.db.collection("specs").stream())
+
+    def specs_for(self, keys: list[str]) -> list[RolloutSpec]:
+        """Only the specs a build with these index keys can match (`routing.build_keys`)."""
+        from google.cloud.firestore_v1 import FieldFilter
+
+        query = self.db.collection("specs").where(filter=FieldFilter("match_keys", "array_contains_any", keys[:30]))
+        return self._parse_specs(query.stream())
+
+    def _parse_specs(self, snaps: Any) -> list[RolloutSpec]:
+        from pydantic import ValidationError
+
+        from pitstop.log import log
+
         out = []
-        for snap in self.db.collection("specs").stream():
-            doc = {k: v for k, v in snap.to_dict().items() if k not in ("applied_at", "applied_by", "match_repo")}
-            out.append(RolloutSpec.model_validate(doc, strict=False))  # stored as JSON-mode values ("5m")
+        for snap in snaps:
+            doc = {k: v for k, v in snap.to_dict().items() if k not in SPEC_BOOKKEEPING}
+            try:
+                out.append(RolloutSpec.model_validate(doc, strict=False))  # stored as JSON-mode values ("5m")
+            except ValidationError as err:  # one bad document must not stop every other service's builds
+                log("ERROR", f"stored spec {snap.id} is invalid and is skipped: {err.error_count()} problem(s), "
+                             f"first: {err.errors()[0]['msg']}. Fix it with `pitstop apply`.", spec=snap.id)
         return out
 
     # ------------------------------------------------------------ reads
@@ -107,6 +130,15 @@ class Store:
     def services(self) -> list[dict[str, Any]]:
         return [s.to_dict() for s in self.db.collection("services").stream()]
 
+    def services_of(self, service: str, region: str | None = None) -> list[dict[str, Any]]:
+        """The records of one service (every environment), in one region if given: a query, not a scan."""
+        from google.cloud.firestore_v1 import FieldFilter
+
+        query = self.db.collection("services").where(filter=FieldFilter("service", "==", service))
+        if region:
+            query = query.where(filter=FieldFilter("region", "==", region))
+        return [s.to_dict() for s in query.stream()]
+
     def active_rollout(self, service: str, region: str, environment: str = "production") -> Rollout | None:
         record = self.service(service, region, environment)
         active = record and record.get("active_rollout")
@@ -114,14 +146,25 @@ class Store:
 
     def active_rollouts(self, service: str, region: str | None = None) -> list[Rollout]:
         """Rollouts in progress for a service, across environments (and regions unless given)."""
-        ids = [s["active_rollout"] for s in self.services() if s.get("service") == service
-               and region in (None, s.get("region")) and s.get("active_rollout")]
-        return [r for r in map(self.rollout, ids) if r is not None]
+        ids = [s["active_rollout"] for s in self.services_of(service, region) if s.get("active_rollout")]
+        if not ids:
+            return []
+        refs = [self.db.collection("rollouts").document(i) for i in ids]
+        return [Rollout.from_doc(s.to_dict()) for s in self.db.get_all(refs) if s.exists]
 
-    def due(self, now: datetime) -> list[Rollout]:
+    def due(self, now: datetime) -> list[tuple[Rollout, Any]]:
+        """Rollouts a tick must look at, each with the snapshot it was read from (no second read to decide)."""
         from google.cloud.firestore_v1 import FieldFilter
 
         query = self.db.collection("rollouts").where(filter=FieldFilter("due_at", "<=", now))
+        return [(Rollout.from_doc(s.to_dict()), s) for s in query.stream()]
+
+    def finished_between(self, start: datetime, end: datetime) -> list[Rollout]:
+        """Rollouts that finished in [start, end): the reconciler checks each about once, shortly after."""
+        from google.cloud.firestore_v1 import FieldFilter
+
+        query = (self.db.collection("rollouts").where(filter=FieldFilter("finished_at", ">=", start))
+                 .where(filter=FieldFilter("finished_at", "<", end)))
         return [Rollout.from_doc(s.to_dict()) for s in query.stream()]
 
     def watched(self) -> list[Rollout]:
@@ -155,47 +198,63 @@ class Store:
     # ------------------------------------------------------------ writes
 
     def record_build(self, build_id: str, doc: dict[str, Any]) -> bool:
-        """Record what a build led to; False if this very status was recorded before (a redelivery)."""
+        """Record what a build led to; False if this very status was recorded before (a redelivery).
+
+        The marker is created, not read then written: of two concurrent deliveries exactly one is first."""
+        from google.api_core import exceptions
+
         ref = self.db.collection("builds").document(build_id)
-        before = ref.get()
-        if before.exists and before.get("status") == doc["status"]:
+        try:
+            ref.collection("statuses").document(doc["status"]).create({"at": doc["at"]})
+        except exceptions.AlreadyExists:
             return False
         ref.set(doc, merge=True)
         return True
+
+    def record_command(self, command_id: str, doc: dict[str, Any]) -> None:
+        """A command that reached no rollout (ambiguous, nothing in progress): the CLI shows why."""
+        self.db.collection("commands").document(command_id).set(doc)
+
+    def command(self, command_id: str) -> dict[str, Any] | None:
+        snap = self.db.collection("commands").document(command_id).get()
+        return snap.to_dict() if snap.exists else None
 
     def put_artifact(self, artifact: Artifact) -> None:
         doc = artifact.model_dump(mode="python", exclude_none=True)
         self.db.collection("artifacts").document(artifact.digest.replace(":", "-")).set(doc, merge=True)
 
-    def apply(self, rollout_id: str, input_id: str, decide: Callable[[Rollout], Decision]) -> Outcome:
+    def apply(self, rollout_id: str, input_id: str, decide: Callable[[Rollout], Decision],
+              snap: Any = None) -> Outcome:
         """Load, decide, store state + audit atomically; a known input id does nothing.
 
         Optimistic: the batch commits only if the rollout is unchanged since it
-        was read (update-time precondition) and the audit event is new (create).
-        No lock is held while deciding, so concurrent inputs cannot deadlock;
-        the loser re-reads and decides again on the newer state.
+        was read (update-time precondition) and the audit event is new (create):
+        a redelivered input fails that create and is reported as a duplicate,
+        with the rollout as its decision left it. No lock is held while deciding,
+        so concurrent inputs cannot deadlock; the loser re-reads and decides
+        again on the newer state. `snap`, if given, is a fresh read to start from.
         """
+        from google.api_core import exceptions
+
         ref = self.db.collection("rollouts").document(rollout_id)
-        event_ref = ref.collection("events").document(input_id)
         for attempt in range(MAX_ATTEMPTS):
-            snap = ref.get()
+            snap = snap if snap is not None and attempt == 0 else ref.get()
             if not snap.exists:
                 return Outcome(None, missing=True)
-            if event_ref.get().exists:
-                return Outcome(None, duplicate=True)
             before = Rollout.from_doc(snap.to_dict())
             decision = decide(before)
             if decision.audit is None:
-                return Outcome(decision)
+                return Outcome(decision, rollout=before)
             batch = self.db.batch()
-            if decision.rollout is before:  # ignored: only the audit line, so a redelivery finds it
-                batch.create(event_ref, decision.audit.to_doc())
-            else:
-                self._put_rollout(batch, decision, snap)
-                if decision.rollout.state != before.state:
-                    self._put_service(batch, decision.rollout)
-            if self._commit(batch, attempt):
-                return Outcome(decision)
+            # Ignored inputs are preconditioned too: an input ignored on a stale read must be decided again.
+            self._put_rollout(batch, decision, snap)
+            if decision.rollout.state != before.state:
+                self._put_service(batch, decision.rollout)
+            try:
+                if self._commit(batch, attempt):
+                    return Outcome(decision, rollout=before)
+            except exceptions.AlreadyExists:
+                return Outcome(None, duplicate=True, rollout=before)
         raise Contention(f"rollout {rollout_id} changed under input {input_id} {MAX_ATTEMPTS} times in a row")
 
     def start(self, rollout_id: str, service: str, region: str, environment: str,
@@ -207,6 +266,8 @@ class Store:
         (None: start nothing) and the old rollout's (or None). The rollout id is derived from the
         build, so a redelivered build finds its rollout and does nothing.
         """
+        from google.api_core import exceptions
+
         ref = self.db.collection("rollouts").document(rollout_id)
         for attempt in range(MAX_ATTEMPTS):
             if ref.get().exists:
@@ -227,15 +288,20 @@ class Store:
             batch.create(ref.collection("events").document(new.audit.id), new.audit.to_doc())
             # Preconditioned on the record `begin` decided from: a concurrent start loses and retries.
             self._put_service(batch, new.rollout, service_snap)
-            if self._commit(batch, attempt):
-                return Outcome(new, superseded=old)
+            try:
+                if self._commit(batch, attempt):
+                    return Outcome(new, superseded=old)
+            except exceptions.AlreadyExists:
+                continue  # a twin delivery created it first: the next read finds it
+
         raise Contention(f"service {service} in {region} changed under rollout {rollout_id} {MAX_ATTEMPTS} times")
 
     # ------------------------------------------------------------ writing, optimistically
 
     def _put_rollout(self, batch: Any, decision: Decision, snap: Any) -> None:
         ref = self.db.collection("rollouts").document(decision.rollout.id)
-        batch.update(ref, _full(decision.rollout), option=self.db.write_option(last_update_time=snap.update_time))
+        doc = _full(decision.rollout) if decision.audit.decision != "ignored" else {"last_input": decision.audit.id}
+        batch.update(ref, doc, option=self.db.write_option(last_update_time=snap.update_time))
         batch.create(ref.collection("events").document(decision.audit.id), decision.audit.to_doc())
 
     def _put_service(self, batch: Any, rollout: Rollout, snap: Any = None) -> None:
@@ -254,8 +320,8 @@ class Store:
         try:
             batch.commit()
             return True
-        except (exceptions.FailedPrecondition, exceptions.AlreadyExists, exceptions.Aborted):
-            # Lost a race: a newer state, or the same input recorded by a twin delivery.
+        except (exceptions.FailedPrecondition, exceptions.Aborted):
+            # Lost a race: a newer state. (AlreadyExists, the same input recorded before, is the caller's.)
             time.sleep(random.uniform(0, 0.05 * (attempt + 1)))
             return False
 

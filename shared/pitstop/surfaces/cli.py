@@ -100,7 +100,14 @@ def apply(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="ro
     if dry_run:
         console.print(f"valid: {summary}")
         return
-    _store().put_spec(spec, _actor(), _now())
+    from pitstop.core.routing import spec_collisions
+
+    store = _store()
+    clashes = spec_collisions(spec, store.specs(), _config().project)
+    if clashes:
+        _fail(f"{file}: refused, two environments would steer the same Cloud Run service:\n  " + "\n  ".join(clashes)
+              + "\nGive each environment its own project (or service name); nothing applied.")
+    store.put_spec(spec, _actor(), _now())
     console.print(f"applied spec [bold]{spec.key}[/bold]: {summary}")
 
 
@@ -178,24 +185,32 @@ def history(service: str = typer.Argument(..., help="service name"),
 
 # ---------------------------------------------------------------- operator commands
 
-def _command(action: str, target: str, wait: float, **fields) -> None:
-    from pitstop.gcp.bus import Bus
+def _command(action: str, target: str, wait: float, environment: Optional[str] = None,
+             region: Optional[str] = None, **fields) -> None:
+    from pitstop.core import routing
+    from pitstop.core.models import Command
     from pitstop.engine import rollout_key
+    from pitstop.gcp.bus import Bus
 
     config = _config()
     store = _store()
     command = {"id": f"cmd-{uuid.uuid4().hex[:16]}", "action": action, "actor": _actor(), **fields}
     rollout = store.rollout(target)
-    records = [s for s in store.services() if s.get("service") == (rollout.service if rollout else target)
-               and (rollout is None or (s.get("region"), s.get("environment")) == (rollout.region, rollout.environment))]
     if rollout:
         command["rollout_id"] = rollout.id
-    elif not records:
-        _fail(f"{target} is neither a rollout id nor a service pitstop has deployed")
+        records = [store.service(rollout.service, rollout.region, rollout.environment) or {}]
     else:
-        command["service"] = target
+        records = [s for s in store.services_of(target, region) if environment in (None, s.get("environment"))]
+        if not records:
+            where = "".join(f" {k} {v}" for k, v in (("in environment", environment), ("in region", region)) if v)
+            _fail(f"{target} is neither a rollout id nor a service pitstop has deployed{where}")
+        command.update(service=target, environment=environment, region=region)
     if action == "rollback" and fields.get("to_version"):
         version = fields["to_version"]
+        environments = sorted({s.get("environment") for s in records})
+        if len(environments) > 1:
+            _fail(f"{target} runs in {len(environments)} environments ({', '.join(environments)}); name one with "
+                  f"--environment; nothing sent")
         good = [s for s in records if store.find_version(s["service"], s["region"], s["environment"], version)]
         if not good:
             _fail(f"no successful rollout of {target} at version {version} is recorded; nothing sent")
@@ -203,9 +218,10 @@ def _command(action: str, target: str, wait: float, **fields) -> None:
     elif rollout:
         watch = [rollout.id]
     else:
-        watch = [s["active_rollout"] for s in records if s.get("active_rollout")]
-        if not watch:
-            _fail(f"{target} has no rollout in progress; nothing to {action}")
+        chosen = routing.command_targets(Command(**{k: v for k, v in command.items() if v is not None}), records)
+        if isinstance(chosen, routing.Refusal):
+            _fail(chosen.reason + "".join(f"\n  {c}" for c in chosen.candidates))
+        watch = chosen
     Bus(config.project).publish("pitstop-commands", {k: v for k, v in command.items() if v is not None})
     console.print(f"sent {action} ({command['id']}) for {target}")
     if wait <= 0:
@@ -213,6 +229,9 @@ def _command(action: str, target: str, wait: float, **fields) -> None:
     deadline = time.monotonic() + wait
     pending = set(watch)
     while pending and time.monotonic() < deadline:
+        refused = store.command(command["id"])
+        if refused:  # it reached no rollout: the engine says why
+            _fail(f"refused: {refused.get('reason')}" + "".join(f"\n  {c}" for c in refused.get("candidates") or []))
         for rollout_id in list(pending):
             event = next((e for e in store.events(rollout_id) if e.id == command["id"]), None)
             if event:
@@ -226,47 +245,56 @@ def _command(action: str, target: str, wait: float, **fields) -> None:
               f"on pitstop-commands and will be handled when on_command runs. Check `pitstop history {target}`.", 2)
 
 
-TARGET = typer.Argument(..., help="rollout id, or a service name for its rollout in progress")
+TARGET = typer.Argument(..., help="rollout id, or a service name for its rollout in progress (with --environment "
+                                   "and --region when it has several)")
+ENVIRONMENT = typer.Option(None, "--environment", "-e", help="with a service name: the environment of the rollout")
+REGION = typer.Option(None, "--region", help="with a service name: the region of the rollout")
 WAIT = typer.Option(30.0, help="seconds to wait for the decision (0: don't wait)")
 REASON = typer.Option(None, "--reason", "-m", help="recorded in the audit trail")
 
 
 @app.command()
-def promote(target: str = TARGET, full: bool = typer.Option(False, "--full", help="straight to 100 %"),
+def promote(target: str = TARGET, environment: Optional[str] = ENVIRONMENT,
+            region: Optional[str] = REGION, full: bool = typer.Option(False, "--full", help="straight to 100 %"),
             reason: Optional[str] = REASON, wait: float = WAIT) -> None:
     """Go to the next step now (or to 100 % with --full)."""
-    _command("promote", target, wait, full=full, reason=reason)
+    _command("promote", target, wait, environment, region, full=full, reason=reason)
 
 
 @app.command()
-def pause(target: str = TARGET, reason: Optional[str] = REASON, wait: float = WAIT) -> None:
+def pause(target: str = TARGET, environment: Optional[str] = ENVIRONMENT,
+            region: Optional[str] = REGION, reason: Optional[str] = REASON, wait: float = WAIT) -> None:
     """Hold at the current step (rolls back if left paused past the spec's max_hold)."""
-    _command("pause", target, wait, reason=reason)
+    _command("pause", target, wait, environment, region, reason=reason)
 
 
 @app.command()
-def resume(target: str = TARGET, reason: Optional[str] = REASON, wait: float = WAIT) -> None:
+def resume(target: str = TARGET, environment: Optional[str] = ENVIRONMENT,
+            region: Optional[str] = REGION, reason: Optional[str] = REASON, wait: float = WAIT) -> None:
     """Continue a paused rollout."""
-    _command("resume", target, wait, reason=reason)
+    _command("resume", target, wait, environment, region, reason=reason)
 
 
 @app.command()
-def abort(target: str = TARGET, reason: Optional[str] = REASON, wait: float = WAIT) -> None:
+def abort(target: str = TARGET, environment: Optional[str] = ENVIRONMENT,
+            region: Optional[str] = REGION, reason: Optional[str] = REASON, wait: float = WAIT) -> None:
     """Roll back now: all traffic to the stable revision."""
-    _command("abort", target, wait, reason=reason)
+    _command("abort", target, wait, environment, region, reason=reason)
 
 
 @app.command()
-def approve(target: str = TARGET, reason: Optional[str] = REASON, wait: float = WAIT) -> None:
+def approve(target: str = TARGET, environment: Optional[str] = ENVIRONMENT,
+            region: Optional[str] = REGION, reason: Optional[str] = REASON, wait: float = WAIT) -> None:
     """Let a rollout waiting at an approval gate continue."""
-    _command("approve", target, wait, reason=reason)
+    _command("approve", target, wait, environment, region, reason=reason)
 
 
 @app.command()
-def rollback(target: str = TARGET, to: Optional[str] = typer.Option(None, "--to", help="an earlier good version"),
+def rollback(target: str = TARGET, environment: Optional[str] = ENVIRONMENT,
+            region: Optional[str] = REGION, to: Optional[str] = typer.Option(None, "--to", help="an earlier good version"),
              reason: Optional[str] = REASON, wait: float = WAIT) -> None:
     """Roll back the rollout in progress, or with --to VERSION switch straight to an earlier good version."""
-    _command("rollback", target, wait, to_version=to, reason=reason)
+    _command("rollback", target, wait, environment, region, to_version=to, reason=reason)
 
 
 # ---------------------------------------------------------------- local stack and demo
