@@ -417,6 +417,7 @@ def _health(p: _Plan, s: HealthSample) -> Decision:
         return _roll_back(p, "health", render(Reason(code="health_failed", values={"rule": verdict.rule})))
     if r.state in ("deploying", "rolling_back") or r.judged_until is None:
         return p.ignore("not_serving", state=r.state)
+    extended = False
     if verdict.outcome == "pass":
         if s.window_end <= r.judged_until:
             return p.ignore("already_covered", end=s.window_end, until=r.judged_until)
@@ -425,8 +426,11 @@ def _health(p: _Plan, s: HealthSample) -> Decision:
         else:
             p.set(judged_until=s.window_end)
             p.why("covered", until=s.window_end)
+            extended = True
     held = r.verdict
-    if held and held.window_end > verdict.window_end and verdict.outcome != "pass":
+    # Samples arrive in any order: unless this one extends what is judged, the verdict on the later (or, for
+    # the same window, larger) sample stands.
+    if not extended and held and (held.window_end, held.request_count) > (verdict.window_end, verdict.request_count):
         p.why("verdict_stands", end=held.window_end, outcome=held.outcome)
     else:
         p.set(verdict=verdict)
