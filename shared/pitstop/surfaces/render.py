@@ -41,6 +41,9 @@ def rollout_row(r: Rollout) -> dict[str, Any]:
         "split_applied": r.applied, "stable_version": r.stable_version, "message": r.message,
         "created_at": r.created_at.isoformat(), "updated_at": r.updated_at.isoformat(),
         "verdict": r.verdict.model_dump(mode="json") if r.verdict else None,
+        # What is judged healthy so far, and what the step needs: a step advances once the first reaches the second.
+        "judged_until": r.judged_until.isoformat() if r.judged_until else None,
+        "step_deadline": r.next_step_at.isoformat() if r.next_step_at else None,
     }
 
 
@@ -81,7 +84,8 @@ def rollout_detail(r: Rollout, events: list[AuditEvent]) -> Group:
     head.append(split_label(r) + ("" if r.applied else f"  (generation {r.desired_generation} being applied)") + "\n")
     if r.next_step_at and r.state not in ("succeeded", "rolled_back"):
         head.append("next step ", style="dim")
-        head.append(f"{r.next_step_at:%H:%M:%S} UTC (needs a healthy verdict)\n")
+        judged = f"{r.judged_until:%H:%M:%S} UTC" if r.judged_until else "nothing yet"
+        head.append(f"{r.next_step_at:%H:%M:%S} UTC, once judged healthy up to then (judged up to {judged})\n")
     if r.hold_until:
         head.append("hold until ", style="dim")
         head.append(f"{r.hold_until:%Y-%m-%d %H:%M:%S} UTC\n")
