@@ -364,7 +364,11 @@ class Engine:
             return
         seen = "|".join(f"{t.revision}:{t.percent}:{t.tag}" for t in traffic.split)
         observed_id = f"observed-g{r.desired_generation}-{hashlib.sha256(seen.encode()).hexdigest()[:12]}"
-        self.handle(r.id, Observed(id=observed_id, split=traffic.split, settled=traffic.settled))
+        observed = Observed(id=observed_id, split=traffic.split, settled=traffic.settled)
+        # Mostly Cloud Run serves what was decided: judged on the rollout the tick just read, that costs no
+        # Firestore read or write. Only a reading that changes something goes through the store.
+        if machine.decide(r, observed, self.clock()).audit is not None:
+            self.handle(r.id, observed)
 
     def _sample(self, r: Rollout, now: datetime) -> None:
         """Read Monitoring over the windows the sampler policy names; publish what can change a decision."""
