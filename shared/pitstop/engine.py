@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pitstop.core import machine, routing, sampling
 from pitstop.core.models import (
-    TERMINAL, Alert, Applied, ApplyFailed, ApplyTraffic, Baseline, BuildFinished, Command, HealthSample, Input,
+    TERMINAL, Alert, Applied, ApplyFailed, ApplyTraffic, BuildFinished, Command, HealthSample, Input,
     Notify, Observed, RECONCILE_AFTER, Rollout, Superseded, Tick,
 )
 from pitstop.core.spec import describe_source, matches
@@ -388,22 +388,8 @@ class Engine:
             log("WARNING", f"health of {r.service} not sampled: {err}. Not a verdict; retried next tick.",
                 **rollout_fields(r))
             return
-        whole, recent = (_sample_of(r, read[w], w) for w in windows)
+        whole, recent = (sampling.sample_of(r, w, read[w].get(r.revision), read[w].get(r.stable_revision))
+                         for w in windows)
         for sample in sampling.to_publish(r, whole, recent):
             self.bus.publish(self.config.health_topic, sample.model_dump(mode="json", exclude={"kind", "id"},
                                                                         exclude_none=True))
-
-
-def _sample_of(r: Rollout, health: dict, window: sampling.Window) -> HealthSample | None:
-    """The new revision's health over a window, with the stable revision's beside it; None without traffic."""
-    new = health.get(r.revision)
-    if new is None or not new.has_data:  # no traffic is no data: nothing to judge
-        return None
-    old = health.get(r.stable_revision) if r.stable_revision else None
-    stable = Baseline(revision=r.stable_revision, request_count=old.request_count, error_count=old.error_count,
-                      latency_p99_ms=old.latency_p99_ms) if old is not None and old.has_data else None
-    return HealthSample(
-        service=r.service, region=r.region, revision=r.revision, rollout_id=r.id, window_start=window.start,
-        window_end=window.end, request_count=new.request_count, error_count=new.error_count,
-        latency_p50_ms=new.latency_p50_ms, latency_p95_ms=new.latency_p95_ms, latency_p99_ms=new.latency_p99_ms,
-        source="cloud-monitoring", stable=stable)
