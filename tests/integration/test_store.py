@@ -10,7 +10,7 @@ import pytest
 from pitstop.core import machine
 from pitstop.local.payloads import cloud_build
 from pitstop.core.messages import parse_build
-from pitstop.core.models import Applied, Command, Superseded
+from pitstop.core.models import Alert, Applied, Command, Superseded
 from pitstop.core.spec import load_spec
 from pitstop.gcp.store import Store
 
@@ -96,3 +96,32 @@ def test_concurrent_builds_leave_exactly_one_rollout_in_progress(store):
     assert len(live) == 1, [(r.id, r.state) for r in rollouts]
     assert store.service("web", "r1")["active_rollout"] == live[0].id
     assert all(r.state == "superseded" for r in rollouts if r is not live[0])
+
+
+def test_an_input_ignored_on_a_stale_read_is_decided_again(store):
+    """Ignored inputs commit under the same precondition: one ignored on a stale read is not made permanent."""
+    r = start(store, "aaaaaaaa-1", "v1").decision.rollout
+    alert = Alert(id="alert-i1-open", incident_id="i1", state="open", service="web", revision="web-other-1")
+    reads = []
+
+    def decide(current):
+        reads.append(current.state)
+        if len(reads) == 1:  # meanwhile another input lands: the first read is stale when it commits
+            store.db.collection("rollouts").document(r.id).update({"message": "a concurrent decision"})
+        return machine.decide(current, alert, T0)
+
+    outcome = store.apply(r.id, alert.id, decide)
+    assert len(reads) == 2, "the stale read's commit failed its precondition and the input was decided again"
+    assert outcome.decision.audit.decision == "ignored" and alert.id in [e.id for e in store.events(r.id)]
+
+
+def test_a_failed_build_is_recorded_new_exactly_once_under_concurrent_deliveries(store):
+    doc = {"build_id": "b1", "status": "FAILURE", "outcome": "failed", "message": "m", "at": T0}
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda: results.append(store.record_build("b1", dict(doc))))
+               for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 5 + [True], "one delivery notifies, the others find it recorded"
