@@ -11,18 +11,13 @@ from pitstop.core.models import (
     Applied, ApplyFailed, ApplyTraffic, AuditEvent, Command, HealthSample, Notify, Rollout, RolloutSpec, Tick,
 )
 from pitstop.core.spec import load_spec
+from pitstop.local.timing import DEFAULT_SPEC
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 
-SPEC_YAML = """
-service: web
-regions: [us-central1]
-match: {repo: web, branch: main}
-strategy:
-  canary:
-    steps: [{weight: 5, pause: 5m}, {weight: 10, pause: 5m}, {weight: 25, pause: 5m}]
-health: {min_requests: 50, max_error_rate: 0.05, max_p99_ms: 1000, max_latency_increase: 0.20}
-"""
+# The default canary, as the GCP timing model runs it, with its health thresholds spelled out.
+SPEC_YAML = DEFAULT_SPEC + "health: {min_requests: 50, max_error_rate: 0.05, max_p99_ms: 1000, " \
+                           "max_latency_increase: 0.20}\n"
 
 
 def spec(text: str = SPEC_YAML) -> RolloutSpec:
