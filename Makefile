@@ -10,8 +10,10 @@ CHECKOV_VENV := .venv-checkov
 demo: setup
 	$(BIN)/pitstop demo
 
+# Two workers, a test file each (module fixtures stay together; each worker starts its own emulators):
+# most tests wait on emulators, processes and the local stack, so this halves the wall time on 2 cores.
 test: setup $(CHECKOV_VENV)/bin/checkov
-	CHECKOV_BIN=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest
+	CHECKOV_BIN=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: setup
 	$(BIN)/python bench/rollback_reaction.py
