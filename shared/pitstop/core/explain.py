@@ -12,7 +12,7 @@ from typing import Any
 
 from pitstop.core.models import Reason
 
-# code -> template; values are filled in with str.format. Times are ISO strings, rendered HH:MM:SS.
+# code -> template; values are filled in with str.format. Times are datetimes, rendered HH:MM:SS UTC.
 TEMPLATES: dict[str, str] = {
     # starting
     "first_version": "first version of {service} in {region}: no stable revision to compare with, deployed at 100 %",
@@ -129,11 +129,6 @@ def _show(value: Any) -> str:
         return "n/a"
     if isinstance(value, datetime):
         return f"{value:%H:%M:%S} UTC"
-    if isinstance(value, str) and len(value) >= 19 and value[4] == "-" and value[10] == "T":
-        try:  # ISO timestamps stored in values read as times
-            return f"{datetime.fromisoformat(value):%H:%M:%S} UTC"
-        except ValueError:
-            return value
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

@@ -261,37 +261,25 @@ def promote(target: str = TARGET, environment: Optional[str] = ENVIRONMENT,
     _command("promote", target, wait, environment, region, full=full, reason=reason)
 
 
-@app.command()
-def pause(target: str = TARGET, environment: Optional[str] = ENVIRONMENT,
-            region: Optional[str] = REGION, reason: Optional[str] = REASON, wait: float = WAIT) -> None:
-    """Hold at the current step (rolls back if left paused past the spec's max_hold)."""
-    _command("pause", target, wait, environment, region, reason=reason)
+def _simple(action: str, doc: str) -> None:
+    """pause, resume, abort, approve: the same options, one action each."""
+    def command(target: str = TARGET, environment: Optional[str] = ENVIRONMENT, region: Optional[str] = REGION,
+                reason: Optional[str] = REASON, wait: float = WAIT) -> None:
+        _command(action, target, wait, environment, region, reason=reason)
+    command.__doc__ = doc
+    app.command(action)(command)
+
+
+for _action, _doc in (("pause", "Hold at the current step (rolls back if left paused past the spec's max_hold)."),
+                      ("resume", "Continue a paused rollout."),
+                      ("abort", "Roll back now: all traffic to the stable revision."),
+                      ("approve", "Let a rollout waiting at an approval gate continue.")):
+    _simple(_action, _doc)
 
 
 @app.command()
-def resume(target: str = TARGET, environment: Optional[str] = ENVIRONMENT,
-            region: Optional[str] = REGION, reason: Optional[str] = REASON, wait: float = WAIT) -> None:
-    """Continue a paused rollout."""
-    _command("resume", target, wait, environment, region, reason=reason)
-
-
-@app.command()
-def abort(target: str = TARGET, environment: Optional[str] = ENVIRONMENT,
-            region: Optional[str] = REGION, reason: Optional[str] = REASON, wait: float = WAIT) -> None:
-    """Roll back now: all traffic to the stable revision."""
-    _command("abort", target, wait, environment, region, reason=reason)
-
-
-@app.command()
-def approve(target: str = TARGET, environment: Optional[str] = ENVIRONMENT,
-            region: Optional[str] = REGION, reason: Optional[str] = REASON, wait: float = WAIT) -> None:
-    """Let a rollout waiting at an approval gate continue."""
-    _command("approve", target, wait, environment, region, reason=reason)
-
-
-@app.command()
-def rollback(target: str = TARGET, environment: Optional[str] = ENVIRONMENT,
-            region: Optional[str] = REGION, to: Optional[str] = typer.Option(None, "--to", help="an earlier good version"),
+def rollback(target: str = TARGET, environment: Optional[str] = ENVIRONMENT, region: Optional[str] = REGION,
+             to: Optional[str] = typer.Option(None, "--to", help="an earlier good version"),
              reason: Optional[str] = REASON, wait: float = WAIT) -> None:
     """Roll back the rollout in progress, or with --to VERSION switch straight to an earlier good version."""
     _command("rollback", target, wait, environment, region, to_version=to, reason=reason)
