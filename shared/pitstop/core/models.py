@@ -452,6 +452,11 @@ class Verdict(Model):
     source: str
 
 
+# Fields the store keeps on a rollout's document beside the model: the last input, and the head of the
+# audit chain (`core/audit.py`).
+STORE_BOOKKEEPING = ("due_at", "last_input", "audit_seq", "audit_head")
+
+
 class Rollout(Model):
     id: str
     service: str
@@ -524,7 +529,7 @@ class Rollout(Model):
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Rollout:
-        doc = {k: v for k, v in doc.items() if k not in ("due_at", "last_input")}  # store bookkeeping
+        doc = {k: v for k, v in doc.items() if k not in STORE_BOOKKEEPING}
         return cls.model_validate(doc)
 
 
@@ -577,6 +582,11 @@ class AuditEvent(Model):
     traffic_after: str | None = None
     verdict: Verdict | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
+    # The audit chain (`core/audit.py`), set by the store as it writes the event: its place in the rollout's
+    # trail, the hash of the event before it, and its own hash over all of the above.
+    seq: int | None = None
+    prev_hash: str | None = None
+    hash: str | None = None
 
     def to_doc(self) -> dict[str, Any]:
         # Reasons quote inputs (a policy name, a build's status detail): cut so the event always fits Firestore.
