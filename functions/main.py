@@ -60,8 +60,9 @@ def on_build(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def on_health(event: CloudEvent) -> None:
     def handle() -> None:
-        payload, _, _ = messages.envelope(event.data)
-        engine().on_health(messages.parse_health(payload))
+        payload, attributes, _ = messages.envelope(event.data)
+        token = messages.sender_token(payload, attributes)
+        engine().on_health(messages.parse_health(payload), token)
     _guarded("health sample", event, handle)
 
 
@@ -76,9 +77,18 @@ def on_alert(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def on_command(event: CloudEvent) -> None:
     def handle() -> None:
-        payload, _, message_id = messages.envelope(event.data)
-        engine().on_command(messages.parse_command(payload, message_id))
+        payload, attributes, message_id = messages.envelope(event.data)
+        token = messages.sender_token(payload, attributes)
+        engine().on_command(messages.parse_command(payload, message_id), token)
     _guarded("operator command", event, handle)
+
+
+@functions_framework.http
+def api(request):
+    """The HTTP API (IAM-protected; every request also carries the caller's ID token)."""
+    from pitstop.surfaces.api import respond
+
+    return respond(request, engine)
 
 
 @functions_framework.cloud_event

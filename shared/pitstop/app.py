@@ -21,4 +21,20 @@ def build_engine(config: Config | None = None) -> Engine:
 
         return Metrics.from_env()
 
-    return Engine(config, Store.from_env(config.project), cloudrun, Bus(config.project), metrics)
+    def verifier():
+        from pitstop.gcp.identity import Verifier
+
+        return Verifier.from_env(config.project)
+
+    def cloudbuild():
+        from pitstop.gcp.cloudbuild import CloudBuild
+
+        return CloudBuild.from_endpoint(config.build_endpoint)
+
+    def tokens():
+        from pitstop.gcp.identity import TokenSource
+
+        return TokenSource(config.audiences[0])
+
+    return Engine(config, Store.from_env(config.project), cloudrun, Bus(config.project), metrics,
+                  verifier=verifier, cloudbuild=cloudbuild, tokens=tokens)

@@ -15,19 +15,23 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
-from pitstop.core import machine, routing, sampling
+from dataclasses import dataclass, field
+
+from pitstop.core import access, machine, routing, sampling
 from pitstop.core.models import (
     TERMINAL, Alert, Applied, ApplyFailed, ApplyTraffic, BuildFinished, Command, HealthSample, Input,
-    Notify, Observed, RECONCILE_AFTER, Rollout, Superseded, Tick,
+    Notify, Observed, RECONCILE_AFTER, Rollout, RolloutSpec, Superseded, Tick,
 )
 from pitstop.core.spec import describe_source, matches
 from pitstop.gcp.store import Outcome, Store
 from pitstop.log import log, rollout_fields
 
 if TYPE_CHECKING:
-    from pitstop.gcp.bus import Bus
-    from pitstop.gcp.cloudrun import CloudRun
     from pitstop.config import Config
+    from pitstop.gcp.bus import Bus
+    from pitstop.gcp.cloudbuild import CloudBuild
+    from pitstop.gcp.cloudrun import CloudRun
+    from pitstop.gcp.identity import Identity, TokenSource, Verifier
     from pitstop.gcp.metrics import Metrics
 
 IGNORED_BUILD_STATES = {"STATUS_UNKNOWN", "PENDING", "QUEUED", "WORKING"}
@@ -45,19 +49,50 @@ def rollout_key(service: str, environment: str, region: str, started_by: str) ->
 
 
 
+@dataclass(frozen=True)
+class Refused:
+    """A request pitstop did not carry out, and why: `code` is stable (the HTTP API's error code)."""
+
+    code: str  # unauthenticated | insufficient_permissions | not_found | conflict | invalid_request
+    reason: str
+    permission: str | None = None
+    candidates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Done:
+    """What a command did: the decision stored for each rollout it reached, or the build it started."""
+
+    outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
+    build: dict[str, Any] | None = None
+
+
+Reply = Done | Refused
+
+
 class Engine:
     def __init__(self, config: Config, store: Store, cloudrun: Callable[[], CloudRun], bus: Bus,
-                 metrics: Callable[[], Metrics] | None = None, clock: Callable[[], datetime] = utcnow) -> None:
+                 metrics: Callable[[], Metrics] | None = None, clock: Callable[[], datetime] = utcnow, *,
+                 verifier: Callable[[], Verifier], cloudbuild: Callable[[], CloudBuild],
+                 tokens: Callable[[], TokenSource] | None = None) -> None:
         self.config, self.store, self.bus, self.clock = config, store, bus, clock
         self._cloudrun_factory, self._metrics_factory = cloudrun, metrics
+        self._factories = {"verifier": verifier, "cloudbuild": cloudbuild, "tokens": tokens}
         self._cloudrun: CloudRun | None = None
         self._metrics: Metrics | None = None
+        self._made: dict[str, Any] = {}
 
     @property
     def cloudrun(self) -> CloudRun:
         if self._cloudrun is None:
             self._cloudrun = self._cloudrun_factory()
         return self._cloudrun
+
+    def _adapter(self, name: str) -> Any:
+        """Clients are built on first use and kept for the instance's life (cold start stays small)."""
+        if name not in self._made:
+            self._made[name] = self._factories[name]()
+        return self._made[name]
 
     # ------------------------------------------------------------ the core loop
 
@@ -143,13 +178,21 @@ class Engine:
 
     # ------------------------------------------------------------ builds
 
-    def on_build(self, build: BuildFinished) -> None:
-        where = f"build {build.build_id} ({describe_source(build)})"
-        if build.status in IGNORED_BUILD_STATES:
-            log("INFO", f"{where} is {build.status}: waiting for it to finish", build_id=build.build_id)
+    def on_build(self, claimed: BuildFinished) -> None:
+        """A Cloud Build status message. Anyone with publish rights can send one, so only its build id is
+        taken from it: what is deployed comes from the build as the Cloud Build API reports it."""
+        where = f"build {claimed.build_id} ({describe_source(claimed)})"
+        if claimed.status in IGNORED_BUILD_STATES:
+            log("INFO", f"{where} is {claimed.status}: waiting for it to finish", build_id=claimed.build_id)
             return
-        keys = routing.build_keys(build.repo, build.trigger, build.trigger_id)
-        specs = [s for s in self.store.specs_for(keys) if matches(s, build)]
+        # A message no spec would match starts nothing whatever it claims: no API call for other teams' builds.
+        if not self._matching_specs(claimed):
+            self._record_build(claimed, "ignored", f"No rollout spec matches {where}; nothing deployed.")
+            return
+        build = self._confirmed(claimed)
+        if build is None:
+            return
+        specs = self._matching_specs(build)
         if not specs:
             self._record_build(build, "ignored", f"No rollout spec matches {where}; nothing deployed.")
             return
@@ -165,12 +208,55 @@ class Engine:
                                f"digest (results.images is empty). List the image under `images:` in cloudbuild.yaml "
                                f"so Cloud Build reports it. Nothing deployed.", "ERROR")
             return
+        refusals = [f"{spec.key}: {why}" for spec in specs if (why := self._build_refusal(spec, build))]
+        if refusals:
+            self._record_build(build, "refused", f"Build {build.build_id} refused: " + "; ".join(refusals)
+                               + ". Nothing deployed; the current versions keep serving.", "ERROR")
+            return
         self.store.put_artifact(build.artifact)
+        requested = self.store.deploy_request(build.build_id)  # who ran `pitstop deploy`, if anyone did
         for spec in specs:
             for region in spec.regions:
-                self._start(spec, region, build)
+                self._start(spec, region, build, (requested or {}).get("actor"))
 
-    def _start(self, spec, region: str, build: BuildFinished) -> None:
+    def _matching_specs(self, build: BuildFinished) -> list[RolloutSpec]:
+        keys = routing.build_keys(build.repo, build.trigger, build.trigger_id)
+        return [s for s in self.store.specs_for(keys) if matches(s, build)]
+
+    def _confirmed(self, claimed: BuildFinished) -> BuildFinished | None:
+        """The build as Cloud Build reports it, if the message describes it truly; None (recorded) if not."""
+        from pitstop.core import messages
+
+        project = self.config.build_project
+        if claimed.project and claimed.project != project:
+            return self._forged(claimed, f"the message says it ran in project {claimed.project}; pitstop deploys "
+                                         f"only builds of project {project}")
+        fetched = self._adapter("cloudbuild").build(project, claimed.build_id, claimed.location)
+        if fetched is None:
+            return self._forged(claimed, f"Cloud Build has no build {claimed.build_id} in project {project}: the "
+                                         f"message was forged, or comes from another project")
+        try:
+            real = messages.parse_build(fetched, {})
+        except messages.BadMessage as err:
+            return self._forged(claimed, f"the build Cloud Build reports cannot be read ({err})")
+        if real.status != claimed.status:
+            return self._forged(claimed, f"the message says {claimed.status} but Cloud Build says {real.status}")
+        unknown = [f"{name}@{digest}" for name, digest in claimed.images if (name, digest) not in real.images]
+        if unknown:
+            return self._forged(claimed, f"image {unknown[0]} is not among the build's results.images "
+                                         f"({', '.join(f'{n}@{d}' for n, d in real.images) or 'none'})")
+        return real
+
+    def _forged(self, claimed: BuildFinished, why: str) -> None:
+        self._record_build(claimed, "refused", f"Build message for {claimed.build_id} refused: {why}. Nothing "
+                                               f"deployed; the current versions keep serving.", "ERROR")
+        return None
+
+    def _build_refusal(self, spec: RolloutSpec, build: BuildFinished) -> str | None:
+        return (access.trigger_refusal(spec, build.trigger, build.trigger_id)
+                or access.image_refusal(spec, self.config.project, build.artifact.image))
+
+    def _start(self, spec, region: str, build: BuildFinished, requested_by: str | None = None) -> None:
         artifact = build.artifact
         project = spec.project or self.config.project
         rollout_id = rollout_key(spec.service, spec.environment, region, build.build_id[:8])
@@ -189,7 +275,8 @@ class Engine:
                 return None, None
             stable = (record or {}).get("stable_revision") or serving
             stable_version = (record or {}).get("stable_version") or serving
-            new = machine.start(spec, region, project, artifact, rollout_id, stable, stable_version, now, build.id)
+            new = machine.start(spec, region, project, artifact, rollout_id, stable, stable_version, now, build.id,
+                                requested_by=requested_by)
             old = None
             if active is not None and active.id != rollout_id:
                 old = machine.decide(active, Superseded(id=f"superseded-by-{rollout_id}", by_rollout=rollout_id,
@@ -216,21 +303,53 @@ class Engine:
             self._publish_event({"build_id": build.build_id, "severity": severity, "outcome": outcome,
                                  "message": message, "log_url": build.log_url}, severity=severity)
 
-    # ------------------------------------------------------------ health, alerts, commands
+    # ------------------------------------------------------------ who sent it
 
-    def on_health(self, sample: HealthSample) -> None:
+    def identify(self, token: str | None) -> Identity:
+        """The verified sender of a token (raises `identity.Unverified` with the reason)."""
+        return self._adapter("verifier").verify(token)
+
+    def grants(self, service: str, environment: str) -> tuple[RolloutSpec | None, list]:
+        """The spec of one service and environment, and the grants that apply there."""
+        spec = self.store.spec(service, environment)
+        return spec, [spec.access if spec else None, self.store.project_access()]
+
+    def authorize(self, email: str, permission: str, service: str, environment: str) -> access.Denial | None:
+        _, grants = self.grants(service, environment)
+        return access.check(email, permission, f"{service} ({environment})", grants, self.config.admins)
+
+    # ------------------------------------------------------------ health, alerts
+
+    def on_health(self, sample: HealthSample, token: str | None = None) -> None:
+        from pitstop.gcp.identity import Unverified
+
+        try:
+            sender = self.identify(token)
+        except Unverified as err:
+            log("ERROR", f"health sample for {sample.service}/{sample.revision} refused: {err.reason}. Nothing "
+                         f"changed.", claimed_sender=err.claimed, service=sample.service, region=sample.region)
+            return
+        own = sender.email == self.config.sampler_identity  # pitstop's sampler (on_tick) signed it
         if sample.rollout_id:
-            targets = [sample.rollout_id]
+            named = self.store.rollout(sample.rollout_id)
+            rollouts = [named] if named else []
         else:
             rollouts = self.store.active_rollouts(sample.service, sample.region)
-            targets = routing.health_targets(sample.revision, None, rollouts) or [r.id for r in rollouts]
-        if not targets:
+            chosen = set(routing.health_targets(sample.revision, None, rollouts))
+            rollouts = [r for r in rollouts if r.id in chosen] or rollouts
+        if not rollouts:
             log("WARNING", f"health sample for {sample.service}/{sample.revision} in {sample.region}: no rollout "
                            f"in progress; ignored", service=sample.service, region=sample.region)
-        for rollout_id in targets:
-            self.handle(rollout_id, sample)
+        for rollout in rollouts:
+            if not own and not any(access.member_matches(m, sender.email) for m in rollout.health.sources):
+                log("ERROR", f"health sample for {rollout.id} from {sender.email} refused: it is not pitstop's sampler "
+                             f"and not listed in the spec's health.sources. Nothing changed.",
+                    sender=sender.email, **rollout_fields(rollout))
+                continue
+            self.handle(rollout.id, sample)
 
     def on_alert(self, alert: Alert) -> None:
+        """Unsigned on purpose: an incident can only roll back (see README, Security model)."""
         if alert.test:
             log("NOTICE", f"test notification from alert policy {alert.policy!r} received; no action taken",
                 incident=alert.incident_id)
@@ -247,29 +366,89 @@ class Engine:
         for rollout in rollouts:
             self.handle(rollout.id, alert)
 
-    def on_command(self, command: Command) -> None:
+    # ------------------------------------------------------------ commands (Pub/Sub and the HTTP API)
+
+    def on_command(self, command: Command, token: str | None = None) -> Reply:
+        """Verify the sender, check the permission on every rollout the command reaches, then decide.
+        One path for `pitstop-commands` and the HTTP API: one decision, one audit event per rollout."""
+        from pitstop.gcp.identity import Unverified
+
+        try:
+            sender = self.identify(token)
+        except Unverified as err:
+            return self._refuse(command, Refused("unauthenticated", f"{command.action} refused: {err.reason}; "
+                                                                    f"nothing changed"), err.claimed, verified=False)
+        command = command.model_copy(update={"actor": sender.email})
+        if command.action == "deploy":
+            return self._deploy(command)
         if command.action == "rollback" and command.to_version:
-            self._rollback_to(command)
-            return
+            return self._rollback_to(command)
         if command.rollout_id:
-            self.handle(command.rollout_id, command)
-            return
-        targets = routing.command_targets(command, self.store.services_of(command.service, command.region))
-        if isinstance(targets, routing.Refusal):
-            self._refuse(command, targets)
-            return
-        for rollout_id in targets:
-            self.handle(rollout_id, command)
+            named = self.store.rollout(command.rollout_id)
+            if named is None:
+                return self._refuse(command, Refused("not_found", f"there is no rollout {command.rollout_id}; "
+                                                                  f"nothing changed"))
+            rollouts = [named]
+        else:
+            targets = routing.command_targets(command, self.store.services_of(command.service, command.region))
+            if isinstance(targets, routing.Refusal):
+                code = "conflict" if targets.candidates else "not_found"
+                return self._refuse(command, Refused(code, targets.reason, candidates=targets.candidates))
+            rollouts = [r for r in (self.store.rollout(t) for t in targets) if r is not None]
+        permission = access.PERMISSION_OF_ACTION[command.action]
+        for rollout in rollouts:  # all or nothing: a command reaches every rollout it names, or none
+            spec, grants = self.grants(rollout.service, rollout.environment)
+            denial = access.check(sender.email, permission, f"{rollout.service} ({rollout.environment})", grants,
+                                  self.config.admins)
+            if denial is None and command.action == "approve":
+                denial = access.four_eyes(sender.email, rollout.started_by, spec)
+            if denial is not None:
+                return self._refuse(command, Refused("insufficient_permissions", f"{command.action} refused: "
+                                                     f"{denial.reason}; nothing changed", denial.permission),
+                                    rollout_id=rollout.id)
+        return Done([(r.id, self.handle(r.id, command)) for r in rollouts])
 
-    def _refuse(self, command: Command, refusal: routing.Refusal) -> None:
-        log("ERROR", f"{command.action} by {command.actor} refused: {refusal.reason}",
-            candidates=list(refusal.candidates) or None, service=command.service)
+    def _refuse(self, command: Command, refusal: Refused, claimed: str | None = None, verified: bool = True,
+                rollout_id: str | None = None) -> Refused:
+        """Recorded in commands/{id} (the CLI waits on it; auditors read it) and logged; nothing else changes."""
+        actor = command.actor if verified else f"{claimed or 'anonymous'} (unverified)"
+        log("ERROR", f"{command.action} by {actor} refused: {refusal.reason}", code=refusal.code,
+            permission=refusal.permission, candidates=list(refusal.candidates) or None, service=command.service,
+            rollout_id=rollout_id or command.rollout_id)
         self.store.record_command(command.id, {
-            "action": command.action, "actor": command.actor, "service": command.service,
-            "environment": command.environment, "region": command.region, "outcome": "refused",
-            "reason": refusal.reason, "candidates": list(refusal.candidates), "at": self.clock()})
+            "action": command.action, "actor": actor, "verified": verified, "service": command.service,
+            "environment": command.environment, "region": command.region,
+            "rollout_id": rollout_id or command.rollout_id, "outcome": "refused", "code": refusal.code,
+            "reason": refusal.reason, "permission": refusal.permission, "candidates": list(refusal.candidates),
+            "at": self.clock()})
+        return refusal
 
-    def _rollback_to(self, command: Command) -> None:
+    def _deploy(self, command: Command) -> Reply:
+        """`pitstop deploy`: run the service's build trigger at a ref; its SUCCESS then flows through on_build."""
+        spec, grants = self.grants(command.service, command.environment)
+        if spec is None:
+            return self._refuse(command, Refused("not_found", f"no spec for {command.service} in environment "
+                                                              f"{command.environment}; nothing deployed"))
+        denial = access.check(command.actor, "deployment:create", spec.key, grants, self.config.admins)
+        if denial is not None:
+            return self._refuse(command, Refused("insufficient_permissions", f"deploy refused: {denial.reason}; "
+                                                 f"nothing deployed", denial.permission))
+        trigger = (spec.triggers or [spec.match.trigger])[0]
+        if not trigger:
+            return self._refuse(command, Refused("invalid_request", f"{spec.key} names no Cloud Build trigger "
+                                                 f"(`triggers:` or `match.trigger`); nothing deployed"))
+        source = routing.ref_source(command.ref, spec)
+        build = self._adapter("cloudbuild").run_trigger(
+            self.config.build_project, trigger, **source,
+            substitutions={"_SERVICE": spec.service, "_ENVIRONMENT": spec.environment})
+        self.store.record_deploy(build["id"], {
+            "actor": command.actor, "service": spec.service, "environment": spec.environment, "ref": command.ref,
+            "trigger": trigger, "command": command.id, "log_url": build.get("logUrl"), "at": self.clock()})
+        log("NOTICE", f"{command.actor} deploys {spec.key} at {command.ref}: build {build['id']} of trigger "
+                      f"{trigger} started", build_id=build["id"], service=spec.service)
+        return Done(build=build)
+
+    def _rollback_to(self, command: Command) -> Reply:
         """Straight to an earlier good version, in every region of the one environment named."""
         if command.rollout_id:
             named = self.store.rollout(command.rollout_id)
@@ -280,25 +459,34 @@ class Engine:
         records = [r for r in records if r]
         environments = sorted({r.get("environment") for r in records})
         if not records:
-            self._refuse(command, routing.Refusal(f"pitstop has never deployed {command.service or command.rollout_id}"
-                                                  f"{' there' if command.region else ''}; nothing changed"))
-            return
+            return self._refuse(command, Refused("not_found", f"pitstop has never deployed "
+                                                              f"{command.service or command.rollout_id}"
+                                                              f"{' there' if command.region else ''}; nothing changed"))
         if len(environments) > 1:
-            self._refuse(command, routing.Refusal(
-                f"{command.service} runs in {len(environments)} environments; name one with --environment; "
-                f"nothing changed", tuple(environments)))
-            return
+            return self._refuse(command, Refused(
+                "conflict", f"{command.service} runs in {len(environments)} environments; name one with "
+                            f"--environment; nothing changed", candidates=tuple(environments)))
+        service, environment = records[0]["service"], environments[0]
+        denial = self.authorize(command.actor, "rollout:operate", service, environment)
+        if denial is not None:
+            return self._refuse(command, Refused("insufficient_permissions", f"rollback refused: {denial.reason}; "
+                                                 f"nothing changed", denial.permission))
+        done = Done()
         for record in records:
-            service, region, environment = record["service"], record["region"], record["environment"]
+            region = record["region"]
             target = self.store.find_version(service, region, environment, command.to_version)
             if target is None:
                 log("ERROR", f"rollback of {service} ({environment}) in {region} to {command.to_version}: no "
                              f"successful rollout of that version is recorded; nothing changed",
                     service=service, region=region)
                 continue
-            self._start_direct(command, record, target)
+            done.outcomes.append(self._start_direct(command, record, target))
+        if not done.outcomes:
+            return self._refuse(command, Refused("not_found", f"no successful rollout of {service} at version "
+                                                              f"{command.to_version} is recorded; nothing changed"))
+        return done
 
-    def _start_direct(self, command: Command, record: dict, target: Rollout) -> None:
+    def _start_direct(self, command: Command, record: dict, target: Rollout) -> tuple[str, Outcome]:
         rollout_id = rollout_key(target.service, target.environment, target.region, command.id[-12:])
         now = self.clock()
 
@@ -313,7 +501,9 @@ class Engine:
                                                         by_version=target.version), now)
             return new, old
 
-        self._act_started(self.store.start(rollout_id, target.service, target.region, target.environment, begin))
+        outcome = self.store.start(rollout_id, target.service, target.region, target.environment, begin)
+        self._act_started(outcome)
+        return rollout_id, outcome
 
     def _act_started(self, outcome: Outcome) -> None:
         if outcome.superseded is not None:  # its notification; the successor's split takes its traffic
@@ -391,5 +581,6 @@ class Engine:
         whole, recent = (sampling.sample_of(r, w, read[w].get(r.revision), read[w].get(r.stable_revision))
                          for w in windows)
         for sample in sampling.to_publish(r, whole, recent):
-            self.bus.publish(self.config.health_topic, sample.model_dump(mode="json", exclude={"kind", "id"},
-                                                                        exclude_none=True))
+            # Signed like any sender's: on_health trusts pitstop's own identity (PITSTOP_SAMPLER_IDENTITY).
+            payload = sample.model_dump(mode="json", exclude={"kind", "id"}, exclude_none=True)
+            self.bus.publish(self.config.health_topic, {**payload, "id_token": self._adapter("tokens").token()})

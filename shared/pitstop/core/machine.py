@@ -205,8 +205,10 @@ def revision_name(service: str, version: str, build_id: str) -> str:
 
 def start(spec: RolloutSpec, region: str, project: str, artifact: Artifact, rollout_id: str,
           stable_revision: str | None, stable_version: str | None, now: datetime, input_id: str,
-          actor: str = "cloud-build") -> Decision:
-    """A matching build: a new rollout that deploys the new revision at 0 %."""
+          requested_by: str | None = None) -> Decision:
+    """A matching build: a new rollout that deploys the new revision at 0 %. `requested_by`: the verified
+    person whose `pitstop deploy` ran the build, if one did (a push starts builds on its own)."""
+    actor = requested_by or "cloud-build"
     revision = revision_name(spec.service, artifact.version, artifact.build_id)
     if stable_revision is None:
         kind, targets = "initial", [Target(revision=revision, percent=100, tag="stable")]
@@ -227,6 +229,7 @@ def start(spec: RolloutSpec, region: str, project: str, artifact: Artifact, roll
         apply_budget=spec.apply_budget, state="deploying", stable_revision=stable_revision,
         stable_version=stable_version, desired=targets, desired_generation=1, desired_at=now, created_at=now,
         updated_at=now, message=f"Deploying version {artifact.version} as revision {revision}.",
+        started_by=requested_by,
     )
     audit = AuditEvent(
         id=input_id, at=now, input="build", actor=actor, decision="started", reasons=[render(why)], why=[why],
@@ -246,7 +249,7 @@ def start_direct(rollout_id: str, service: str, environment: str, region: str, p
         kind="direct", version=version, revision=revision, image=image, strategy=template.strategy,
         health=template.health, max_hold=template.max_hold, apply_budget=template.apply_budget,
         state="rolling_back", stable_revision=stable_revision, stable_version=stable_version, desired=targets,
-        desired_at=now, created_at=now, updated_at=now,
+        desired_at=now, created_at=now, updated_at=now, started_by=actor,
         message=f"Rolling back {service} to version {version} (revision {revision}) on request of {actor}.",
     )
     why = Reason(code="rollback_to", values={"actor": actor, "version": version, "revision": revision})

@@ -190,7 +190,14 @@ def parse_build(payload: dict[str, Any], attributes: dict[str, str]) -> BuildFin
     artifact = None
     if status == "SUCCESS":
         artifact = _artifact(payload, subs, build_id, commit, trigger)
+    name = payload.get("name")
+    location = re.fullmatch(r"projects/[^/]+/locations/([a-z0-9-]{1,63})/builds/[^/]+", name) \
+        if isinstance(name, str) else None
+    project = payload.get("projectId")
     return BuildFinished(
+        project=project if isinstance(project, str) and re.fullmatch(r"[a-z0-9.:-]{1,100}", project) else None,
+        location=location.group(1) if location else None,
+        images=[(i["name"], i["digest"]) for i in _images(payload)] if status == "SUCCESS" else [],
         id=f"build-{build_id}-{status}", build_id=build_id, status=status,
         status_detail=payload.get("statusDetail"), repo=subs.get("REPO_NAME") or None,
         branch=subs.get("BRANCH_NAME") or None, tag=subs.get("TAG_NAME") or None, trigger=trigger,
@@ -355,8 +362,24 @@ def _str(value: Any) -> str | None:
 
 # ---------------------------------------------------------------- commands and ticks
 
+MAX_TOKEN = 8192
+
+
+def sender_token(payload: dict[str, Any], attributes: dict[str, str]) -> str | None:
+    """The sender's ID token: the `id_token` attribute, or (Pub/Sub attributes hold at most 1024 bytes, and a
+    token can be longer) an `id_token` field of the payload, which is removed from it. Verified by the engine."""
+    token = payload.pop("id_token", None) or attributes.get("id_token")
+    if token is not None and (not isinstance(token, str) or len(token) > MAX_TOKEN):
+        raise BadMessage(f"id_token is {_kind(token)} of {len(str(token))} characters; expected a JWT of at most "
+                         f"{MAX_TOKEN}")
+    return token or None
+
+
 @refusing("operator command")
 def parse_command(payload: dict[str, Any], message_id: str) -> Command:
+    if "actor" in payload:
+        raise BadMessage("operator command: field 'actor' is not accepted; who sent a command is the verified email "
+                         "of the ID token in its 'id_token' attribute")
     given = payload.get("id")
     data = {**payload, "id": doc_id(str(given) if given else f"command-{message_id}")}
     return Command.model_validate_json(_as_json(data, "operator command"))

@@ -143,9 +143,45 @@ class Health(Model):
     # A step waits this long past its deadline for a healthy window that reaches the deadline (on GCP
     # Monitoring's 180 s lag and a one-minute tick use about 4 minutes of it), then pauses for a person.
     no_data_timeout: Duration = 600
+    # Who may send health samples from outside pitstop (each signs it with an ID token); pitstop's own
+    # sampler needs no listing.
+    sources: list[Member] = Field(default_factory=list, max_length=50)
 
 
 SERVICE_NAME = r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$"
+
+# ---------------------------------------------------------------- who may do what (core/access.py decides)
+
+_EMAIL = r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
+_MEMBER = re.compile(rf"^(?:(?:user|serviceAccount):{_EMAIL}|domain:[A-Za-z0-9.-]+\.[A-Za-z]{{2,}}|{_EMAIL})$")
+
+
+def _member(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("group:"):
+        raise ValueError(f"{value}: pitstop cannot expand Google groups (it has no directory access); list the users, "
+                         f"service accounts or a domain:")
+    if isinstance(value, str) and not _MEMBER.match(value.strip()):
+        raise ValueError(f"{value!r} is not a member: expected user:EMAIL, serviceAccount:EMAIL, domain:DOMAIN or "
+                         f"an email")
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+Member = Annotated[str, BeforeValidator(_member), Field(max_length=limits.MAX_LABEL)]
+
+
+class Access(Model):
+    """Roles granted to users, service accounts and domains: per spec, or project-wide (`access/project`).
+
+    viewer reads; operator pauses, resumes, promotes, aborts and rolls back; approver approves gates;
+    deployer deploys a ref (runs the build trigger); admin does all of it and applies specs."""
+
+    viewer: list[Member] = Field(default_factory=list, max_length=200)
+    operator: list[Member] = Field(default_factory=list, max_length=200)
+    approver: list[Member] = Field(default_factory=list, max_length=200)
+    deployer: list[Member] = Field(default_factory=list, max_length=200)
+    admin: list[Member] = Field(default_factory=list, max_length=200)
+    # Four-eyes: whoever started a rollout (`pitstop deploy`, `rollback --to`) may not approve its gates.
+    four_eyes: bool = False
 
 
 class RolloutSpec(Model):
@@ -159,6 +195,17 @@ class RolloutSpec(Model):
     max_hold: Duration = 86400  # a paused or gated rollout rolls back after this
     # Cloud Run API errors are retried, holding the current split, for this long before rolling back.
     apply_budget: Duration = 600
+    # The image repositories this service may run (globs), checked against the build Cloud Build reports.
+    # Default: an image named after the service in the project's Artifact Registry (`*-docker.pkg.dev/PROJECT/*/SERVICE`).
+    image: list[str] | None = None
+    # The Cloud Build triggers (name or id) allowed to build it; the first is the one `pitstop deploy` runs.
+    triggers: list[Annotated[str, Field(min_length=1, max_length=limits.MAX_LABEL)]] = Field(default_factory=list, max_length=20)
+    access: Access = Field(default_factory=Access)
+
+    @field_validator("image", mode="before")
+    @classmethod
+    def _images(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @property
     def key(self) -> str:
@@ -288,6 +335,9 @@ class BuildFinished(Inbound):
     log_url: Text | None = None
     artifact: Artifact | None = None  # SUCCESS with results.images only
     substitutions: dict[Label, Text] = Field(default_factory=dict, max_length=limits.MAX_ENTRIES)
+    project: Name | None = None  # projectId: where Cloud Build says it ran
+    location: Name | None = None  # a regional build's location (its `name`), for the API to find it
+    images: list[tuple[Text, Text]] = Field(default_factory=list, max_length=limits.MAX_ENTRIES)  # results.images
 
 
 class Baseline(Model):
@@ -360,7 +410,7 @@ class Alert(Inbound):
     threshold_value: Text | None = None
 
 
-Action = Literal["promote", "pause", "resume", "abort", "rollback", "approve"]
+Action = Literal["promote", "pause", "resume", "abort", "rollback", "approve", "deploy"]
 
 
 class Command(Inbound):
@@ -373,13 +423,17 @@ class Command(Inbound):
     region: Name | None = None
     full: bool = False  # promote --full
     to_version: Id | None = None  # rollback --to
-    actor: Label = "unknown"
+    ref: Label | None = None  # deploy: a branch, tag or commit (`pitstop deploy --ref`)
+    # The verified email of the ID token the command came with; set by the engine, never from the payload.
+    actor: Label = "unverified"
     reason: Text | None = None
 
     @model_validator(mode="after")
     def _target(self) -> Command:
         if not self.rollout_id and not self.service:
             raise ValueError("name a rollout_id or a service")
+        if self.action == "deploy" and not (self.service and self.environment and self.ref):
+            raise ValueError("deploy needs service, environment and ref")
         if self.action == "rollback" and not self.to_version and not self.rollout_id and not self.service:
             raise ValueError("rollback needs a rollout or --to VERSION")
         return self
@@ -486,6 +540,7 @@ class Rollout(Model):
     paused_from: State | None = None
     skip_bake: bool = False
     promoted_by: str | None = None  # who skipped steps with `promote`, for the success notice
+    started_by: str | None = None  # the verified person who started it (`pitstop deploy`, `rollback --to`)
     desired: list[Target]
     desired_generation: int = 1
     desired_at: datetime

@@ -99,3 +99,21 @@ def build_keys(repo: str | None, trigger: str | None, trigger_id: str | None) ->
     keys += [f"repo:{repo}"] if repo else []
     keys += [f"trigger:{t}" for t in (trigger, trigger_id) if t]
     return keys
+
+
+# ---------------------------------------------------------------- deploys
+
+def ref_source(ref: str, spec: RolloutSpec) -> dict[str, str]:
+    """What `pitstop deploy --ref REF` asks the build trigger for: a commit (7-40 hex digits), a tag
+    (`tags/X`, `refs/tags/X`, or a name the spec's `match.tag` glob matches), else a branch."""
+    import re
+    from fnmatch import fnmatchcase
+
+    for prefix, kind in (("refs/tags/", "tag"), ("tags/", "tag"), ("refs/heads/", "branch"), ("heads/", "branch")):
+        if ref.startswith(prefix):
+            return {kind: ref[len(prefix):]}
+    if re.fullmatch(r"[0-9a-f]{7,40}", ref):
+        return {"commit": ref}
+    if spec.match.tag and fnmatchcase(ref, spec.match.tag):
+        return {"tag": ref}
+    return {"branch": ref}

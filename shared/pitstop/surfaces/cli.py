@@ -8,11 +8,9 @@ the audit event to say what was decided and why.
 from __future__ import annotations
 
 import functools
-import getpass
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -77,8 +75,29 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _actor() -> str:
-    return os.environ.get("PITSTOP_ACTOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+def _caller():
+    from pitstop.surfaces.client import Caller
+
+    return Caller.from_env(_config().project)
+
+
+def _api(method: str, path: str, body=None, **kwargs):
+    """Call the HTTP API as the verified person; its refusals are shown with their code and sentence."""
+    from pitstop.surfaces.client import ApiError
+    from pitstop.surfaces.credentials import NoCredentials
+
+    try:
+        return _caller().call(method, path, body, **kwargs)
+    except ApiError as e:
+        _fail(f"{e.code}: {e.message}", 3 if e.status in (401, 403) else 1)
+    except NoCredentials as e:
+        _fail(str(e))
+
+
+def _require_api(what: str) -> None:
+    if not _caller().api:
+        _fail(f"{what} goes through the pitstop HTTP API: set PITSTOP_API to its URL (terraform output api_url; "
+              f"the local stack exports it)")
 
 
 # ---------------------------------------------------------------- specs
@@ -100,15 +119,89 @@ def apply(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="ro
     if dry_run:
         console.print(f"valid: {summary}")
         return
-    from pitstop.core.routing import spec_collisions
+    _require_api("pitstop apply")
+    # The API validates again, checks collisions and the caller's admin role, and records who applied it.
+    reply = _api("PUT", f"/api/v1/specs/{spec.key}", content=file.read_text(), content_type="application/yaml")
+    console.print(f"applied spec [bold]{spec.key}[/bold] as {reply['applied_by']}: {summary}")
 
-    store = _store()
-    clashes = spec_collisions(spec, store.specs(), _config().project)
-    if clashes:
-        _fail(f"{file}: refused, two environments would steer the same Cloud Run service:\n  " + "\n  ".join(clashes)
-              + "\nGive each environment its own project (or service name); nothing applied.")
-    store.put_spec(spec, _actor(), _now())
-    console.print(f"applied spec [bold]{spec.key}[/bold]: {summary}")
+
+access_app = typer.Typer(help="The project-wide access document: roles granted in every service.",
+                         no_args_is_help=True)
+app.add_typer(access_app, name="access")
+
+
+@access_app.command("apply")
+def access_apply(file: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                             help="YAML: viewer/operator/approver/deployer/admin lists, four_eyes")) -> None:
+    """Replace the project access document (needs the admin role project-wide)."""
+    _require_api("pitstop access apply")
+    reply = _api("PUT", "/api/v1/access", content=file.read_text(), content_type="application/yaml")
+    console.print(f"access document applied by {reply['applied_by']}: "
+                  + ", ".join(f"{role} {len(reply['access'].get(role) or [])}" for role in
+                              ("viewer", "operator", "approver", "deployer", "admin")))
+
+
+@app.command()
+def whoami() -> None:
+    """The identity your ID token proves, and the roles pitstop grants it."""
+    from pitstop.surfaces.credentials import NoCredentials, id_token
+
+    caller = _caller()
+    if caller.api:
+        me = _api("GET", "/api/v1/whoami")
+        console.print(f"[bold]{me['email']}[/bold] (token from {id_token(caller.audience)[1]}, audience "
+                      f"{me['audience']})")
+        console.print(f"project-wide roles: {', '.join(me['roles']['project']) or 'none'}")
+        for key, roles in sorted(me["roles"]["specs"].items()):
+            console.print(f"  {key}: {', '.join(roles) or 'none'}")
+        return
+    from pitstop.gcp.identity import claimed_email
+
+    try:
+        token, source = id_token(caller.audience)
+    except NoCredentials as e:
+        _fail(str(e))
+    console.print(f"{claimed_email(token)} (token from {source}, audience {caller.audience}); set PITSTOP_API to "
+                  f"see the roles the API grants")
+
+
+@app.command()
+def deploy(service: str = typer.Argument(..., help="service name"),
+           env: str = typer.Option(..., "--env", "-e", help="environment (the spec's)"),
+           ref: str = typer.Option(..., "--ref", help="branch, tag or commit to build and roll out"),
+           wait: float = typer.Option(0.0, help="seconds to wait for the rollout to start (0: don't wait)")) -> None:
+    """Build REF with the service's Cloud Build trigger; its successful build then rolls out as usual."""
+    payload = {"service": service, "environment": env, "ref": ref}
+    caller = _caller()
+    if caller.api:
+        reply = _api("POST", "/api/v1/deploy", payload)
+        console.print(f"build {reply['build_id']} started by {reply['actor']} for {service} ({env}) at {ref}"
+                      + (f"\n  log: {reply['log_url']}" if reply.get("log_url") else ""))
+        build_id = reply["build_id"]
+    else:
+        command_id = f"cmd-{uuid.uuid4().hex[:16]}"
+        _publish(caller, {"id": command_id, "action": "deploy", **payload})
+        console.print(f"sent deploy ({command_id}) for {service} ({env}) at {ref}")
+        build_id = None
+    if wait > 0 and build_id:
+        store = _store()
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            started = [r for r in store.recent(service, 5) if r.artifact and r.artifact.build_id == build_id]
+            if started:
+                console.print(f"[green]rollout {started[0].id} started[/green] ({started[0].state})")
+                return
+            time.sleep(0.5)
+        _fail(f"no rollout started from build {build_id} within {wait:.0f}s; see `pitstop history {service}`", 2)
+
+
+def _publish(caller, payload: dict) -> None:
+    from pitstop.surfaces.credentials import NoCredentials
+
+    try:
+        caller.publish(_config().project, payload)
+    except NoCredentials as e:
+        _fail(str(e))
 
 
 # ---------------------------------------------------------------- reading
@@ -183,6 +276,29 @@ def history(service: str = typer.Argument(..., help="service name"),
         print(json.dumps(out, indent=2))
 
 
+audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(rollouts: list[str] = typer.Argument(..., help="rollout id(s)")) -> None:
+    """Check each rollout's hash chain; say where it breaks (an edited, reordered or deleted event)."""
+    from pitstop.surfaces.audit import render as render_report, verify_rollout
+
+    store = _store()
+    broken = 0
+    for rollout_id in rollouts:
+        report = verify_rollout(store, rollout_id)
+        text = render_report(report, rollout_id)
+        console.print(("[green]" if report.ok else "[bold red]") + text.splitlines()[0]
+                      + ("[/green]" if report.ok else "[/bold red]"))
+        for line in text.splitlines()[1:]:
+            console.print(line)
+        broken += not report.ok
+    if broken:
+        raise typer.Exit(4)
+
+
 # ---------------------------------------------------------------- operator commands
 
 def _command(action: str, target: str, wait: float, environment: Optional[str] = None,
@@ -190,11 +306,9 @@ def _command(action: str, target: str, wait: float, environment: Optional[str] =
     from pitstop.core import routing
     from pitstop.core.models import Command
     from pitstop.engine import rollout_key
-    from pitstop.gcp.bus import Bus
 
-    config = _config()
     store = _store()
-    command = {"id": f"cmd-{uuid.uuid4().hex[:16]}", "action": action, "actor": _actor(), **fields}
+    command = {"id": f"cmd-{uuid.uuid4().hex[:16]}", "action": action, **fields}
     rollout = store.rollout(target)
     if rollout:
         command["rollout_id"] = rollout.id
@@ -222,7 +336,11 @@ def _command(action: str, target: str, wait: float, environment: Optional[str] =
         if isinstance(chosen, routing.Refusal):
             _fail(chosen.reason + "".join(f"\n  {c}" for c in chosen.candidates))
         watch = chosen
-    Bus(config.project).publish("pitstop-commands", {k: v for k, v in command.items() if v is not None})
+    caller = _caller()
+    if caller.api:
+        _command_by_api(action, command, watch, fields)
+        return
+    _publish(caller, {k: v for k, v in command.items() if v is not None})
     console.print(f"sent {action} ({command['id']}) for {target}")
     if wait <= 0:
         return
@@ -243,6 +361,20 @@ def _command(action: str, target: str, wait: float, environment: Optional[str] =
     if pending:
         _fail(f"no decision recorded within {wait:.0f}s for {', '.join(sorted(pending))}; the command is queued "
               f"on pitstop-commands and will be handled when on_command runs. Check `pitstop history {target}`.", 2)
+
+
+def _command_by_api(action: str, command: dict, rollouts: list[str], fields: dict) -> None:
+    body = {k: v for k, v in fields.items() if v is not None}
+    if action == "rollback" and fields.get("to_version"):
+        where = {k: command.get(k) for k in ("rollout_id", "service", "environment", "region") if command.get(k)}
+        replies = [_api("POST", "/api/v1/rollback", {**body, **where})]
+    else:
+        replies = [_api("POST", f"/api/v1/rollouts/{rollout_id}:{action}", body) for rollout_id in rollouts]
+    for reply in replies:
+        for result in reply["results"]:
+            style = "yellow" if result["decision"] == "ignored" else "green"
+            console.print(f"[{style}]{result['rollout_id']}: {result['decision']}[/{style}] (now {result['state']}) "
+                          f"by {reply['actor']}. " + "; ".join(result["reasons"]))
 
 
 TARGET = typer.Argument(..., help="rollout id, or a service name for its rollout in progress (with --environment "
