@@ -13,6 +13,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from pitstop.local.cloudbuild import record_build
 from pitstop.local.images import register_image
 from pitstop.local.payloads import cloud_build
 from pitstop.local.wiring import publish
@@ -34,12 +35,17 @@ def build_image(state_dir: Path, project: str, repo: str, version: str, env: dic
 
 
 def ship(state_dir: Path, project: str, repo: str, version: str, env: dict[str, str] | None = None,
-         branch: str = "main", app: Path = EXAMPLE_APP, fail: bool = False) -> str:
-    """Build and publish QUEUED, WORKING, then SUCCESS (or FAILURE); returns the build id."""
+         branch: str = "main", app: Path = EXAMPLE_APP, fail: bool = False, trigger: str = "build-web") -> str:
+    """Build and publish QUEUED, WORKING, then SUCCESS (or FAILURE); returns the build id.
+
+    Each status is recorded for the local Cloud Build API (cloudbuild.record_build) before it is
+    published, so a consumer that fetches the announced build finds it.
+    """
     name, digest = build_image(state_dir, project, repo, version, env, app)
     build_id = str(uuid.uuid4())
     for status in ("QUEUED", "WORKING", "FAILURE" if fail else "SUCCESS"):
         body = cloud_build(status, build_id=build_id, project=project, repo=repo, branch=branch, image=name,
-                           digest=digest, substitutions={"_VERSION": version})
+                           digest=digest, trigger=trigger, substitutions={"_VERSION": version})
+        record_build(state_dir, body)
         publish(project, "cloud-builds", json.dumps(body).encode(), buildId=build_id, status=status)
     return build_id

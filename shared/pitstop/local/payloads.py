@@ -22,8 +22,11 @@ def cloud_build(status: str, *, build_id: str | None = None, project: str = "pit
                 branch: str | None = "main", tag: str | None = None, image: str | None = None,
                 digest: str | None = None, commit: str | None = None, trigger: str = "build-web",
                 substitutions: dict[str, str] | None = None, with_images: bool = True,
-                now: datetime | None = None) -> dict[str, Any]:
-    """The Build resource Cloud Build publishes to `cloud-builds` for a status change."""
+                now: datetime | None = None, trigger_id: str | None = None) -> dict[str, Any]:
+    """The Build resource Cloud Build publishes to `cloud-builds` for a status change.
+
+    `trigger_id` defaults to the uuid5 of the trigger's name (as the local Cloud Build names triggers).
+    """
     now = now or datetime.now(timezone.utc)
     build_id = build_id or str(uuid.uuid4())
     commit = commit or hashlib.sha1(build_id.encode()).hexdigest()
@@ -37,7 +40,7 @@ def cloud_build(status: str, *, build_id: str | None = None, project: str = "pit
     subs.update(substitutions or {})
     build: dict[str, Any] = {
         "id": build_id, "projectId": project, "status": status,
-        "buildTriggerId": str(uuid.uuid5(uuid.NAMESPACE_URL, trigger)),
+        "buildTriggerId": trigger_id or str(uuid.uuid5(uuid.NAMESPACE_URL, trigger)),
         "createTime": _rfc3339(now - timedelta(seconds=150)), "substitutions": subs,
         "logUrl": f"https://console.cloud.google.com/cloud-build/builds;region=us-central1/{build_id}?project=1234",
         "images": [image] if with_images else [],
