@@ -10,6 +10,12 @@ Collections, each readable in the Firestore console:
 
 Every state change and its audit event commit in one atomic batch keyed by the
 input id, so a redelivered input finds its event and changes nothing.
+
+The audit trail is a hash chain (`pitstop.core.audit`): each event is sealed with
+its seq and the hash of the event before it, and the rollout document keeps the
+head (`audit_seq`, `audit_head`), written in the event's batch under the rollout's
+update-time precondition, so one rollout's chain has no races and costs no extra
+read or write. A rollout written before chaining starts its chain at its next event.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable
 
+from pitstop.core import audit
 from pitstop.core.models import TERMINAL, WATCHED, Artifact, AuditEvent, Rollout, RolloutSpec
 
 if TYPE_CHECKING:
@@ -45,6 +52,7 @@ class Outcome:
     missing: bool = False
     superseded: Decision | None = None  # the rollout a new one replaced, by `start`
     rollout: Rollout | None = None  # as read before deciding (for a duplicate: the state its decision left)
+    event_hash: str | None = None  # the hash of the audit event this write stored (its place in the chain)
 
     @property
     def stored(self) -> bool:
@@ -187,6 +195,19 @@ class Store:
         snaps = self.db.collection("rollouts").document(rollout_id).collection("events").order_by("at").stream()
         return [AuditEvent.model_validate(s.to_dict()) for s in snaps]
 
+    def audit_trail(self, rollout_id: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """The raw event documents of a rollout (each with its document id as "id" if it has none), in no
+        particular order, and the chain's head from the rollout document: None if there is no rollout
+        document, {"audit_seq": None, "audit_head": None} if it was written before chaining."""
+        ref = self.db.collection("rollouts").document(rollout_id)
+        snap = ref.get()
+        # Not ordered by a field: a query ordered by seq (or at) would silently skip events without it.
+        events = [{"id": s.id, **s.to_dict()} for s in ref.collection("events").stream()]
+        if not snap.exists:
+            return events, None
+        doc = snap.to_dict()
+        return events, {"audit_seq": doc.get("audit_seq"), "audit_head": doc.get("audit_head")}
+
     def find_version(self, service: str, region: str, environment: str, version: str) -> Rollout | None:
         """The newest rollout that made `version` stable here."""
         for rollout in self.recent(service, limit=200):
@@ -247,12 +268,12 @@ class Store:
                 return Outcome(decision, rollout=before)
             batch = self.db.batch()
             # Ignored inputs are preconditioned too: an input ignored on a stale read must be decided again.
-            self._put_rollout(batch, decision, snap)
+            event_hash = self._put_rollout(batch, decision, snap)
             if decision.rollout.state != before.state:
                 self._put_service(batch, decision.rollout)
             try:
                 if self._commit(batch, attempt):
-                    return Outcome(decision, rollout=before)
+                    return Outcome(decision, rollout=before, event_hash=event_hash)
             except exceptions.AlreadyExists:
                 return Outcome(None, duplicate=True, rollout=before)
         raise Contention(f"rollout {rollout_id} changed under input {input_id} {MAX_ATTEMPTS} times in a row")
@@ -284,13 +305,14 @@ class Store:
             batch = self.db.batch()
             if old is not None and old.audit is not None:
                 self._put_rollout(batch, old, active_snap)
-            batch.create(ref, _full(new.rollout))
-            batch.create(ref.collection("events").document(new.audit.id), new.audit.to_doc())
+            event = audit.seal(new.audit.to_doc(), *audit.next_link(None))
+            batch.create(ref, {**_full(new.rollout), "audit_seq": event["seq"], "audit_head": event["hash"]})
+            batch.create(ref.collection("events").document(new.audit.id), event)
             # Preconditioned on the record `begin` decided from: a concurrent start loses and retries.
             self._put_service(batch, new.rollout, service_snap)
             try:
                 if self._commit(batch, attempt):
-                    return Outcome(new, superseded=old)
+                    return Outcome(new, superseded=old, event_hash=event["hash"])
             except exceptions.AlreadyExists:
                 continue  # a twin delivery created it first: the next read finds it
 
@@ -298,11 +320,16 @@ class Store:
 
     # ------------------------------------------------------------ writing, optimistically
 
-    def _put_rollout(self, batch: Any, decision: Decision, snap: Any) -> None:
+    def _put_rollout(self, batch: Any, decision: Decision, snap: Any) -> str:
+        """The rollout's new state and its next audit event, chained to the head read in `snap`; the hash."""
         ref = self.db.collection("rollouts").document(decision.rollout.id)
+        # Sealed as written: the hash covers the bounded document, exactly what Firestore stores.
+        event = audit.seal(decision.audit.to_doc(), *audit.next_link(snap.to_dict()))
         doc = _full(decision.rollout) if decision.audit.decision != "ignored" else {"last_input": decision.audit.id}
+        doc.update(audit_seq=event["seq"], audit_head=event["hash"])
         batch.update(ref, doc, option=self.db.write_option(last_update_time=snap.update_time))
-        batch.create(ref.collection("events").document(decision.audit.id), decision.audit.to_doc())
+        batch.create(ref.collection("events").document(decision.audit.id), event)
+        return event["hash"]
 
     def _put_service(self, batch: Any, rollout: Rollout, snap: Any = None) -> None:
         ref = self._service_ref(rollout)
