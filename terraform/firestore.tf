@@ -34,3 +34,38 @@ resource "google_firestore_index" "rollouts_by_service" {
     order      = "DESCENDING"
   }
 }
+
+# Nobody but pitstop writes pitstop's state. IAM allow policies cannot take Editor's or Owner's
+# datastore.* away, so an IAM deny policy denies entity writes (and the bulk paths that rewrite or
+# erase entities) to every principal except pitstop's function identities. All of these permissions
+# are in Google's list of permissions supported in deny policies. It covers every Firestore
+# database in the project: give pitstop its own project, or set deny_firestore_writes = false.
+# Reads stay allowed (the console, exports for inspection).
+locals {
+  firestore_write_permissions = [
+    "datastore.googleapis.com/entities.create",
+    "datastore.googleapis.com/entities.update",
+    "datastore.googleapis.com/entities.delete",
+    "datastore.googleapis.com/databases.import",
+    "datastore.googleapis.com/databases.bulkDelete",
+  ]
+}
+
+resource "google_iam_deny_policy" "firestore_writes" {
+  count = var.deny_firestore_writes ? 1 : 0
+
+  parent       = urlencode("cloudresourcemanager.googleapis.com/projects/${var.project_id}")
+  name         = "pitstop-firestore-writes"
+  display_name = "pitstop: only pitstop writes Firestore"
+
+  rules {
+    description = "Only pitstop's function service accounts create, update or delete Firestore documents; people go through the pitstop API."
+    deny_rule {
+      denied_principals    = ["principalSet://goog/public:all"]
+      exception_principals = [for fn, sa in google_service_account.function : "principal://iam.googleapis.com/projects/-/serviceAccounts/${sa.email}"]
+      denied_permissions   = local.firestore_write_permissions
+    }
+  }
+
+  depends_on = [google_project_service.this]
+}

@@ -33,7 +33,7 @@ resource "google_storage_bucket_object" "source" {
 }
 
 resource "google_service_account" "function" {
-  for_each = local.functions
+  for_each = local.identities
 
   project      = var.project_id
   account_id   = "pitstop-${replace(each.key, "_", "-")}"
@@ -54,7 +54,7 @@ resource "google_cloudfunctions2_function" "function" {
 
   project     = var.project_id
   location    = var.region
-  name        = "pitstop-${replace(each.key, "_", "-")}"
+  name        = local.function_name[each.key]
   description = "pitstop ${each.key}: fed by topic ${each.value.topic}"
   labels      = var.labels
 
@@ -83,12 +83,7 @@ resource "google_cloudfunctions2_function" "function" {
     ingress_settings               = "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision = true
 
-    environment_variables = {
-      GOOGLE_CLOUD_PROJECT = var.project_id
-      PITSTOP_REGION       = var.region
-      PITSTOP_HEALTH_LAG   = tostring(var.health_lag_seconds)
-      PITSTOP_EVENTS_TOPIC = local.pitstop_topics["events"]
-    }
+    environment_variables = local.function_environment
   }
 
   # No event_trigger: the functions are fed by the push subscriptions in pubsub.tf, which carry the
@@ -106,6 +101,59 @@ resource "google_cloud_run_v2_service_iam_member" "pusher_invokes" {
   name     = each.value.name
   role     = "roles/run.invoker"
   member   = google_service_account.pusher.member
+}
+
+# The HTTP API of the CLI (status, commands, apply, deploy). Reachable from the internet but
+# IAM-protected: Cloud Run rejects any request without an ID token of a principal that holds
+# run.invoker on the service (api_invokers only), and the function then verifies the caller's own
+# pitstop token and role. Same source, runtime and limits as the event-driven functions.
+resource "google_cloudfunctions2_function" "api" {
+  #checkov:skip=CKV_GCP_124:The CLI calls the API from operators' machines and CI, outside the VPC; run.invoker (api_invokers only) and the verified ID token guard it, not the network.
+  project     = var.project_id
+  location    = var.region
+  name        = local.function_name["api"]
+  description = "pitstop api: HTTP API of the pitstop CLI, IAM-protected"
+  labels      = var.labels
+
+  build_config {
+    runtime         = var.runtime
+    entry_point     = "api"
+    service_account = var.build_service_account == null ? null : "projects/${var.project_id}/serviceAccounts/${var.build_service_account}"
+
+    source {
+      storage_source {
+        bucket = google_storage_bucket.source.name
+        object = google_storage_bucket_object.source.name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email            = google_service_account.function["api"].email
+    timeout_seconds                  = var.function_timeout_seconds
+    available_memory                 = var.function_memory
+    min_instance_count               = 0
+    max_instance_count               = var.max_instances
+    max_instance_request_concurrency = 1
+    ingress_settings                 = "ALLOW_ALL"
+    all_traffic_on_latest_revision   = true
+
+    environment_variables = local.function_environment
+  }
+
+  depends_on = [google_project_service.this]
+}
+
+# A 2nd gen function is invoked through its Cloud Run service, which checks run.invoker there
+# (roles/cloudfunctions.invoker on the function is not consulted for 2nd gen). Authoritative: the
+# listed members are the only invokers; anyone granted run.invoker on this service elsewhere is
+# removed on the next apply. Public members are rejected by the variable's validation.
+resource "google_cloud_run_v2_service_iam_binding" "api_invokers" {
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.api.name
+  role     = "roles/run.invoker"
+  members  = var.api_invokers
 }
 
 # Projects created before April 2021 need this for Pub/Sub to mint the push OIDC token; scoped to

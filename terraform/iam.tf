@@ -1,20 +1,24 @@
 # Least privilege, per function. No primitive role (owner/editor/viewer) is granted anywhere;
 # tests/infra/test_terraform.py fails if one appears.
 
-# Firestore permissions are project-wide (datastore.* has no per-collection IAM).
+# Firestore permissions are project-wide (datastore.* has no per-collection IAM). Only pitstop's
+# own function identities get a datastore role: people change state through the API (`pitstop
+# apply` included), never by writing documents. firestore.tf denies writes to everyone else.
 resource "google_project_iam_member" "function_firestore" {
-  for_each = local.functions
+  for_each = local.identities
 
   project = var.project_id
   role    = "roles/datastore.user"
   member  = google_service_account.function[each.key].member
 }
 
-# Publisher only on the topics each function publishes to, granted on the topic itself.
+# Publisher only on the topics each function publishes to, granted on the topic itself. Topics
+# whose publishers are set authoritatively (pubsub.tf) get their function publishers there instead:
+# a binding and a member resource for the same role on one topic would undo each other.
 resource "google_pubsub_topic_iam_member" "function_publishes" {
   for_each = merge([
-    for fn, f in local.functions : {
-      for topic in f.publishes : "${fn}/${topic}" => { function = fn, topic = topic }
+    for fn, f in local.identities : {
+      for topic in f.publishes : "${fn}/${topic}" => { function = fn, topic = topic } if !contains(local.locked_topics, topic)
     }
   ]...)
 
@@ -26,7 +30,7 @@ resource "google_pubsub_topic_iam_member" "function_publishes" {
 
 # Only on_tick reads Cloud Monitoring (time series have no finer-grained IAM than the project).
 resource "google_project_iam_member" "function_reads_metrics" {
-  for_each = { for fn, f in local.functions : fn => f if f.reads_metrics }
+  for_each = { for fn, f in local.identities : fn => f if f.reads_metrics }
 
   project = var.project_id
   role    = "roles/monitoring.viewer"
@@ -36,7 +40,7 @@ resource "google_project_iam_member" "function_reads_metrics" {
 # Cloud Run: get/update on the managed services only, one binding per service and function.
 resource "google_cloud_run_v2_service_iam_member" "function_manages_service" {
   for_each = merge([
-    for fn in keys(local.functions) : {
+    for fn in keys(local.identities) : {
       for key, svc in local.managed_services : "${fn}/${key}" => { function = fn, service = svc }
     }
   ]...)
@@ -59,7 +63,7 @@ resource "google_project_iam_custom_role" "run_operations_reader" {
 }
 
 resource "google_project_iam_member" "function_reads_run_operations" {
-  for_each = local.functions
+  for_each = local.identities
 
   project = var.project_id
   role    = google_project_iam_custom_role.run_operations_reader.name
@@ -69,7 +73,7 @@ resource "google_project_iam_member" "function_reads_run_operations" {
 # Deploying a revision that runs as a service account requires actAs on that account.
 resource "google_service_account_iam_member" "function_acts_as_runtime" {
   for_each = merge([
-    for fn in keys(local.functions) : {
+    for fn in keys(local.identities) : {
       for sa in local.runtime_service_accounts : "${fn}/${sa}" => { function = fn, service_account = sa }
     }
   ]...)
@@ -77,4 +81,15 @@ resource "google_service_account_iam_member" "function_acts_as_runtime" {
   service_account_id = "projects/${var.project_id}/serviceAccounts/${each.value.service_account}"
   role               = "roles/iam.serviceAccountUser"
   member             = google_service_account.function[each.value.function].member
+}
+
+# Cloud Build, in the project where builds run: on_build reads builds (get_build confirms a build
+# message against the API), api and on_command run a service's build trigger (deploy). Cloud Build
+# has no per-trigger IAM, so this is project-level.
+resource "google_project_iam_member" "function_cloud_build" {
+  for_each = { for fn, f in local.identities : fn => f if f.build_role != null }
+
+  project = local.build_project
+  role    = each.value.build_role
+  member  = google_service_account.function[each.key].member
 }

@@ -2,6 +2,10 @@ data "google_project" "this" {
   project_id = var.project_id
 }
 
+data "google_project" "build" {
+  project_id = local.build_project
+}
+
 locals {
   # Topic names are part of the code's contract (functions/main.py and pitstop publish to them by name).
   pitstop_topics = {
@@ -13,14 +17,47 @@ locals {
     dead_letter = "pitstop-dead-letter"
   }
 
-  # One entry per entry point in functions/main.py: the topic that feeds it, the topics it
-  # publishes to, and whether it reads Cloud Monitoring. Everything per-function derives from this.
+  # One entry per entry point in functions/main.py and everything per-function derives from it:
+  # the topic that feeds it, the topics it publishes to, whether it reads Cloud Monitoring, and its
+  # Cloud Build role in build_project (on_build confirms builds with get_build; on_command deploys
+  # by running the service's build trigger).
   functions = {
-    on_build   = { topic = "cloud-builds", publishes = ["pitstop-events"], reads_metrics = false }
-    on_health  = { topic = "pitstop-health", publishes = ["pitstop-events"], reads_metrics = false }
-    on_tick    = { topic = "pitstop-ticks", publishes = ["pitstop-events", "pitstop-health"], reads_metrics = true }
-    on_alert   = { topic = "pitstop-alerts", publishes = ["pitstop-events"], reads_metrics = false }
-    on_command = { topic = "pitstop-commands", publishes = ["pitstop-events"], reads_metrics = false }
+    on_build   = { topic = "cloud-builds", publishes = ["pitstop-events"], reads_metrics = false, build_role = "roles/cloudbuild.builds.viewer" }
+    on_health  = { topic = "pitstop-health", publishes = ["pitstop-events"], reads_metrics = false, build_role = null }
+    on_tick    = { topic = "pitstop-ticks", publishes = ["pitstop-events", "pitstop-health"], reads_metrics = true, build_role = null }
+    on_alert   = { topic = "pitstop-alerts", publishes = ["pitstop-events"], reads_metrics = false, build_role = null }
+    on_command = { topic = "pitstop-commands", publishes = ["pitstop-events"], reads_metrics = false, build_role = "roles/cloudbuild.builds.editor" }
+  }
+
+  # HTTP entry points (@functions_framework.http): no topic feeds them; callers need run.invoker.
+  # `api` does what on_command does over HTTP, including POST /api/v1/deploy (a build trigger run).
+  http_functions = {
+    api = { topic = null, publishes = ["pitstop-events"], reads_metrics = false, build_role = "roles/cloudbuild.builds.editor" }
+  }
+
+  # Every function, event-driven or HTTP: one runtime identity each, and the grants that go with it.
+  identities    = merge(local.functions, local.http_functions)
+  function_name = { for fn in keys(local.identities) : fn => "pitstop-${replace(fn, "_", "-")}" }
+
+  # Where Cloud Build runs: on_build confirms builds there, api/on_command start them there, and
+  # its Cloud Build service agent is the only publisher of its `cloud-builds` topic.
+  build_project = coalesce(var.build_project, var.project_id)
+  audience      = coalesce(var.audience, "pitstop:${var.project_id}")
+
+  # The same environment for every function: who may act is decided in the code from these.
+  function_environment = {
+    GOOGLE_CLOUD_PROJECT = var.project_id
+    PITSTOP_REGION       = var.region
+    PITSTOP_HEALTH_LAG   = tostring(var.health_lag_seconds)
+    PITSTOP_EVENTS_TOPIC = local.pitstop_topics["events"]
+    # Every ID token (commands, health samples, API calls) must carry this audience.
+    PITSTOP_AUDIENCE = local.audience
+    # Bootstrap admins: they may write the first project access document.
+    PITSTOP_ADMINS = join(",", var.admins)
+    # pitstop's own sampler signs its health samples as on_tick: the only sender of samples a spec
+    # need not list.
+    PITSTOP_SAMPLER_IDENTITY = google_service_account.function["on_tick"].email
+    PITSTOP_BUILD_PROJECT    = local.build_project
   }
 
   managed_services = { for s in var.managed_services : "${coalesce(s.location, var.region)}/${s.name}" => merge(s, { location = coalesce(s.location, var.region) }) }
@@ -31,6 +68,8 @@ locals {
 
   pubsub_agent     = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
   monitoring_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-monitoring-notification.iam.gserviceaccount.com"
+  # Publishes build status changes to `cloud-builds` in the project where the build runs.
+  cloudbuild_agent = "serviceAccount:service-${data.google_project.build.number}@gcp-sa-cloudbuild.iam.gserviceaccount.com"
 
   apis = [
     "artifactregistry.googleapis.com",
@@ -39,6 +78,7 @@ locals {
     "cloudscheduler.googleapis.com",
     "firestore.googleapis.com",
     "iam.googleapis.com",
+    "logging.googleapis.com",
     "monitoring.googleapis.com",
     "pubsub.googleapis.com",
     "run.googleapis.com",

@@ -1,6 +1,6 @@
 output "function_names" {
   description = "Cloud Functions by entry point."
-  value       = { for k, f in google_cloudfunctions2_function.function : k => f.name }
+  value       = merge({ for k, f in google_cloudfunctions2_function.function : k => f.name }, { api = google_cloudfunctions2_function.api.name })
 }
 
 output "function_service_accounts" {
@@ -31,4 +31,14 @@ output "notification_channel" {
 output "source_object" {
   description = "gs:// URL of the deployed functions source archive."
   value       = "gs://${google_storage_bucket.source.name}/${google_storage_bucket_object.source.name}"
+}
+
+output "api_url" {
+  description = "URL of the pitstop API (the api function's Cloud Run service). Callers need run.invoker (api_invokers) and send an ID token as Authorization: Bearer."
+  value       = google_cloudfunctions2_function.api.service_config[0].uri
+}
+
+output "audit_log_bucket" {
+  description = "Log bucket holding the audit events (projects/P/locations/L/buckets/pitstop-audit)."
+  value       = google_logging_project_bucket_config.audit.id
 }

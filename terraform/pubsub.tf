@@ -9,13 +9,15 @@ resource "google_pubsub_topic" "pitstop" {
   depends_on = [google_project_service.this]
 }
 
-# Cloud Build publishes every build status change to `cloud-builds` (a fixed name) once the topic
-# exists. It may exist already: then set create_cloud_builds_topic = false, and we only look it up.
+# Cloud Build publishes every build status change to `cloud-builds` (a fixed name) in the project
+# where the build runs (build_project), once the topic exists. It may exist already: then set
+# create_cloud_builds_topic = false, and we only look it up (or import it, see the README). Either
+# way its publisher role is set authoritatively below.
 resource "google_pubsub_topic" "cloud_builds" {
   #checkov:skip=CKV_GCP_83:Cloud Build publishes here with Google-managed encryption; the name and format are Cloud Build's.
   count = var.create_cloud_builds_topic ? 1 : 0
 
-  project = var.project_id
+  project = local.build_project
   name    = "cloud-builds"
   labels  = var.labels
 
@@ -25,7 +27,7 @@ resource "google_pubsub_topic" "cloud_builds" {
 data "google_pubsub_topic" "cloud_builds" {
   count = var.create_cloud_builds_topic ? 0 : 1
 
-  project = var.project_id
+  project = local.build_project
   name    = "cloud-builds"
 }
 
@@ -118,21 +120,45 @@ resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
   member       = local.pubsub_agent
 }
 
-# Who may feed pitstop from outside: operators send commands, probes and test suites send health samples.
-resource "google_pubsub_topic_iam_member" "command_publishers" {
-  for_each = toset(var.command_publishers)
+# Who may publish what pitstop acts on. Pub/Sub does not tell the subscriber who published, so the
+# functions verify the sender anyway (Cloud Build API, ID tokens); these bindings keep everyone else
+# from publishing on the topic itself. They are authoritative for roles/pubsub.publisher on the
+# topic: a publisher granted there outside this module is removed on the next apply. Project-level
+# grants (Owner, Editor, Pub/Sub Publisher or Admin on the project) still reach every topic.
+locals {
+  locked_topics = ["cloud-builds", "pitstop-commands", "pitstop-health"]
 
+  # pitstop's own publishers of those topics, from `publishes` (on_tick sends the sampler's signed
+  # health samples to pitstop-health).
+  function_publishers = {
+    for topic in local.locked_topics : topic => [
+      for fn, f in local.identities : google_service_account.function[fn].member if contains(f.publishes, topic)
+    ]
+  }
+}
+
+# Only the Cloud Build service agent of build_project publishes build messages.
+resource "google_pubsub_topic_iam_binding" "cloud_builds_publishers" {
+  topic   = local.topic_ids["cloud-builds"]
+  role    = "roles/pubsub.publisher"
+  members = concat([local.cloudbuild_agent], local.function_publishers["cloud-builds"])
+
+  # The service agent exists once the Cloud Build API is enabled.
+  depends_on = [google_project_service.this]
+}
+
+# Operators' commands (promote, pause, abort, ...): only command_publishers.
+resource "google_pubsub_topic_iam_binding" "command_publishers" {
   project = var.project_id
   topic   = google_pubsub_topic.pitstop["commands"].name
   role    = "roles/pubsub.publisher"
-  member  = each.value
+  members = distinct(concat(var.command_publishers, local.function_publishers["pitstop-commands"]))
 }
 
-resource "google_pubsub_topic_iam_member" "health_publishers" {
-  for_each = toset(var.health_publishers)
-
+# Health samples: external sources (probes, test suites) and pitstop's own sampler.
+resource "google_pubsub_topic_iam_binding" "health_publishers" {
   project = var.project_id
   topic   = google_pubsub_topic.pitstop["health"].name
   role    = "roles/pubsub.publisher"
-  member  = each.value
+  members = distinct(concat(var.health_publishers, local.function_publishers["pitstop-health"]))
 }

@@ -174,15 +174,98 @@ variable "source_bucket_name" {
 }
 
 variable "command_publishers" {
-  description = "IAM members (e.g. group:deployers@example.com) allowed to publish rollout commands (promote, pause, abort, …) to pitstop-commands."
+  description = "IAM members (user:, group:, serviceAccount:, domain:) allowed to publish rollout commands (promote, pause, abort, ...) to pitstop-commands. Authoritative: they are the topic's only publishers. Each command still carries an ID token the function verifies."
   type        = list(string)
   default     = []
+
+  validation {
+    condition     = alltrue([for m in var.command_publishers : can(regex("^((user|group|serviceAccount|domain):[^\\s:]+|principal(Set)?://iam\\.googleapis\\.com/[^\\s]+)$", m))])
+    error_message = "command_publishers must be IAM members such as user:alice@example.com or group:sre@example.com; allUsers and allAuthenticatedUsers are not allowed."
+  }
 }
 
 variable "health_publishers" {
-  description = "IAM members (probes, test suites) allowed to publish health samples to pitstop-health."
+  description = "IAM members (probes, test suites) allowed to publish health samples to pitstop-health, besides pitstop's own sampler (on_tick). Authoritative: they are the topic's only publishers."
   type        = list(string)
   default     = []
+
+  validation {
+    condition     = alltrue([for m in var.health_publishers : can(regex("^((user|group|serviceAccount|domain):[^\\s:]+|principal(Set)?://iam\\.googleapis\\.com/[^\\s]+)$", m))])
+    error_message = "health_publishers must be IAM members such as serviceAccount:probe@my-project.iam.gserviceaccount.com; allUsers and allAuthenticatedUsers are not allowed."
+  }
+}
+
+variable "api_invokers" {
+  description = "IAM members allowed to call the pitstop API (the CLI): roles/run.invoker on the api function's Cloud Run service, authoritative. What each caller may then do is decided by pitstop's roles (spec, access document, admins)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.api_invokers : can(regex("^((user|group|serviceAccount|domain):[^\\s:]+|principal(Set)?://iam\\.googleapis\\.com/[^\\s]+)$", m))])
+    error_message = "api_invokers must be IAM members such as group:deployers@example.com; allUsers and allAuthenticatedUsers are not allowed (the API is never public)."
+  }
+}
+
+variable "admins" {
+  description = "Bootstrap pitstop admins (PITSTOP_ADMINS): members who may write the project access document and every spec. user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN; a group cannot be used, because an ID token does not say which groups its holder is in."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.admins : can(regex("^(user|serviceAccount):[^@\\s,]+@[^@\\s,]+$|^domain:[^@\\s,:]+$", m))])
+    error_message = "admins must be user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN (no group:, no commas)."
+  }
+}
+
+variable "audience" {
+  description = "Audience every ID token sent to pitstop must carry (PITSTOP_AUDIENCE); the CLI and pitstop's sampler mint tokens for it. null means pitstop:<project_id>."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.audience == null || can(regex("^[^\\s,]+$", var.audience))
+    error_message = "audience must be a single value without spaces or commas."
+  }
+}
+
+variable "build_project" {
+  description = "Project where Cloud Build builds the managed services (PITSTOP_BUILD_PROJECT): its `cloud-builds` topic feeds on_build, and the build roles are granted there. null means project_id."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.build_project == null || can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.build_project))
+    error_message = "build_project must be a project ID (6-30 lowercase letters, digits or hyphens)."
+  }
+}
+
+variable "deny_firestore_writes" {
+  description = "Attach an IAM deny policy to the project so that only pitstop's function service accounts can create, update or delete Firestore documents (every database in the project). Needs roles/iam.denyAdmin, which Google grants on an organization only."
+  type        = bool
+  default     = true
+}
+
+variable "audit_log_retention_days" {
+  description = "Days the pitstop-audit log bucket keeps audit events. Once the bucket is locked this cannot be changed: choose before the first apply."
+  type        = number
+  default     = 400
+
+  validation {
+    condition     = var.audit_log_retention_days >= 1 && var.audit_log_retention_days <= 3650
+    error_message = "audit_log_retention_days must be between 1 and 3650 (Cloud Logging limits)."
+  }
+}
+
+variable "audit_log_locked" {
+  description = "Lock the pitstop-audit log bucket. IRREVERSIBLE: a locked bucket cannot be unlocked, deleted while it holds entries, or have its retention changed."
+  type        = bool
+  default     = true
+}
+
+variable "audit_log_location" {
+  description = "Location of the pitstop-audit log bucket (global, or a Cloud Logging region such as us-central1). Cannot be changed after creation."
+  type        = string
+  default     = "global"
 }
 
 variable "alert_error_ratio" {

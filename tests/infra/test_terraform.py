@@ -45,7 +45,7 @@ def _unquote(text: str) -> str:
 
 def _load(directory: Path) -> dict[str, Any]:
     """Blocks of every .tf file directly in `directory`, keyed for lookup."""
-    out: dict[str, Any] = {"resource": {}, "data": {}, "locals": {}, "raw": []}
+    out: dict[str, Any] = {"resource": {}, "data": {}, "locals": {}, "variable": {}, "output": {}, "raw": []}
     for path in sorted(directory.glob("*.tf")):
         with path.open() as f:
             raw = hcl2.load(f)
@@ -58,6 +58,9 @@ def _load(directory: Path) -> dict[str, Any]:
                         out[kind][(rtype, name)] = body
         for block in parsed.get("locals", []):
             out["locals"].update(block)
+        for kind in ("variable", "output"):
+            for block in parsed.get(kind, []):
+                out[kind].update(block)
     return out
 
 
@@ -98,10 +101,55 @@ def _local_map(tf: dict[str, Any], expr: str) -> dict[str, Any]:
 def _terraform_functions(tf: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Entry point -> its local.functions entry, checking the function resource iterates over it."""
     functions = _of_type(tf, "google_cloudfunctions2_function")
-    assert list(functions) == ["function"], "expected one for_each google_cloudfunctions2_function"
+    assert set(functions) == {"function", *_http_functions(tf)}, "expected one for_each function + one per HTTP entry point"
     body = functions["function"]
     assert _block(body, "build_config")["entry_point"] == "${each.key}", "entry_point must be the map key"
     return _local_map(tf, body["for_each"])
+
+
+def _http_functions(tf: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """HTTP entry point -> its local.http_functions entry (each has a resource of its own name)."""
+    http = tf["locals"]["http_functions"]
+    assert isinstance(http, dict) and http, "local.http_functions must be a literal map"
+    for name, spec in http.items():
+        assert spec["topic"] is None, f"{name}: an HTTP function has no feeding topic"
+        body = _of_type(tf, "google_cloudfunctions2_function").get(name)
+        assert body is not None, f"no google_cloudfunctions2_function.{name} for HTTP entry point {name}"
+        assert _block(body, "build_config")["entry_point"] == name
+    return http
+
+
+def _identities(tf: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every function (event-driven and HTTP): what local.identities merges."""
+    assert tf["locals"]["identities"] == "${merge(local.functions, local.http_functions)}"
+    return {**_terraform_functions(tf), **_http_functions(tf)}
+
+
+def _function_bodies(tf: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return _of_type(tf, "google_cloudfunctions2_function")
+
+
+def _all_blocks(tf: dict[str, Any]):
+    """(kind, type, name, body) of every resource and data block."""
+    for kind in ("resource", "data"):
+        for (rtype, name), body in tf[kind].items():
+            yield kind, rtype, name, body
+
+
+def _iam_grants(tf: dict[str, Any]):
+    """(type, name, role, members) of every IAM member/binding resource; members as written."""
+    for (rtype, name), body in tf["resource"].items():
+        if re.search(r"_iam_(member|binding)$", rtype):
+            yield rtype, name, body["role"], body.get("member", body.get("members"))
+
+
+def _validation_regexes(tf: dict[str, Any], variable: str) -> list[re.Pattern[str]]:
+    """The regex() patterns in a variable's validation conditions, compiled for Python."""
+    patterns = []
+    for validation in tf["variable"][variable].get("validation", []):
+        for literal in re.findall(r'regex\("((?:[^"\\]|\\.)*)"', validation["condition"]):
+            patterns.append(re.compile(literal.replace("\\\\", "\\")))
+    return patterns
 
 
 def _declared_topics(tf: dict[str, Any]) -> set[str]:
@@ -118,14 +166,14 @@ def _declared_topics(tf: dict[str, Any]) -> set[str]:
 
 # ---------------------------------------------------------------- code side
 
-def _cloud_event_functions(path: Path) -> set[str]:
-    """Top-level functions in `path` decorated with functions_framework.cloud_event."""
+def _decorated_functions(path: Path, kind: str) -> set[str]:
+    """Top-level functions in `path` decorated with functions_framework.<kind> (cloud_event, http)."""
     tree = ast.parse(path.read_text())
     names = set()
     for node in tree.body:
         if isinstance(node, ast.FunctionDef):
             for dec in node.decorator_list:
-                if (isinstance(dec, ast.Attribute) and dec.attr == "cloud_event"
+                if (isinstance(dec, ast.Attribute) and dec.attr == kind
                         and isinstance(dec.value, ast.Name) and dec.value.id == "functions_framework"):
                     names.add(node.name)
     return names
@@ -198,17 +246,18 @@ def test_example_root_module_uses_this_module() -> None:
 
 
 def test_every_function_has_its_own_service_account(tf: dict[str, Any]) -> None:
-    entry_points = _terraform_functions(tf)
-    function = _of_type(tf, "google_cloudfunctions2_function")["function"]
-    sa_ref = _block(function, "service_config")["service_account_email"]
-    match = re.fullmatch(r"\$\{google_service_account\.(\w+)\[each\.key\]\.email\}", sa_ref)
-    assert match, f"functions must run as google_service_account.X[each.key], not {sa_ref!r}"
-    account = _of_type(tf, "google_service_account")[match.group(1)]
+    identities = _identities(tf)
+    account = _of_type(tf, "google_service_account")["function"]
     # Same map, and the account id embeds the key: one distinct account per function.
-    assert _local_map(tf, account["for_each"]) == entry_points
+    assert account["for_each"] == "${local.identities}"
     assert "each.key" in account["account_id"]
+    for name, body in _function_bodies(tf).items():
+        expected = ("${google_service_account.function[each.key].email}" if name == "function"
+                    else f'${{google_service_account.function["{name}"].email}}')
+        assert _block(body, "service_config")["service_account_email"] == expected, name
+    assert set(identities) >= {"on_tick", "api"}
     # No other identity (e.g. the push signer) is shared with a function.
-    other_accounts = [n for n in _of_type(tf, "google_service_account") if n != match.group(1)]
+    other_accounts = [n for n in _of_type(tf, "google_service_account") if n != "function"]
     for name in other_accounts:
         assert "for_each" not in _of_type(tf, "google_service_account")[name]
 
@@ -274,8 +323,7 @@ def test_every_topic_the_code_uses_is_declared(tf: dict[str, Any]) -> None:
     # Topics a function subscribes to or publishes to must be declared too.
     for fn, spec in _terraform_functions(tf).items():
         assert {spec["topic"], *spec["publishes"]} <= declared, fn
-    env = _block(_of_type(tf, "google_cloudfunctions2_function")["function"], "service_config")["environment_variables"]
-    assert env["PITSTOP_EVENTS_TOPIC"] == "${local.pitstop_topics[\"events\"]}"
+    assert tf["locals"]["function_environment"]["PITSTOP_EVENTS_TOPIC"] == "${local.pitstop_topics[\"events\"]}"
 
 
 def test_terraform_routes_match_the_local_wiring(tf: dict[str, Any]) -> None:
@@ -288,10 +336,216 @@ def test_terraform_routes_match_the_local_wiring(tf: dict[str, Any]) -> None:
 
 def test_entry_points_match_functions_main(tf: dict[str, Any]) -> None:
     assert MAIN_PY.exists(), f"{MAIN_PY} is missing: Terraform deploys its entry points"
-    in_code = _cloud_event_functions(MAIN_PY)
-    in_terraform = set(_terraform_functions(tf))
-    assert in_terraform - in_code == set(), "Terraform deploys entry points main.py lacks"
-    assert in_code - in_terraform == set(), "main.py has entry points Terraform does not deploy"
+    for kind, in_terraform in (("cloud_event", set(_terraform_functions(tf))), ("http", set(_http_functions(tf)))):
+        in_code = _decorated_functions(MAIN_PY, kind)
+        assert in_terraform - in_code == set(), f"Terraform deploys {kind} entry points main.py lacks"
+        assert in_code - in_terraform == set(), f"main.py has {kind} entry points Terraform does not deploy"
+
+
+# ---------------------------------------------------------------- who sent it (issue #8)
+
+PUBLIC_MEMBERS = re.compile(r"\b(allUsers|allAuthenticatedUsers)\b|principalSet://goog/public:all")
+PUBLISHER = "roles/pubsub.publisher"
+MEMBER_VARIABLES = ("command_publishers", "health_publishers", "api_invokers", "admins")
+
+
+def _topic_of(tf: dict[str, Any], expr: str) -> str | None:
+    """The topic name a `topic = ...` expression refers to, when it is one of the module's topics."""
+    match = re.fullmatch(r'\$\{google_pubsub_topic\.pitstop\["(\w+)"\]\.(name|id)\}', expr)
+    if match:
+        return tf["locals"]["pitstop_topics"][match.group(1)]
+    match = re.fullmatch(r'\$\{local\.topic_ids\["([\w-]+)"\]\}', expr)
+    return match.group(1) if match else None
+
+
+def _topic_bindings(tf: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Topic name -> its authoritative publisher binding."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, body in _of_type(tf, "google_pubsub_topic_iam_binding").items():
+        assert body["role"] == PUBLISHER, name
+        topic = _topic_of(tf, body["topic"])
+        assert topic, f"{name}: cannot tell which topic {body['topic']!r} is"
+        assert topic not in out, f"two publisher bindings on {topic}"
+        out[topic] = body
+    return out
+
+
+def _publishers_by_function(tf: dict[str, Any]) -> dict[str, set[str]]:
+    """Topic -> the functions whose `publishes` lists it."""
+    out: dict[str, set[str]] = {}
+    for fn, spec in _identities(tf).items():
+        for topic in spec["publishes"]:
+            out.setdefault(topic, set()).add(fn)
+    return out
+
+
+def test_locked_topics_have_authoritative_publishers_and_nothing_else(tf: dict[str, Any]) -> None:
+    locked = tf["locals"]["locked_topics"]
+    assert set(locked) == {"cloud-builds", "pitstop-commands", "pitstop-health"}
+    assert set(_topic_bindings(tf)) == set(locked)
+    # The functions' own publisher grants on these topics come from `publishes`, through the binding.
+    assert tf["locals"]["function_publishers"] == (
+        "${{for topic in local.locked_topics : topic => [for fn, f in local.identities : "
+        "google_service_account.function[fn].member if contains(f.publishes, topic)]}}")
+    # A member resource for the same role on a bound topic would fight the binding.
+    for name, body in _of_type(tf, "google_pubsub_topic_iam_member").items():
+        if body["role"] != PUBLISHER:
+            continue
+        if body["topic"] == "${local.topic_ids[each.value.topic]}":
+            assert "if !contains(local.locked_topics, topic)" in body["for_each"], name
+        else:
+            assert _topic_of(tf, body["topic"]) not in locked, name
+    # Nothing replaces a whole topic policy (it would drop the bindings above, or be dropped by them).
+    assert not _of_type(tf, "google_pubsub_topic_iam_policy")
+
+
+def test_cloud_builds_is_published_to_by_the_cloud_build_agent_only(tf: dict[str, Any]) -> None:
+    binding = _topic_bindings(tf)["cloud-builds"]
+    assert binding["members"] == '${concat([local.cloudbuild_agent], local.function_publishers["cloud-builds"])}'
+    assert "cloud-builds" not in _publishers_by_function(tf), "no pitstop function may publish build messages"
+    assert tf["locals"]["cloudbuild_agent"] == (
+        "serviceAccount:service-${data.google_project.build.number}@gcp-sa-cloudbuild.iam.gserviceaccount.com")
+    assert _of_type(tf, "google_project", "data")["build"]["project_id"] == "${local.build_project}"
+    # The topic (created or looked up) lives where the builds run.
+    for kind in ("resource", "data"):
+        assert _of_type(tf, "google_pubsub_topic", kind)["cloud_builds"]["project"] == "${local.build_project}"
+
+
+def test_command_and_health_publishers_come_only_from_the_variables(tf: dict[str, Any]) -> None:
+    bindings = _topic_bindings(tf)
+    assert bindings["pitstop-commands"]["members"] == (
+        '${distinct(concat(var.command_publishers, local.function_publishers["pitstop-commands"]))}')
+    assert bindings["pitstop-health"]["members"] == (
+        '${distinct(concat(var.health_publishers, local.function_publishers["pitstop-health"]))}')
+    by_function = _publishers_by_function(tf)
+    assert "pitstop-commands" not in by_function, "no function sends commands"
+    assert by_function["pitstop-health"] == {"on_tick"}, "only the sampler (on_tick) publishes health samples"
+
+
+def test_api_is_iam_protected_and_invoked_only_by_api_invokers(tf: dict[str, Any]) -> None:
+    api = _function_bodies(tf)["api"]
+    assert "event_trigger" not in api
+    assert _block(api, "service_config")["environment_variables"] == "${local.function_environment}"
+    # 2nd gen: invoking goes through the Cloud Run service, so run.invoker there is the gate.
+    bindings = _of_type(tf, "google_cloud_run_v2_service_iam_binding")
+    assert list(bindings) == ["api_invokers"]
+    binding = bindings["api_invokers"]
+    assert binding["role"] == "roles/run.invoker"
+    assert binding["name"] == "${google_cloudfunctions2_function.api.name}"
+    assert binding["members"] == "${var.api_invokers}"
+    # Every other invoker grant is the push identity on the event-driven functions.
+    for rtype, name, role, member in _iam_grants(tf):
+        if role in ("roles/run.invoker", "roles/cloudfunctions.invoker") and name != "api_invokers":
+            body = tf["resource"][(rtype, name)]
+            assert (rtype, member) == ("google_cloud_run_v2_service_iam_member", "${google_service_account.pusher.member}"), name
+            assert body["for_each"] == "${google_cloudfunctions2_function.function}", name
+    assert tf["output"]["api_url"]["value"] == "${google_cloudfunctions2_function.api.service_config[0].uri}"
+
+
+def test_nothing_is_public(tf: dict[str, Any]) -> None:
+    # Resources, data sources, locals and outputs: no public member anywhere. (Variables are
+    # excluded: their validations name the public members in order to reject them.)
+    values = [tf["resource"], tf["data"], tf["locals"], tf["output"]]
+    offenders = [s for v in values for s in _strings(v) if PUBLIC_MEMBERS.search(s)
+                 and s != "principalSet://goog/public:all"]
+    assert offenders == []
+    # The one public principal set is the deny policy's *denied* principals.
+    deny_rule = _block(_block(_of_type(tf, "google_iam_deny_policy")["firestore_writes"], "rules"), "deny_rule")
+    assert deny_rule["denied_principals"] == ["principalSet://goog/public:all"]
+    # Every member list a caller supplies rejects public members (and takes ordinary ones).
+    for variable in MEMBER_VARIABLES:
+        patterns = _validation_regexes(tf, variable)
+        assert patterns, f"var.{variable} has no validation"
+        for public in ("allUsers", "allAuthenticatedUsers", "principalSet://goog/public:all"):
+            assert not any(p.search(public) for p in patterns), f"var.{variable} accepts {public}"
+        assert any(p.search("user:alice@example.com") for p in patterns), variable
+    assert not any(p.search("group:sre@example.com") for p in _validation_regexes(tf, "admins")), (
+        "an ID token does not carry groups: group: admins would silently never match")
+
+
+def test_every_function_gets_the_identity_environment(tf: dict[str, Any]) -> None:
+    for name, body in _function_bodies(tf).items():
+        assert _block(body, "service_config")["environment_variables"] == "${local.function_environment}", name
+    env = tf["locals"]["function_environment"]
+    assert env["PITSTOP_AUDIENCE"] == "${local.audience}"
+    assert tf["locals"]["audience"] == '${coalesce(var.audience, "pitstop:${var.project_id}")}'
+    assert env["PITSTOP_ADMINS"] == '${join(",", var.admins)}'
+    assert env["PITSTOP_SAMPLER_IDENTITY"] == '${google_service_account.function["on_tick"].email}'
+    assert env["PITSTOP_BUILD_PROJECT"] == "${local.build_project}"
+    assert tf["locals"]["build_project"] == "${coalesce(var.build_project, var.project_id)}"
+    for variable in ("audience", "build_project"):
+        assert tf["variable"][variable]["default"] is None, f"var.{variable} defaults through a local"
+    assert tf["variable"]["admins"]["default"] == []
+
+
+def test_cloud_build_roles_follow_what_each_function_does(tf: dict[str, Any]) -> None:
+    roles = {fn: spec["build_role"] for fn, spec in _identities(tf).items()}
+    assert roles == {"on_build": "roles/cloudbuild.builds.viewer", "on_health": None, "on_tick": None,
+                     "on_alert": None, "on_command": "roles/cloudbuild.builds.editor",
+                     "api": "roles/cloudbuild.builds.editor"}
+    grant = _of_type(tf, "google_project_iam_member")["function_cloud_build"]
+    assert grant["project"] == "${local.build_project}"
+    assert grant["role"] == "${each.value.build_role}"
+    assert "if f.build_role != null" in grant["for_each"]
+    # The api needs what on_command needs: every per-function grant iterates over all identities.
+    for rtype, name in [("google_project_iam_member", "function_firestore"),
+                        ("google_project_iam_member", "function_reads_run_operations")]:
+        assert tf["resource"][(rtype, name)]["for_each"] == "${local.identities}", name
+    for rtype, name in [("google_cloud_run_v2_service_iam_member", "function_manages_service"),
+                        ("google_service_account_iam_member", "function_acts_as_runtime"),
+                        ("google_pubsub_topic_iam_member", "function_publishes")]:
+        assert "local.identities" in tf["resource"][(rtype, name)]["for_each"], name
+    assert "pitstop-events" in _identities(tf)["api"]["publishes"]
+
+
+def test_only_pitstop_identities_get_datastore_roles(tf: dict[str, Any]) -> None:
+    grants = [(rtype, name, member) for rtype, name, role, member in _iam_grants(tf) if "datastore" in (role or "")]
+    assert grants == [("google_project_iam_member", "function_firestore", "${google_service_account.function[each.key].member}")]
+    # No datastore role hides in a custom role either.
+    for name, body in _of_type(tf, "google_project_iam_custom_role").items():
+        assert not any(p.startswith("datastore.") for p in body["permissions"]), name
+
+
+def test_firestore_writes_are_denied_to_everyone_but_pitstop(tf: dict[str, Any]) -> None:
+    policy = _of_type(tf, "google_iam_deny_policy")["firestore_writes"]
+    assert policy["count"] == "${var.deny_firestore_writes ? 1 : 0}"
+    assert tf["variable"]["deny_firestore_writes"]["default"] is True
+    assert policy["parent"] == '${urlencode("cloudresourcemanager.googleapis.com/projects/${var.project_id}")}'
+    deny_rule = _block(_block(policy, "rules"), "deny_rule")
+    assert deny_rule["exception_principals"] == (
+        '${[for fn, sa in google_service_account.function : '
+        '"principal://iam.googleapis.com/projects/-/serviceAccounts/${sa.email}"]}')
+    assert deny_rule["denied_permissions"] == "${local.firestore_write_permissions}"
+    permissions = tf["locals"]["firestore_write_permissions"]
+    # v2 (deny) permission names, and only Firestore ones.
+    assert {"datastore.googleapis.com/entities.create", "datastore.googleapis.com/entities.update",
+            "datastore.googleapis.com/entities.delete"} <= set(permissions)
+    assert all(p.startswith("datastore.googleapis.com/") for p in permissions)
+    assert not any(p.endswith((".get", ".list")) for p in permissions), "reads stay allowed"
+
+
+def test_audit_events_go_to_a_locked_log_bucket(tf: dict[str, Any]) -> None:
+    bucket = _of_type(tf, "google_logging_project_bucket_config")["audit"]
+    assert bucket["locked"] == "${var.audit_log_locked}"
+    assert tf["variable"]["audit_log_locked"]["default"] is True
+    assert bucket["retention_days"] == "${var.audit_log_retention_days}"
+    assert tf["variable"]["audit_log_retention_days"]["default"] == 400
+    sinks = _of_type(tf, "google_logging_project_sink")
+    assert list(sinks) == ["audit"]
+    sink = sinks["audit"]
+    assert sink["destination"] == (
+        "logging.googleapis.com/projects/${var.project_id}/locations/${var.audit_log_location}"
+        "/buckets/${google_logging_project_bucket_config.audit.bucket_id}")
+    assert sink["project"] == bucket["project"] == "${var.project_id}", "same project: no writer grant needed"
+    assert sink["unique_writer_identity"] is True
+    flt = sink["filter"]
+    assert 'resource.type = \\"cloud_run_revision\\"' in flt
+    assert "jsonPayload.event_hash:*" in flt
+    # The service names come from the same map that names every function.
+    assert "for fn, name in local.function_name" in flt
+    assert tf["locals"]["function_name"] == '${{for fn in keys(local.identities) : fn => "pitstop-${replace(fn, "_", "-")}"}}'
+    names = {n: b["name"] for n, b in _function_bodies(tf).items()}
+    assert names == {"function": "${local.function_name[each.key]}", "api": '${local.function_name["api"]}'}
 
 
 def _checkov() -> str | None:
