@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +37,7 @@ GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
 GOOGLE_CERTS = "https://www.googleapis.com/oauth2/v1/certs"
 MAX_TOKEN_BYTES = 8192  # Google's ID tokens are about 1 KiB; anything this big is not one
 MAX_CLAIM_CHARS = 254  # longest email address; a forged claim is cut to this in the audit
+_BEARER = re.compile(r"^bearer(\s+|$)", re.IGNORECASE)
 NO_TOKEN = "no ID token: send one in the id_token attribute / X-Pitstop-Token header"
 
 
@@ -85,10 +87,7 @@ def audience_from_env(project: str) -> str:
 
 def _bare(token: str | None) -> str:
     """The token without a leading "Bearer " (as an Authorization header carries it)."""
-    token = (token or "").strip()
-    if token[:7].lower() == "bearer ":
-        token = token[7:].strip()
-    return token
+    return _BEARER.sub("", (token or "").strip())
 
 
 def _unverified_payload(token: str) -> Mapping[str, Any] | None:
@@ -110,6 +109,12 @@ def claimed_email(token: str | None) -> str | None:
         return email[:MAX_CLAIM_CHARS] if isinstance(email, str) and email else None
     except Exception:
         return None
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """An unverified header value, cut short: anyone can put anything there, and reasons reach the audit."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _utc(seconds: float) -> datetime:
@@ -231,20 +236,24 @@ class Verifier:
             raise Unverified("the ID token's header is malformed (its kid is not a string)", claimed)
         certs = self._certs_for(kid)
         if kid and kid not in certs:
-            raise Unverified(f"the token was signed with key '{kid}', which {self.certs_url} does not list: "
+            raise Unverified(f"the token was signed with key '{_shown(kid)}', which {self.certs_url} does not list: "
                              "it was not issued by a trusted issuer", claimed)
         try:
             payload = jwt.decode(token, certs=certs, audience=list(self.audiences),
                                  clock_skew_in_seconds=self.clock_skew)
         except (ValueError, TypeError, KeyError) as e:  # google-auth's own errors are ValueErrors; the
             # others come from claims of the wrong type, which only the key's holder could have signed
-            raise Unverified(self._reason(e, _unverified_payload(token) or {}), claimed) from None
+            raise Unverified(self._reason(e, header, _unverified_payload(token) or {}), claimed) from None
         return self._identity(payload, claimed)
 
-    def _reason(self, error: Exception, payload: Mapping[str, Any]) -> str:
-        """google-auth's error as a sentence; the details come from the (unverified) payload."""
+    def _reason(self, error: Exception, header: Mapping[str, Any], payload: Mapping[str, Any]) -> str:
+        """google-auth's error as a sentence; the details come from the (unverified) token."""
         message = str(error).lower()
         now = time.time()
+        if "unsupported" in message:  # "Unsupported signature algorithm X"
+            alg = header.get("alg")
+            signed = f"is signed with algorithm '{_shown(alg)}'" if alg else "names no signature algorithm"
+            return f"the token {signed}; Google ID tokens use RS256"
         if "signature" in message or "certificate" in message:
             return f"the token's signature does not verify against {self.certs_url}"
         if "expired" in message and isinstance(payload.get("exp"), (int, float)):
@@ -258,8 +267,6 @@ class Verifier:
             expected = ", ".join(f"'{a}'" for a in self.audiences)
             return (f"the token's audience '{payload.get('aud')}' is not this pitstop deployment "
                     f"(expected {expected})")
-        if "algorithm" in message:
-            return f"the token is signed with algorithm '{payload.get('alg', '?')}'; Google ID tokens use RS256"
         if "claim" in message:
             return f"the ID token lacks a required claim ({error}); mint it with gcloud or the metadata server"
         return f"the ID token is malformed ({error})"
