@@ -4,7 +4,11 @@
 #   pitstop package build/functions        # from the repository root (or python -m pitstop.package)
 #   cd terraform/examples/basic
 #   terraform init && terraform apply -var project_id=my-project \
-#     -var 'managed_service={name="web", service_account="web-runtime@my-project.iam.gserviceaccount.com"}'
+#     -var 'managed_service={name="web", service_account="web-runtime@my-project.iam.gserviceaccount.com"}' \
+#     -var 'admins=["user:alice@example.com"]' -var 'api_invokers=["group:deployers@example.com"]'
+#
+# The audit log bucket is locked by default (irreversible): set audit_log_locked = false in the
+# module block to try pitstop out first.
 
 terraform {
   required_version = ">= 1.5"
@@ -52,6 +56,18 @@ variable "command_publishers" {
   default     = []
 }
 
+variable "api_invokers" {
+  description = "Members allowed to call the pitstop API, i.e. to use the CLI (run.invoker on pitstop-api), e.g. [\"group:deployers@example.com\"]."
+  type        = list(string)
+  default     = []
+}
+
+variable "admins" {
+  description = "Bootstrap pitstop admins (user:, serviceAccount: or domain:), who write the first access document."
+  type        = list(string)
+  default     = []
+}
+
 provider "google" {
   project = var.project_id
   region  = var.region
@@ -68,6 +84,10 @@ module "pitstop" {
 
   # Who may run `pitstop promote/pause/abort/...` (they publish to pitstop-commands).
   command_publishers = var.command_publishers
+
+  # Who may call the API (the CLI), and who administers pitstop until an access document exists.
+  api_invokers = var.api_invokers
+  admins       = var.admins
 }
 
 # If the project already has a `cloud-builds` topic, either set create_cloud_builds_topic = false
@@ -81,6 +101,11 @@ module "pitstop" {
 output "functions" {
   description = "Cloud Functions by entry point."
   value       = module.pitstop.function_names
+}
+
+output "api_url" {
+  description = "URL of the pitstop API, for the CLI."
+  value       = module.pitstop.api_url
 }
 
 output "notification_channel" {
