@@ -114,15 +114,17 @@ class Engine:
             else:
                 log("INFO", f"{inp.kind} input {inp.id} was already handled; nothing changed", rollout_id=rollout_id)
         elif outcome.stored:
-            self._act(outcome.decision)
+            self._act(outcome.decision, outcome.event_hash)
         return outcome
 
-    def _act(self, decision: machine.Decision) -> None:
+    def _act(self, decision: machine.Decision, event_hash: str | None = None) -> None:
         r, audit = decision.rollout, decision.audit
         if audit is not None:
+            # The audit event as a structured log entry too: Terraform routes entries with `event_hash` to a
+            # locked log bucket, so the trail survives even someone who may edit Firestore.
             log("INFO", f"{r.service} {r.version}: {audit.decision} ({r.state}). " + " ".join(audit.reasons),
-                decision=audit.decision, state=r.state, input=audit.input, input_id=audit.id,
-                traffic=audit.traffic_after, **rollout_fields(r))
+                decision=audit.decision, state=r.state, input=audit.input, input_id=audit.id, actor=audit.actor,
+                traffic=audit.traffic_after, event_hash=event_hash, **rollout_fields(r))
         for effect in decision.effects:
             if isinstance(effect, Notify):
                 self._notify(r, effect)
@@ -186,13 +188,14 @@ class Engine:
             log("INFO", f"{where} is {claimed.status}: waiting for it to finish", build_id=claimed.build_id)
             return
         # A message no spec would match starts nothing whatever it claims: no API call for other teams' builds.
-        if not self._matching_specs(claimed):
+        candidates = self._matching_specs(claimed)
+        if not candidates:
             self._record_build(claimed, "ignored", f"No rollout spec matches {where}; nothing deployed.")
             return
         build = self._confirmed(claimed)
         if build is None:
             return
-        specs = self._matching_specs(build)
+        specs = [s for s in candidates if matches(s, build)]  # what Cloud Build says, not what the message said
         if not specs:
             self._record_build(build, "ignored", f"No rollout spec matches {where}; nothing deployed.")
             return
@@ -509,7 +512,7 @@ class Engine:
         if outcome.superseded is not None:  # its notification; the successor's split takes its traffic
             self._act(outcome.superseded)
         if outcome.decision is not None:
-            self._act(outcome.decision)
+            self._act(outcome.decision, outcome.event_hash)
 
     # ------------------------------------------------------------ ticks: deadlines, reconcile, sample
 

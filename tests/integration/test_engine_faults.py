@@ -18,12 +18,17 @@ from pitstop.core.spec import load_spec
 from pitstop.engine import Engine
 from pitstop.gcp.cloudrun import CloudRun, service_path
 from pitstop.gcp.store import Store
+from pitstop.gcp.cloudbuild import CloudBuild
+from pitstop.gcp.identity import Verifier
 from pitstop.local.build import build_image
+from pitstop.local.cloudbuild import record_build, start_cloudbuild
+from pitstop.local.issuer import start_issuer
 from pitstop.local.cloudrun import LocalCloudRun
 from pitstop.local.payloads import cloud_build
 
 pytestmark = pytest.mark.emulators
 REGION = "us-central1"
+SAMPLER = "pitstop-on-tick@pitstop-test.iam.gserviceaccount.com"
 
 
 class Crash(BaseException):
@@ -42,7 +47,7 @@ class Events:
 
 
 class Harness:
-    def __init__(self, project: str, state: Path, cloud: LocalCloudRun) -> None:
+    def __init__(self, project: str, state: Path, cloud: LocalCloudRun, issuer, cloudbuild) -> None:
         self.project, self.state = project, state
         self.store = Store.from_env(project)
         self.run = CloudRun.from_endpoint(cloud.url)
@@ -58,12 +63,25 @@ class Harness:
             return real_apply(*args, **kwargs)
 
         self.run.apply = apply  # type: ignore[method-assign]
-        self.engine = Engine(Config(project=project, health_lag=0), self.store, lambda: self.run, self.events,
-                             clock=lambda: self.now)
+        config = Config(project=project, health_lag=0, admins=("user:alice@example.com",), sampler_identity=SAMPLER)
+        self.issuer, self.audience = issuer, config.audiences[0]
+        verifier = Verifier([self.audience], issuers=[issuer.url], certs_url=issuer.certs_url)
+        builds = CloudBuild.from_endpoint(cloudbuild.url)
+        self.engine = Engine(config, self.store, lambda: self.run, self.events, clock=lambda: self.now,
+                             verifier=lambda: verifier, cloudbuild=lambda: builds)
+
+    def health(self, sample: HealthSample) -> None:
+        """A sample signed by pitstop's own sampler."""
+        self.engine.on_health(sample, self.issuer.mint(SAMPLER, self.audience))
+
+    def command(self, **fields) -> object:
+        """A command signed by alice, an admin (time-independent: tokens follow the real clock)."""
+        return self.engine.on_command(Command(**fields), self.issuer.mint("alice@example.com", self.audience))
 
     def spec(self, service: str, environment: str = "production", project: str | None = None) -> None:
         text = (f"service: {service}\nregions: [{REGION}]\nenvironment: {environment}\n"
                 f"match: {{repo: {service}}}\nhealth: {{min_requests: 10, interval: 1s}}\n"
+                f"image: '*-docker.pkg.dev/*/apps/{service}'\n"
                 "strategy: {canary: {steps: [{weight: 10, pause: 1h}]}}\n")
         if project:
             text += f"project: {project}\n"
@@ -74,6 +92,7 @@ class Harness:
         payload = cloud_build("SUCCESS", build_id=str(uuid.uuid4()), project=self.project, repo=service,
                               image=name, digest=digest, substitutions={"_VERSION": version},
                               now=created or self.now)
+        record_build(self.state, payload)  # Cloud Build knows it: the engine confirms every build with its API
         build = parse_build(payload, {})
         self.engine.on_build(build)
         return build
@@ -100,9 +119,22 @@ def cloud(tmp_path_factory) -> LocalCloudRun:
     running.stop()
 
 
+@pytest.fixture(scope="module")
+def issuer(tmp_path_factory):
+    with start_issuer(tmp_path_factory.mktemp("issuer")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def cloudbuild(cloud, emulators):
+    running = start_cloudbuild(cloud.state_dir, emulators.project)
+    yield running
+    running.stop()
+
+
 @pytest.fixture
-def h(firestore_clean, cloud) -> Harness:
-    return Harness(firestore_clean.project, cloud.state_dir, cloud)
+def h(firestore_clean, cloud, issuer, cloudbuild) -> Harness:
+    return Harness(firestore_clean.project, cloud.state_dir, cloud, issuer, cloudbuild)
 
 
 
@@ -123,11 +155,11 @@ def test_a_crash_between_commit_and_effect_is_repaired_by_the_redelivery(h):
     sample = h.failing_sample(r)
     h.crash_next_apply = True
     with pytest.raises(Crash):  # the rollback is stored, then the process dies before Cloud Run is told
-        h.engine.on_health(sample)
+        h.health(sample)
     stored = h.store.rollout(r.id)
     assert stored.state == "rolling_back" and not stored.applied
     assert h.served("crash")[r.revision] == 10, "the crash left the bad canary serving"
-    h.engine.on_health(sample)  # Pub/Sub redelivers the same message: a duplicate, whose effect is re-applied
+    h.health(sample)  # Pub/Sub redelivers the same message: a duplicate, whose effect is re-applied
     assert h.served("crash") == {v1: 100, r.revision: 0}
     assert h.store.rollout(r.id).state == "rolled_back"
 
@@ -180,13 +212,11 @@ def test_a_command_by_service_name_that_names_two_rollouts_is_refused_with_the_c
     h.build("twin", "v2")  # one build, two environments (two projects): two canaries of the same service name
     live = [h.rollout("twin", "staging"), h.rollout("twin", "production")]
     assert all(x is not None and x.state == "progressing" for x in live)
-    h.engine.on_command(Command(id="cmd-ambiguous", action="promote", service="twin", full=True, actor="alice"))
+    h.command(id="cmd-ambiguous", action="promote", service="twin", full=True)
     refusal = h.store.command("cmd-ambiguous")
     assert refusal["outcome"] == "refused" and len(refusal["candidates"]) == 2
     assert "--environment" in refusal["reason"]
     assert all(h.store.rollout(x.id).state == "progressing" for x in live), "nothing changed"
-    narrowed = Command(id="cmd-narrow", action="promote", service="twin", environment="production", full=True,
-                       actor="alice")
-    h.engine.on_command(narrowed)
+    h.command(id="cmd-narrow", action="promote", service="twin", environment="production", full=True)
     assert h.store.rollout(live[1].id).state in ("switching", "baking", "succeeded")
     assert h.store.rollout(live[0].id).state == "progressing", "staging untouched"

@@ -112,8 +112,12 @@ def test_alert_schema_1_2_and_test_notifications():
 
 
 def test_commands():
-    c = parse_command({"action": "promote", "service": "web", "full": True, "actor": "alice"}, "77")
-    assert c.id == "command-77" and c.full
+    c = parse_command({"action": "promote", "service": "web", "full": True}, "77")
+    assert c.id == "command-77" and c.full and c.actor == "unverified"  # the engine sets it from the token
+    with pytest.raises(BadMessage, match="'actor' is not accepted"):  # a claimed identity is no identity
+        parse_command({"action": "promote", "service": "web", "full": True, "actor": "cto@example.com"}, "80")
+    with pytest.raises(BadMessage, match="deploy needs service, environment and ref"):
+        parse_command({"action": "deploy", "service": "web"}, "81")
     with pytest.raises(BadMessage, match="action"):
         parse_command({"action": "explode", "service": "web"}, "78")
     with pytest.raises(BadMessage, match="rollout_id or a service"):
@@ -328,8 +332,8 @@ def test_cloud_build_substitutions_are_bounded_strings():
 def test_commands_are_bounded():
     cmd = _through({"action": "pause", "service": "web", "reason": "r" * 5_000}, parse_command)
     assert len(cmd.reason) == MAX_TEXT and len(cmd.id) <= 128
-    with pytest.raises(BadMessage, match="actor: String should have at most 256"):
-        _through({"action": "pause", "service": "web", "actor": "a" * 257}, parse_command)
+    with pytest.raises(BadMessage, match="ref: String should have at most 256"):
+        _through({"action": "deploy", "service": "web", "environment": "p", "ref": "a" * 257}, parse_command)
     with pytest.raises(BadMessage, match="environment: String should have at most 63"):
         _through({"action": "pause", "service": "web", "environment": "e" * 64}, parse_command)
 
@@ -449,3 +453,16 @@ def test_infrastructure_errors_raise_so_pubsub_redelivers(monkeypatch, error):
     with pytest.raises(type(error)):
         main.on_alert(_alert_event(_alert()))
     assert engine.alerts, "the alert was parsed and handed to the engine"
+
+
+def test_sender_token_comes_from_the_attribute_or_the_payload():
+    from pitstop.core.messages import sender_token
+
+    payload = {"action": "pause", "service": "web", "id_token": "a.b.c"}
+    assert sender_token(payload, {}) == "a.b.c" and "id_token" not in payload  # never parsed as a field
+    assert sender_token({"action": "pause"}, {"id_token": "x.y.z"}) == "x.y.z"
+    assert sender_token({}, {}) is None
+    with pytest.raises(BadMessage, match="id_token"):
+        sender_token({"id_token": "t" * 9000}, {})
+    with pytest.raises(BadMessage, match="id_token"):
+        sender_token({"id_token": {"forged": True}}, {})

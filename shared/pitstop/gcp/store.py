@@ -7,6 +7,9 @@ Collections, each readable in the Firestore console:
   services/{service}--{env}--{region}    active rollout, stable revision, last outcome
   artifacts/{sha256-…}                   image, digest, build, commit
   builds/{build id}                      builds that started nothing, and why
+  deploys/{build id}                     who ran `pitstop deploy` for a build
+  commands/{command id}                  commands refused (unverified, no permission, no target), and why
+  access/project                         project-wide role grants
 
 Every state change and its audit event commit in one atomic batch keyed by the
 input id, so a redelivered input finds its event and changes nothing.
@@ -27,7 +30,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable
 
 from pitstop.core import audit
-from pitstop.core.models import TERMINAL, WATCHED, Artifact, AuditEvent, Rollout, RolloutSpec
+from pitstop.core.models import TERMINAL, WATCHED, Access, Artifact, AuditEvent, Rollout, RolloutSpec
 
 if TYPE_CHECKING:
     from google.cloud import firestore
@@ -99,6 +102,30 @@ class Store:
         doc = spec.model_dump(mode="json", exclude_none=True)
         doc.update(applied_at=now, applied_by=actor, match_keys=match_keys(spec))
         self.db.collection("specs").document(spec.key).set(doc)
+
+    def spec(self, service: str, environment: str) -> RolloutSpec | None:
+        snap = self.db.collection("specs").document(f"{service}--{environment}").get()
+        return (self._parse_specs([snap]) or [None])[0] if snap.exists else None
+
+    def project_access(self) -> Access | None:
+        """The project-wide grants (`access/project`), applied with `pitstop access apply`."""
+        snap = self.db.collection("access").document("project").get()
+        if not snap.exists:
+            return None
+        doc = {k: v for k, v in snap.to_dict().items() if k not in SPEC_BOOKKEEPING}
+        return Access.model_validate(doc, strict=False)
+
+    def put_access(self, grants: Access, actor: str, now: datetime) -> None:
+        self.db.collection("access").document("project").set({**grants.model_dump(), "applied_at": now,
+                                                              "applied_by": actor})
+
+    def record_deploy(self, build_id: str, doc: dict[str, Any]) -> None:
+        """Who asked for a build (`pitstop deploy`): the rollout it starts names them as its starter."""
+        self.db.collection("deploys").document(build_id).set(doc)
+
+    def deploy_request(self, build_id: str) -> dict[str, Any] | None:
+        snap = self.db.collection("deploys").document(build_id).get()
+        return snap.to_dict() if snap.exists else None
 
     def specs(self) -> list[RolloutSpec]:
         return self._parse_specs(self.db.collection("specs").stream())

@@ -72,6 +72,8 @@ from pitstop.gcp.store import Store, service_key
 from pitstop.local.emulators import wipe_firestore
 from pitstop.local.payloads import cloud_build, incident
 
+SAMPLER = "pitstop-on-tick@pitstop-bench.iam.gserviceaccount.com"  # pitstop's own sampler identity
+
 REGION = "us-central1"
 ENVIRONMENT = "production"
 TARGET_READS, TARGET_WRITES = 60, 40  # issue 7: a whole 4-step canary, whatever the number of services
@@ -336,6 +338,34 @@ class FakeMetrics:
         return out
 
 
+class FakeCloudBuild:
+    """Cloud Build's API: the builds the harness announced, as `get_build` returns them (no Firestore cost)."""
+
+    def __init__(self) -> None:
+        self.builds: dict[str, dict[str, Any]] = {}
+
+    def build(self, project: str, build_id: str, location: str | None = None) -> dict[str, Any] | None:
+        return self.builds.get(build_id)
+
+
+class Signer:
+    """Real ID tokens from a local issuer, verified by the real verifier: the commands' and samples' senders."""
+
+    def __init__(self, project: str) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from pitstop.gcp.identity import Verifier
+        from pitstop.local.issuer import start_issuer
+
+        self.issuer = start_issuer(Path(tempfile.mkdtemp(prefix="pitstop-costs-issuer-")))
+        self.audience = f"pitstop:{project}"
+        self.verifier = Verifier([self.audience], issuers=[self.issuer.url], certs_url=self.issuer.certs_url)
+
+    def token(self, email: str = SAMPLER) -> str:
+        return self.issuer.mint(email, self.audience)
+
+
 class FakeBus:
     """Pub/Sub: health samples queued for delivery after the tick; events recorded."""
 
@@ -492,6 +522,7 @@ class Harness:
         self.client = firestore.Client(project=project)
         count_firestore(self.client, self.meter)
         self.store = Store(self.client)
+        self.signer = Signer(project)
 
     def check(self) -> None:
         self_check(self.store, self.meter)
@@ -505,11 +536,14 @@ class Harness:
         store = self.store
         sink = LogSink()
         cloudrun = FakeCloudRun(meter)
-        config = Config(project=self.project, health_lag=LAG)
+        config = Config(project=self.project, health_lag=LAG, sampler_identity=SAMPLER,
+                        admins=("user:bench@example.com",))
         bus = FakeBus(config.health_topic)
         clock = [T0]
+        signer, cloudbuild = self.signer, FakeCloudBuild()
         engine = Engine(config, store, cloudrun=lambda: cloudrun, bus=bus,
-                        metrics=lambda: FakeMetrics(meter, cloudrun), clock=lambda: clock[0])
+                        metrics=lambda: FakeMetrics(meter, cloudrun), clock=lambda: clock[0],
+                        verifier=lambda: signer.verifier, cloudbuild=lambda: cloudbuild, tokens=lambda: signer)
         _count_handles(engine, meter)
 
         services = [f"svc-{i:03d}" for i in range(n)]
@@ -559,9 +593,10 @@ class Harness:
                                       sum(spent[o] for o in MONITORING), time.perf_counter() - started))
                 clock[0] = next_tick + timedelta(seconds=2)  # Pub/Sub hands the samples on
                 for payload in bus.take_health():
+                    token = messages.sender_token(payload, {})
                     sample = messages.parse_health(payload)
                     with meter.entry("health", meter.rollout_services.get(sample.rollout_id or "")):
-                        engine.on_health(sample)
+                        engine.on_health(sample, token)
                 done = len(states) == n and in_flight == 0 and not events
                 after = after + 1 if done else 0
                 if after > AFTER:
@@ -650,6 +685,7 @@ def _build(engine: Engine, service: str, build_id: str, project: str, clock: lis
     def deliver() -> None:
         payload = cloud_build("SUCCESS", build_id=build_id, project=project, repo=service, trigger=f"build-{service}",
                               substitutions={"_VERSION": "v2"}, now=clock[0])
+        engine._adapter("cloudbuild").builds[build_id] = payload  # Cloud Build knows its builds
         engine.on_build(messages.parse_build(payload, {"buildId": build_id, "status": "SUCCESS"}))
     return deliver
 
@@ -668,8 +704,8 @@ def _probe_plan(probes: list[str], builds: dict[str, str], project: str, clock: 
     def command(service: str, action: str) -> Callable[[], None]:
         def deliver() -> None:
             engine.on_command(messages.parse_command(
-                {"action": action, "service": service, "environment": ENVIRONMENT, "region": REGION,
-                 "actor": "bench@example.com"}, f"{service}-{action}-{clock[0]:%H%M%S}"))
+                {"action": action, "service": service, "environment": ENVIRONMENT, "region": REGION},
+                f"{service}-{action}-{clock[0]:%H%M%S}"), engine._adapter("tokens").token("bench@example.com"))
         return deliver
 
     plans = [

@@ -17,6 +17,11 @@ from pathlib import Path
 from pitstop.local.emulators import ManagedProcess, free_port, start_together
 
 START_TIMEOUT_S = 60.0
+HTTP_TARGETS = {"api"}  # the HTTP API; every other function is fed by a Pub/Sub push (a CloudEvent)
+
+
+def signature_type(target: str) -> str:
+    return "http" if target in HTTP_TARGETS else "cloudevent"
 
 
 class FunctionProcess(ManagedProcess):
@@ -31,7 +36,7 @@ class FunctionProcess(ManagedProcess):
         self.url = f"http://127.0.0.1:{port}/"
         argv = [
             sys.executable, "-m", "functions_framework",
-            f"--target={target}", f"--source={source}", "--signature-type=cloudevent",
+            f"--target={target}", f"--source={source}", f"--signature-type={signature_type(target)}",
             "--host=127.0.0.1", f"--port={port}",
         ]
         # Unbuffered, so the log file is complete when a test prints it.

@@ -70,12 +70,14 @@ def _alerts() -> list[dict[str, Any]]:
 
 
 def _commands() -> list[dict[str, Any]]:
+    # No `actor`: who sent a command is the verified email of its ID token, never a payload field.
     return [
-        {"action": "promote", "service": "web", "full": True, "actor": "alice@example.com"},
+        {"action": "promote", "service": "web", "full": True},
         {"action": "pause", "service": "web", "environment": "production", "region": "us-central1",
-         "actor": "bob", "reason": "investigating latency"},
-        {"action": "rollback", "service": "web", "to_version": "v1.2.3", "actor": "carol"},
-        {"action": "abort", "rollout_id": "web-production-us-central1-aaaa1111", "actor": "dave", "id": "cmd-42"},
+         "reason": "investigating latency"},
+        {"action": "rollback", "service": "web", "to_version": "v1.2.3"},
+        {"action": "abort", "rollout_id": "web-production-us-central1-aaaa1111", "id": "cmd-42"},
+        {"action": "deploy", "service": "web", "environment": "production", "ref": "v1.2.3"},
     ]
 
 

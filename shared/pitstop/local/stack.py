@@ -24,8 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from pitstop.local.cloudbuild import register_trigger, start_cloudbuild
 from pitstop.local.emulators import Emulators, check_prerequisites, start_emulators
 from pitstop.local.functions import FunctionProcess, start_functions
+from pitstop.local.issuer import start_issuer
+from pitstop.surfaces.credentials import local_identity
 from pitstop.local.requestlog import RequestLog
 from pitstop.local.wiring import ROUTES, publish, wire
 
@@ -46,6 +49,10 @@ class Stack:
     request_log: RequestLog = field(default_factory=RequestLog)
     cloud_run: Any = None
     monitoring: Any = None
+    issuer: Any = None  # Google's ID-token issuer and the metadata server's identity endpoint
+    cloud_build: Any = None
+    # Who the person at this laptop is (PITSTOP_IDENTITY, else `git config user.email`): the project admin.
+    identity: str = ""
     _exit: ExitStack = field(default_factory=ExitStack)
     _stop_ticks: threading.Event = field(default_factory=threading.Event)
 
@@ -68,7 +75,13 @@ class Stack:
             self._exit.callback(self.cloud_run.stop)
             self.monitoring = start_monitoring_server(self.request_log, "127.0.0.1", 0, lag=self.health_lag)
             self._exit.callback(self.monitoring.stop, 0)
-            self.functions = start_functions(list(ROUTES.values()), FUNCTIONS_SOURCE, self.function_env,
+            self.issuer = start_issuer(self.state_dir, default_identity=self.sampler_identity, project=self.project)
+            self._exit.callback(self.issuer.stop)
+            self.cloud_build = start_cloudbuild(self.state_dir, self.project)
+            self._exit.callback(self.cloud_build.stop)
+            register_trigger(self.state_dir, "build-web", "web")
+            self.identity = self.identity or local_identity()
+            self.functions = start_functions(list(ROUTES.values()) + ["api"], FUNCTIONS_SOURCE, self.function_env,
                                              log_dir=self.state_dir / "logs")
             for process in self.functions.values():
                 self._exit.callback(process.stop)
@@ -103,14 +116,42 @@ class Stack:
         return f"127.0.0.1:{self.monitoring.bound_port}"
 
     @property
+    def sampler_identity(self) -> str:
+        """The functions' own service account (what the metadata stand-in mints tokens for)."""
+        return f"pitstop-functions@{self.project}.iam.gserviceaccount.com"
+
+    @property
+    def api_url(self) -> str:
+        return self.functions["api"].url.rstrip("/")
+
+    @property
     def env(self) -> dict[str, str]:
         """What a shell (or the CLI) exports to talk to this stack."""
-        return {**self.emulators.env, "PITSTOP_RUN_ENDPOINT": self.run_endpoint,
-                "PITSTOP_MONITORING_ENDPOINT": self.monitoring_endpoint}
+        env = {**self.emulators.env, "PITSTOP_RUN_ENDPOINT": self.run_endpoint,
+               "PITSTOP_MONITORING_ENDPOINT": self.monitoring_endpoint, "PITSTOP_BUILD_ENDPOINT": self.cloud_build.url,
+               "PITSTOP_AUDIENCE": f"pitstop:{self.project}", "PITSTOP_LOCAL_ISSUER": self.issuer.url}
+        if "api" in self.functions:
+            env["PITSTOP_API"] = self.api_url
+        return env
 
     @property
     def function_env(self) -> dict[str, str]:
-        return {**self.env, "PITSTOP_HEALTH_LAG": str(float(self.health_lag))}
+        """The functions trust the local issuer exactly as on GCP they trust Google: same code, other endpoints.
+        google-auth's metadata server (GCE_METADATA_HOST) is the issuer's stand-in, so `fetch_id_token` mints
+        the functions' own tokens as on Cloud Functions."""
+        return {**{k: v for k, v in self.env.items() if k not in ("PITSTOP_API", "PITSTOP_LOCAL_ISSUER")},
+                "PITSTOP_HEALTH_LAG": str(float(self.health_lag)),
+                "PITSTOP_TOKEN_CERTS": self.issuer.certs_url, "PITSTOP_TOKEN_ISSUERS": self.issuer.url,
+                "GCE_METADATA_HOST": self.issuer.metadata_host, "GCE_METADATA_IP": self.issuer.metadata_host,
+                "PITSTOP_SAMPLER_IDENTITY": self.sampler_identity, "PITSTOP_ADMINS": f"user:{self.identity}"}
+
+    def token(self, email: str | None = None, **kwargs: Any) -> str:
+        """An ID token of `email` (default: the person at this laptop) for this deployment."""
+        return self.issuer.mint(email or self.identity, f"pitstop:{self.project}", **kwargs)
+
+    def command(self, payload: dict[str, Any], email: str | None = None) -> str:
+        """Publish an operator command signed by `email` (default: the person at this laptop)."""
+        return self.publish("pitstop-commands", payload, id_token=self.token(email))
 
     def publish(self, topic: str, payload: dict[str, Any] | bytes, **attributes: str) -> str:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
