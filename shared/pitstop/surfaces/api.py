@@ -1,0 +1,509 @@
+"""The HTTP API (the `api` function): what the CLI and other clients call, as a verified person.
+
+    GET  /api/v1/openapi.json              this API, described (the one route that needs no token)
+    GET  /api/v1/whoami                    the caller's verified email and roles
+    GET  /api/v1/rollouts?service=&limit=  recent rollouts the caller may read
+    GET  /api/v1/rollouts/{id}             one rollout: state, traffic, step, verdict, baseline
+    GET  /api/v1/rollouts/{id}/audit       its audit trail, and whether the hash chain is intact
+    POST /api/v1/rollouts/{id}:{action}    promote | pause | resume | abort | approve | rollback
+    POST /api/v1/rollback                  straight to an earlier good version (`rollback --to`)
+    POST /api/v1/deploy                    run the service's build trigger at a ref
+    GET  /api/v1/specs                     the specs the caller may read
+    PUT  /api/v1/specs/{key}               apply a spec (YAML or JSON); admin
+    PUT  /api/v1/access                    replace the project access document; project admin
+
+Every request carries the caller's Google-signed ID token; the actor of whatever it does is
+the token's verified email. Commands take the road of a `pitstop-commands` message: their
+body is parsed first, then `Engine.on_command` verifies the token, checks the permission,
+decides and stores one audit event per rollout, or records the refusal in commands/{id}
+(unverified senders included, with the email they claimed). Every other route verifies the
+token before it reads anything.
+
+Errors are always `{"error": {"code", "message"}}`, the message a sentence saying what failed
+and what state things are left in; the codes are `Refused.code`s plus method_not_allowed,
+unavailable, upstream and internal. No stack trace ever leaves; unexpected errors are logged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import flask
+from pydantic import ValidationError
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import BaseConverter, Map, RequestRedirect, Rule
+
+from pitstop.core import access
+from pitstop.core.models import DOC_ID, Access, Command, Rollout
+from pitstop.log import log
+
+if TYPE_CHECKING:
+    from pitstop.engine import Engine, Reply
+    from pitstop.gcp.identity import Identity
+
+MAX_BODY = 512 * 1024  # bytes; the largest valid access document (5 roles x 200 members) is about 260 KB
+DEFAULT_LIMIT, MAX_LIMIT = 20, 200
+ACTIONS = ("promote", "pause", "resume", "abort", "approve", "rollback")
+OPENAPI = Path(__file__).with_name("openapi.json")
+HTTP_STATUS = {"invalid_request": 400, "unauthenticated": 401, "insufficient_permissions": 403, "not_found": 404,
+               "method_not_allowed": 405, "conflict": 409, "internal": 500, "upstream": 502, "unavailable": 503}
+
+
+class _Segment(BaseConverter):
+    """One path segment up to a colon: `/rollouts/{id}:promote` names rollout `{id}`, action `promote`."""
+
+    regex = r"[^/:]+"
+
+
+# ---------------------------------------------------------------- the routes
+
+ROUTES = Map([
+    Rule("/api/v1/openapi.json", methods=["GET"], endpoint="openapi"),
+    Rule("/api/v1/whoami", methods=["GET"], endpoint="whoami"),
+    Rule("/api/v1/rollouts", methods=["GET"], endpoint="list_rollouts"),
+    Rule("/api/v1/rollouts/<segment:rollout_id>", methods=["GET"], endpoint="get_rollout"),
+    Rule("/api/v1/rollouts/<segment:rollout_id>/audit", methods=["GET"], endpoint="get_audit"),
+    Rule("/api/v1/rollouts/<segment:rollout_id>:<action>", methods=["POST"], endpoint="command"),
+    Rule("/api/v1/rollback", methods=["POST"], endpoint="rollback_to"),
+    Rule("/api/v1/deploy", methods=["POST"], endpoint="deploy"),
+    Rule("/api/v1/specs", methods=["GET"], endpoint="list_specs"),
+    Rule("/api/v1/specs/<key>", methods=["PUT"], endpoint="put_spec"),
+    Rule("/api/v1/access", methods=["PUT"], endpoint="put_access"),
+], converters={"segment": _Segment}, strict_slashes=False, merge_slashes=False)
+
+PUBLIC = {"openapi"}
+VERIFIED_BY_THE_ENGINE = {"command", "rollback_to", "deploy"}  # so that a refused command is recorded
+
+
+class ApiError(Exception):
+    """An answer other than success: its code (and HTTP status) and its sentence."""
+
+    def __init__(self, code: str, message: str, status: int | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+        self.status = status or HTTP_STATUS[code]
+        self.extra = {k: v for k, v in extra.items() if v not in (None, [], ())}
+
+
+@dataclass
+class Call:
+    """One request: its token, the engine (built on first use), and the caller once verified."""
+
+    request: flask.Request
+    engine_factory: Callable[[], Engine]
+    _identity: Identity | None = None
+    _body: bytes | None = None
+    _grants: dict[tuple[str, str, str], access.Denial | None] = field(default_factory=dict)
+
+    @property
+    def engine(self) -> Engine:
+        return self.engine_factory()
+
+    @property
+    def token(self) -> str | None:
+        # On GCP, Cloud Run checks the Authorization token (run.invoker, audience: the API's URL) and then strips
+        # its signature before the function sees it, so the CLI sends its token again in X-Pitstop-Token (audience:
+        # pitstop), and that is the one verified here. Authorization serves clients of the local stack and tests.
+        return self.request.headers.get("X-Pitstop-Token") or self.request.headers.get("Authorization")
+
+    def who(self) -> Identity:
+        from pitstop.gcp.identity import Unverified
+
+        if self._identity is None:
+            try:
+                self._identity = self.engine.identify(self.token)
+            except Unverified as err:
+                raise ApiError("unauthenticated", f"request refused: {err.reason}; nothing was read or changed")
+        return self._identity
+
+    def may(self, permission: str, service: str, environment: str) -> access.Denial | None:
+        """None if the caller holds `permission` on this service and environment (asked once per request)."""
+        asked = (permission, service, environment)
+        if asked not in self._grants:
+            self._grants[asked] = self.engine.authorize(self.who().email, permission, service, environment)
+        return self._grants[asked]
+
+    def must(self, permission: str, service: str, environment: str) -> None:
+        denial = self.may(permission, service, environment)
+        if denial is not None:
+            raise ApiError("insufficient_permissions", f"{denial.reason}; nothing was read or changed",
+                           permission=denial.permission)
+
+    def body(self) -> bytes:
+        """The request body, at most MAX_BODY bytes (also when it comes chunked, without a Content-Length)."""
+        if self._body is None:
+            length = self.request.content_length
+            data = b"" if length == 0 else self.request.stream.read(MAX_BODY + 1)
+            if (length or 0) > MAX_BODY or len(data) > MAX_BODY:
+                raise ApiError("invalid_request", f"the request body is larger than {MAX_BODY} bytes; nothing "
+                                                  f"was read or changed", status=413)
+            self._body = data
+        return self._body
+
+
+def respond(request: flask.Request, engine: Callable[[], Engine]) -> flask.Response:
+    """Route the request, verify its sender, run its route; every failure becomes a JSON error."""
+    call = Call(request, engine)
+    try:
+        endpoint, args = ROUTES.bind_to_environ(request.environ).match()
+        if endpoint not in PUBLIC | VERIFIED_BY_THE_ENGINE:
+            call.who()
+        status, body = HANDLERS[endpoint](call, **args)
+        return _json(status, body)
+    except ApiError as err:
+        return _error(err)
+    except (NotFound, RequestRedirect):
+        return _error(ApiError("not_found", f"there is no route {request.method} {request.path}; the routes are "
+                                            f"listed in /api/v1/openapi.json"))
+    except MethodNotAllowed as err:
+        allowed = sorted(set(err.valid_methods or ()) - {"HEAD", "OPTIONS"})
+        return _error(ApiError("method_not_allowed", f"{request.path} does not take {request.method} (it takes "
+                                                     f"{', '.join(allowed)}); nothing was read or changed"),
+                      {"Allow": ", ".join(allowed)})
+    except Exception as err:  # noqa: BLE001 - the one place every other failure becomes a sentence
+        return _error(_unexpected(request, err))
+
+
+# ---------------------------------------------------------------- reads
+
+def openapi(call: Call) -> tuple[int, Any]:
+    return 200, _openapi_document()
+
+
+def whoami(call: Call) -> tuple[int, Any]:
+    me, engine = call.who(), call.engine
+    project = engine.store.project_access()
+    admins = engine.config.admins
+    specs = {}
+    for spec in engine.store.specs():
+        roles = access.roles_of(me.email, [spec.access, project], admins)
+        if roles:  # a spec the caller holds no role on is not theirs to know about
+            specs[spec.key] = _ordered(roles)
+    return 200, {"email": me.email, "audience": me.audience, "expires_at": me.expires_at.isoformat(),
+                 "roles": {"project": _ordered(access.roles_of(me.email, [project], admins)), "specs": specs}}
+
+
+def list_rollouts(call: Call) -> tuple[int, Any]:
+    from pitstop.surfaces.render import rollout_row
+
+    service = call.request.args.get("service") or None
+    limit = _limit(call.request.args.get("limit"))
+    recent = call.engine.store.recent(service, limit)
+    readable = [r for r in recent if call.may("rollout:read", r.service, r.environment) is None]
+    return 200, {"rollouts": [rollout_row(r) for r in readable]}
+
+
+def get_rollout(call: Call, rollout_id: str) -> tuple[int, Any]:
+    from pitstop.surfaces.render import rollout_row
+
+    r = _readable_rollout(call, rollout_id)
+    return 200, {
+        **rollout_row(r),
+        "kind": r.kind, "project": r.project, "stable_revision": r.stable_revision,
+        "traffic": {"desired": [t.model_dump(mode="json", exclude_none=True) for t in r.desired],
+                    "observed": [t.model_dump(mode="json", exclude_none=True) for t in r.observed]
+                    if r.observed is not None else None,
+                    "desired_generation": r.desired_generation, "observed_generation": r.observed_generation},
+        "baseline": r.baseline.model_dump(mode="json", exclude_none=True) if r.baseline else None,
+        "hold_until": _iso(r.hold_until), "started_by": r.started_by, "promoted_by": r.promoted_by,
+        "superseded_by": r.superseded_by, "finished_at": _iso(r.finished_at),
+    }
+
+
+def get_audit(call: Call, rollout_id: str) -> tuple[int, Any]:
+    from pitstop.surfaces.audit import verify_rollout
+    from pitstop.surfaces.render import event_row
+
+    _readable_rollout(call, rollout_id)
+    events = sorted(call.engine.store.events(rollout_id), key=lambda e: (e.seq is not None, e.seq or 0, e.at))
+    report = verify_rollout(call.engine.store, rollout_id)
+    return 200, {"rollout_id": rollout_id, "events": [event_row(e) for e in events],
+                 "chain": {"intact": report.ok, "checked": report.checked, "head": report.head,
+                           "problems": report.problems}}
+
+
+def list_specs(call: Call) -> tuple[int, Any]:
+    specs = [s for s in call.engine.store.specs() if call.may("rollout:read", s.service, s.environment) is None]
+    return 200, {"specs": [{"key": s.key, **s.model_dump(mode="json", exclude_none=True)} for s in specs]}
+
+
+# ---------------------------------------------------------------- commands: the engine decides
+
+def command(call: Call, rollout_id: str, action: str) -> tuple[int, Any]:
+    if action not in ACTIONS:
+        raise ApiError("invalid_request", f"there is no action {action!r}; a rollout takes "
+                                          f"{', '.join(ACTIONS)}; nothing changed")
+    fields = _fields(call, {"reason", "full"} if action == "promote" else {"reason"}, action)
+    return _decide(call, _command(action=action, rollout_id=rollout_id, **fields))
+
+
+def rollback_to(call: Call) -> tuple[int, Any]:
+    fields = _fields(call, {"service", "rollout_id", "environment", "region", "to_version", "reason"}, "rollback")
+    if not fields.get("to_version"):
+        raise ApiError("invalid_request", "to_version is required (the earlier good version to switch to); to roll "
+                                          "back a rollout in progress, POST /api/v1/rollouts/{id}:rollback; "
+                                          "nothing changed")
+    return _decide(call, _command(action="rollback", **fields))
+
+
+def deploy(call: Call) -> tuple[int, Any]:
+    fields = _fields(call, {"service", "environment", "ref", "reason"}, "deploy")
+    missing = [name for name in ("service", "environment", "ref") if not fields.get(name)]
+    if missing:
+        raise ApiError("invalid_request", f"deploy needs service, environment and ref ({', '.join(missing)} "
+                                          f"missing); nothing deployed")
+    cmd = _command(action="deploy", **fields)
+    build = _reply(call, cmd).build or {}
+    return 202, {"command_id": cmd.id, "actor": call.who().email, "build_id": build.get("id"),
+                 "log_url": build.get("logUrl"), "service": cmd.service, "environment": cmd.environment,
+                 "ref": cmd.ref}
+
+
+def _decide(call: Call, cmd: Command) -> tuple[int, Any]:
+    """One Engine.on_command; the decision for each rollout it reached (409 if none changed anything)."""
+    done = _reply(call, cmd)
+    results = [_result(rollout_id, outcome) for rollout_id, outcome in done.outcomes]
+    body = {"command_id": cmd.id, "actor": call.who().email, "results": results}
+    if results and all(r["decision"] == "ignored" for r in results):
+        reasons = "; ".join(reason for r in results for reason in r["reasons"]) or "the rollout did not change"
+        raise ApiError("conflict", f"{cmd.action} changed nothing: {reasons}", command_id=cmd.id, results=results)
+    return 200, body
+
+
+def _reply(call: Call, cmd: Command) -> Reply:
+    from pitstop.engine import Refused
+
+    reply = call.engine.on_command(cmd, call.token)
+    if isinstance(reply, Refused):
+        raise ApiError(reply.code, reply.reason, command_id=cmd.id, permission=reply.permission,
+                       candidates=list(reply.candidates))
+    return reply
+
+
+def _result(rollout_id: str, outcome: Any) -> dict[str, Any]:
+    if outcome.stored:
+        audit, after = outcome.decision.audit, outcome.decision.rollout
+        return {"rollout_id": rollout_id, "decision": audit.decision, "state": after.state,
+                "reasons": list(audit.reasons), "traffic": audit.traffic_after}
+    if outcome.missing:
+        return {"rollout_id": rollout_id, "decision": "ignored", "state": None,
+                "reasons": [f"rollout {rollout_id} no longer exists"], "traffic": None}
+    before = outcome.rollout or (outcome.decision.rollout if outcome.decision else None)
+    return {"rollout_id": rollout_id, "decision": "duplicate" if outcome.duplicate else "unchanged",
+            "state": before.state if before else None, "reasons": [], "traffic": None}
+
+
+# ---------------------------------------------------------------- specs and access: admins
+
+def put_spec(call: Call, key: str) -> tuple[int, Any]:
+    from pitstop.core.routing import spec_collisions
+    from pitstop.core.spec import SpecError, load_spec
+
+    me, engine = call.who(), call.engine
+    text = _document_text(call)
+    try:
+        spec = load_spec(text, f"spec {key}")
+    except SpecError as err:
+        raise ApiError("invalid_request", f"{err}\nNothing was applied; the stored spec is unchanged.") from None
+    if spec.key != key:
+        raise ApiError("invalid_request", f"the body is spec {spec.key} (service {spec.service}, environment "
+                                          f"{spec.environment}) but the URL names {key}; nothing was applied")
+    # Checked against the grants in force, never the body's: nobody makes themselves admin by writing a spec,
+    # and a new spec (no grants yet) takes a project admin.
+    call.must("spec:write", spec.service, spec.environment)
+    clashes = spec_collisions(spec, engine.store.specs(), engine.config.project)
+    if clashes:
+        raise ApiError("conflict", f"spec {spec.key} was not applied: " + "; ".join(clashes)
+                       + ". Two specs must not roll out the same Cloud Run service; the stored specs are unchanged.")
+    engine.store.put_spec(spec, me.email, engine.clock())
+    log("NOTICE", f"{me.email} applied spec {spec.key}", service=spec.service, actor=me.email)
+    return 200, {"key": spec.key, "applied_by": me.email}
+
+
+def put_access(call: Call) -> tuple[int, Any]:
+    me, engine = call.who(), call.engine
+    denial = access.check(me.email, "spec:write", "the project (access document)", [engine.store.project_access()],
+                          engine.config.admins)
+    if denial is not None:
+        raise ApiError("insufficient_permissions", f"{denial.reason}; the access document is unchanged",
+                       permission=denial.permission)
+    doc = _load_document(_document_text(call), "access document")
+    try:
+        grants = Access.model_validate(doc, strict=False)
+    except ValidationError as err:
+        raise ApiError("invalid_request", "invalid access document:\n" + _field_errors(err)
+                       + "\nNothing was applied; the access document is unchanged.") from None
+    engine.store.put_access(grants, me.email, engine.clock())
+    log("NOTICE", f"{me.email} applied the project access document", actor=me.email)
+    return 200, {"applied_by": me.email, "access": grants.model_dump(mode="json")}
+
+
+HANDLERS: dict[str, Callable[..., tuple[int, Any]]] = {
+    "openapi": openapi, "whoami": whoami, "list_rollouts": list_rollouts, "get_rollout": get_rollout,
+    "get_audit": get_audit, "command": command, "rollback_to": rollback_to, "deploy": deploy,
+    "list_specs": list_specs, "put_spec": put_spec, "put_access": put_access,
+}
+
+
+# ---------------------------------------------------------------- helpers
+
+def _readable_rollout(call: Call, rollout_id: str) -> Rollout:
+    r = call.engine.store.rollout(rollout_id) if re.fullmatch(DOC_ID, rollout_id) else None
+    if r is None:
+        raise ApiError("not_found", f"there is no rollout {rollout_id}")
+    call.must("rollout:read", r.service, r.environment)
+    return r
+
+
+def _limit(value: str | None) -> int:
+    if value is None or value == "":
+        return DEFAULT_LIMIT
+    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+        raise ApiError("invalid_request", f"limit must be a whole number from 1 to {MAX_LIMIT}, got {value[:20]!r}")
+    return int(value)
+
+
+def _json_body(call: Call) -> dict[str, Any]:
+    """The body as a JSON object ({} when empty)."""
+    data = call.body()
+    if not data.strip():
+        return {}
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as err:
+        raise ApiError("invalid_request", f"the body is not valid JSON ({_short(err)}); nothing changed") from None
+    if not isinstance(doc, dict):
+        raise ApiError("invalid_request", f"the body must be a JSON object, not {type(doc).__name__}; nothing changed")
+    return doc
+
+
+def _fields(call: Call, allowed: set[str], action: str) -> dict[str, Any]:
+    doc = _json_body(call)
+    unknown = sorted(set(doc) - allowed)
+    if unknown:
+        raise ApiError("invalid_request", f"{action} takes {', '.join(sorted(allowed))}; unknown field "
+                                          f"{', '.join(_short(u) for u in unknown)}; nothing changed")
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+def _command(**fields: Any) -> Command:
+    try:
+        return Command.model_validate({"id": f"api-{uuid.uuid4().hex}", **fields})
+    except ValidationError as err:
+        raise ApiError("invalid_request", f"invalid {fields.get('action')} request:\n" + _field_errors(err)
+                       + "\nNothing changed.") from None
+
+
+def _document_text(call: Call) -> str:
+    """A YAML or JSON document (Content-Type application/json: JSON; anything else: YAML), as YAML text."""
+    import yaml
+
+    try:
+        text = call.body().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError("invalid_request", "the body is not UTF-8 text; nothing was applied") from None
+    if call.request.mimetype == "application/json":
+        try:
+            return yaml.safe_dump(json.loads(text), allow_unicode=True, sort_keys=False)
+        except (ValueError, RecursionError) as err:
+            raise ApiError("invalid_request", f"the body is not valid JSON ({_short(err)}); nothing was "
+                                              f"applied") from None
+    # An alias can make a few hundred bytes of YAML expand to gigabytes once a validation error quotes it.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        aliased = any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=loader))
+    except yaml.YAMLError as err:
+        raise ApiError("invalid_request", f"the body is not valid YAML: {_short(err, 300)}; nothing was "
+                                          f"applied") from None
+    if aliased:
+        raise ApiError("invalid_request", "the document uses YAML aliases (*name); write the values out. "
+                                          "Nothing was applied.")
+    return text
+
+
+def _load_document(text: str, what: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ApiError("invalid_request", f"the {what} is not valid YAML: {_short(err, 300)}; nothing was "
+                                          f"applied") from None
+    if not isinstance(doc, dict):
+        raise ApiError("invalid_request", f"the {what} must be a mapping; nothing was applied")
+    return doc
+
+
+def _field_errors(err: ValidationError) -> str:
+    """One line per problem, with its field path (the values themselves are not quoted: they may be huge)."""
+    lines = []
+    for e in err.errors()[:20]:
+        where = ".".join(str(p) for p in e["loc"]) or "(top)"
+        message = "unknown field; check the spelling" if e["type"] == "extra_forbidden" else \
+            "required field is missing" if e["type"] == "missing" else e["msg"].removeprefix("Value error, ")
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def _ordered(roles: set[str]) -> list[str]:
+    return [role for role in access.ROLES if role in roles]
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+@cache
+def _openapi_document() -> dict[str, Any]:
+    return json.loads(OPENAPI.read_text())
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> flask.Response:
+    response = flask.Response(json.dumps(body, default=str), status=status, mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers.update(headers or {})
+    return response
+
+
+def _error(err: ApiError, headers: dict[str, str] | None = None) -> flask.Response:
+    """The one error shape: {"error": {"code", "message", ...details}}."""
+    if err.status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="pitstop"'}
+    return _json(err.status, {"error": {"code": err.code, "message": err.message, **err.extra}}, headers)
+
+
+def _unexpected(request: flask.Request, err: Exception) -> ApiError:
+    """A failure the routes did not foresee: named and logged, never a stack trace in the answer."""
+    from google.api_core import exceptions as google
+
+    from pitstop.gcp.identity import CertsUnavailable
+
+    where = f"{request.method} {request.path}"
+    if isinstance(err, CertsUnavailable):
+        log("ERROR", f"{where}: {err}")
+        return ApiError("unavailable", f"pitstop could not fetch the certificates to verify your token ({err}); "
+                                       f"nothing was read or changed. Retry in a moment.")
+    if isinstance(err, google.GoogleAPICallError):
+        log("ERROR", f"{where}: a Google API call failed: {err}")
+        return ApiError("upstream", f"a Google API call failed while handling {where}: {_short(err.message, 300)}. "
+                                    f"It may have been partly carried out: read the rollout or spec again before "
+                                    f"retrying.")
+    import traceback
+
+    incident = uuid.uuid4().hex[:12]
+    log("ERROR", f"{where} failed: {type(err).__name__}: {_short(err, 500)}", incident=incident,
+        stack_trace=traceback.format_exc())
+    return ApiError("internal", f"pitstop failed on an unexpected error ({type(err).__name__}) while handling "
+                                f"{where}; it is logged as incident {incident}. It may have been partly carried "
+                                f"out: read the rollout or spec again before retrying.")
