@@ -333,6 +333,9 @@ class Engine:
                          f"changed.", claimed_sender=err.claimed, service=sample.service, region=sample.region)
             return
         own = sender.email == self.config.sampler_identity  # pitstop's sampler (on_tick) signed it
+        if sample.rollout_id and own:
+            self.handle(sample.rollout_id, sample)  # no read before deciding: the sampler's samples cost nothing more
+            return
         if sample.rollout_id:
             named = self.store.rollout(sample.rollout_id)
             rollouts = [named] if named else []
