@@ -138,12 +138,13 @@ class Call:
     def body(self) -> bytes:
         """The request body, at most MAX_BODY bytes (also when it comes chunked, without a Content-Length)."""
         if self._body is None:
-            length = self.request.content_length
-            data = b"" if length == 0 else self.request.stream.read(MAX_BODY + 1)
-            if (length or 0) > MAX_BODY or len(data) > MAX_BODY:
-                raise ApiError("invalid_request", f"the request body is larger than {MAX_BODY} bytes; nothing "
-                                                  f"was read or changed", status=413)
-            self._body = data
+            too_large = ApiError("invalid_request", f"the request body is larger than {MAX_BODY} bytes; nothing "
+                                                    f"was read or changed", status=413)
+            if (self.request.content_length or 0) > MAX_BODY:
+                raise too_large  # refused unread (functions-framework drains it after the answer)
+            self._body = self.request.stream.read(MAX_BODY + 1)
+            if len(self._body) > MAX_BODY:
+                raise too_large
         return self._body
 
 
