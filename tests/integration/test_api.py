@@ -57,6 +57,7 @@ class Api:
     issuer: IssuerServer
     state: Path
     audience: str
+    main: Any  # functions/main.py
 
     def token(self, email: str, **kwargs: Any) -> str:
         return self.issuer.mint(email, self.audience, **kwargs)
@@ -117,8 +118,10 @@ def cloudbuild(emulators, state: Path) -> Iterator[LocalCloudBuild]:
 
 
 @pytest.fixture(scope="module")
-def app(emulators) -> Any:
-    return create_app(target="api", source=str(ROOT / "functions" / "main.py"), signature_type="http")
+def app(emulators) -> tuple[Any, Any]:
+    """functions-framework's app for `api`, and functions/main.py as it loaded it (the module holding `_engine`)."""
+    flask_app = create_app(target="api", source=str(ROOT / "functions" / "main.py"), signature_type="http")
+    return flask_app, sys.modules["main"]
 
 
 @pytest.fixture
@@ -130,7 +133,7 @@ def cloud(state: Path) -> Iterator[LocalCloudRun]:
 
 
 @pytest.fixture
-def api(firestore_clean, issuer: IssuerServer, cloudbuild: LocalCloudBuild, cloud: LocalCloudRun, app: Any,
+def api(firestore_clean, issuer: IssuerServer, cloudbuild: LocalCloudBuild, cloud: LocalCloudRun, app: tuple,
         state: Path, monkeypatch: pytest.MonkeyPatch) -> Api:
     project = firestore_clean.project
     audience = f"pitstop:{project}"
@@ -140,9 +143,9 @@ def api(firestore_clean, issuer: IssuerServer, cloudbuild: LocalCloudBuild, clou
         "PITSTOP_BUILD_ENDPOINT": cloudbuild.url, "PITSTOP_RUN_ENDPOINT": cloud.url,
     }.items():
         monkeypatch.setenv(name, value)
-    main = sys.modules["main"]  # functions/main.py, as functions-framework loaded it
+    flask_app, main = app
     monkeypatch.setattr(main, "_engine", None)  # built from this environment on the first request
-    api = Api(app.test_client(), main.engine(), issuer, state, audience)
+    api = Api(flask_app.test_client(), main.engine(), issuer, state, audience, main)
     api.grant(viewer=[f"user:{VIEWER}"], operator=[f"user:{OPERATOR}"], approver=[f"user:{APPROVER}"],
               deployer=[f"user:{DEPLOYER}", f"user:{APPROVER}"])
     return api
@@ -498,7 +501,7 @@ def test_a_trigger_cloud_build_does_not_know_is_an_upstream_error(api: Api) -> N
 
 def test_certificates_out_of_reach_are_a_503_not_a_refusal(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PITSTOP_TOKEN_CERTS", "http://127.0.0.1:9/certs")  # nothing listens there
-    monkeypatch.setattr(sys.modules["main"], "_engine", None)
+    monkeypatch.setattr(api.main, "_engine", None)
     for method, path in (("GET", "/api/v1/whoami"), ("POST", "/api/v1/rollouts/web-nope:pause")):
         assert "Retry" in error(api.call(method, path, VIEWER), 503, "unavailable")["message"]
 
