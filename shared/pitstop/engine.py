@@ -443,10 +443,26 @@ class Engine:
         if not trigger:
             return self._refuse(command, Refused("invalid_request", f"{spec.key} names no Cloud Build trigger "
                                                  f"(`triggers:` or `match.trigger`); nothing deployed"))
+        earlier = self.store.command(command.id)
+        if earlier and earlier.get("build_id"):  # a redelivery: the trigger ran already, once is enough
+            log("INFO", f"deploy {command.id} already started build {earlier['build_id']}; nothing changed")
+            return Done(build={"id": earlier["build_id"], "logUrl": earlier.get("log_url")})
+        from google.api_core import exceptions
+
         source = routing.ref_source(command.ref, spec)
-        build = self._adapter("cloudbuild").run_trigger(
-            self.config.build_project, trigger, **source,
-            substitutions={"_SERVICE": spec.service, "_ENVIRONMENT": spec.environment})
+        try:
+            build = self._adapter("cloudbuild").run_trigger(
+                self.config.build_project, trigger, **source,
+                substitutions={"_SERVICE": spec.service, "_ENVIRONMENT": spec.environment})
+        except (exceptions.NotFound, exceptions.InvalidArgument, exceptions.PermissionDenied) as err:
+            # Retrying cannot help: say what Cloud Build answered instead of redelivering forever.
+            return self._refuse(command, Refused("invalid_request", f"Cloud Build refused to run trigger {trigger} of "
+                                                 f"project {self.config.build_project} at {command.ref}: "
+                                                 f"{getattr(err, 'message', err)}; nothing deployed"))
+        self.store.record_command(command.id, {
+            "action": "deploy", "actor": command.actor, "verified": True, "service": spec.service,
+            "environment": spec.environment, "ref": command.ref, "outcome": "build_started",
+            "build_id": build["id"], "log_url": build.get("logUrl"), "at": self.clock()})
         self.store.record_deploy(build["id"], {
             "actor": command.actor, "service": spec.service, "environment": spec.environment, "ref": command.ref,
             "trigger": trigger, "command": command.id, "log_url": build.get("logUrl"), "at": self.clock()})

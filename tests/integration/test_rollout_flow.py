@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from pitstop.local.build import build_image, ship
+from pitstop.local.cloudbuild import record_build
 from pitstop.local.payloads import cloud_build, health_sample, incident
 from pitstop.local.stack import Stack, wait_for
 from pitstop.core.spec import load_spec
@@ -22,11 +23,13 @@ from pitstop.gcp.store import Store
 
 pytestmark = pytest.mark.emulators
 REGION = "us-central1"
+PROBE = "serviceAccount:probe@pitstop-test.iam.gserviceaccount.com"  # an external health source the specs list
 
 
 @pytest.fixture(scope="module")
 def stack(emulators, tmp_path_factory):
-    with Stack(tmp_path_factory.mktemp("stack"), emulators=emulators, tick_interval=0.5) as running:
+    with Stack(tmp_path_factory.mktemp("stack"), emulators=emulators, tick_interval=0.5,
+               identity="alice@example.com") as running:
         yield running
     for process in running.functions.values():
         print(f"--- {process.name}\n{Path(process.log_path).read_text()[-3000:]}")
@@ -39,7 +42,8 @@ def store(stack) -> Store:
 
 def apply(store: Store, service: str, steps: str = "[{weight: 10, pause: 1s}, {weight: 50, pause: 1s}]") -> None:
     spec = load_spec(f"service: {service}\nregions: [{REGION}]\nmatch: {{repo: {service}, branch: main}}\n"
-                     f"strategy: {{canary: {{steps: {steps}}}}}\nhealth: {{min_requests: 20, interval: 1s}}\n")
+                     f"strategy: {{canary: {{steps: {steps}}}}}\n"
+                     f"health: {{min_requests: 20, interval: 1s, sources: ['{PROBE}']}}\n")
     store.put_spec(spec, "test", datetime.now(timezone.utc))
 
 
@@ -63,8 +67,13 @@ def probe(stack: Stack, r, revision: str, requests: int, errors: int, p99: float
     start = r.judged_until or r.step_started_at  # a probe covers from where the judged time ends
     sample = health_sample(r.service, revision, start, max(now, start + timedelta(milliseconds=10)), requests,
                            errors, p99, source=source)
-    stack.publish("pitstop-health", sample)
+    signed(stack, "pitstop-health", sample)
     return sample
+
+
+def signed(stack: Stack, topic: str, payload: dict) -> None:
+    """Published with the external probe's ID token, as a listed health source sends it."""
+    stack.publish(topic, {**payload, "id_token": stack.token(PROBE.split(":", 1)[1])})
 
 
 def cloud_run_split(stack: Stack, service: str) -> dict[str, int]:
@@ -126,6 +135,7 @@ def test_duplicated_and_shuffled_delivery_ends_in_the_same_state_and_trail(stack
             builds = builds * 2
             rng.shuffle(builds)
         for body in builds:
+            record_build(stack.state_dir, body)  # Cloud Build's API knows the build it announces
             stack.publish("cloud-builds", body, buildId=build_id, status=body["status"])
         r = step_started(store, service)
         probe(stack, r, r.stable_revision, 500, 0, 100, source="stable-probe")
@@ -138,7 +148,7 @@ def test_duplicated_and_shuffled_delivery_ends_in_the_same_state_and_trail(stack
             inputs = inputs * 2
             rng.shuffle(inputs)
         for topic, body in inputs:
-            stack.publish(topic, body)
+            signed(stack, topic, body) if topic == "pitstop-health" else stack.publish(topic, body)
         expected_events = 6  # started, applied g1, step applied g2, baseline, 2 samples ... + alert closed
         wait_for(f"{service} inputs recorded",
                  lambda: len(store.events(r.id)) >= expected_events + 1, timeout=90)
@@ -187,6 +197,7 @@ def test_malformed_messages_are_logged_acknowledged_and_change_nothing(stack, st
     before = _snapshot(store)
 
     no_digest = cloud_build("SUCCESS", project=stack.project, repo="shop", with_images=False)
+    record_build(stack.state_dir, no_digest)  # a real build that pushed its image inside a step
     bad = [
         ("cloud-builds", b"{not json", "on_build", "data is not JSON"),
         ("cloud-builds", json.dumps({"id": "b-1", "status": "EXPLODED"}).encode(), "on_build", "status"),
@@ -195,7 +206,7 @@ def test_malformed_messages_are_logged_acknowledged_and_change_nothing(stack, st
          "request_count: Field required"),
         ("pitstop-health", json.dumps(health_sample("nosuch", "nosuch-1", r.step_started_at, r.step_started_at
                                                     + timedelta(seconds=5), 100, 50, 10)).encode(), "on_health",
-         "no rollout in progress"),
+         "no ID token"),
         ("pitstop-commands", json.dumps({"action": "launch", "service": "shop"}).encode(), "on_command", "action"),
         ("pitstop-alerts", json.dumps({"version": "1.2"}).encode(), "on_alert", "without an 'incident'"),
     ]
@@ -232,8 +243,8 @@ def _cli(stack: Stack, *args: str):
     from pitstop.surfaces.cli import _config, app
 
     _config.cache_clear()
-    result = CliRunner().invoke(app, list(args), env={"GOOGLE_CLOUD_PROJECT": stack.project,
-                                                      "PITSTOP_ACTOR": "alice"})
+    result = CliRunner().invoke(app, list(args), env={**stack.env, "GOOGLE_CLOUD_PROJECT": stack.project,
+                                                      "PITSTOP_IDENTITY": "alice@example.com"})
     return result
 
 
@@ -300,7 +311,8 @@ def test_a_newer_build_supersedes_the_canary_and_takes_its_traffic_back(stack, s
 
 def test_blue_green_verifies_on_the_tag_waits_for_approval_switches_and_bakes(stack, store, tmp_path):
     spec = load_spec(f"service: shelf\nregions: [{REGION}]\nmatch: {{repo: shelf, branch: main}}\n"
-                     "strategy: {blue_green: {verify: 1s, bake: 2s, approve: true}}\nhealth: {min_requests: 20, interval: 1s}\n")
+                     "strategy: {blue_green: {verify: 1s, bake: 2s, approve: true}}\n"
+                     f"health: {{min_requests: 20, interval: 1s, sources: ['{PROBE}']}}\n")
     store.put_spec(spec, "test", datetime.now(timezone.utc))
     blue = first_version(stack, store, "shelf")
     ship(stack.state_dir, stack.project, "shelf", "v2")

@@ -72,8 +72,8 @@ def check(email: str, permission: str, where: str, grants: Iterable[Access | Non
     role = ROLE_OF[permission]
     if role in roles_of(email, grants, admins):
         return None
-    return Denial(permission, f"{email} lacks permission {permission} on {where}: it needs the {role} role (or "
-                              f"admin), granted in the spec's access.{role} or the project access document")
+    return Denial(permission, f"{email} lacks permission {permission} on {where}: it needs the {role} role"
+                              f"{'' if role == 'admin' else ' (or admin)'}, granted in the spec's access.{role} or the project access document")
 
 
 def four_eyes(email: str, started_by: str | None, spec: RolloutSpec | None) -> Denial | None:

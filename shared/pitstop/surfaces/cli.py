@@ -348,8 +348,9 @@ def _command(action: str, target: str, wait: float, environment: Optional[str] =
     pending = set(watch)
     while pending and time.monotonic() < deadline:
         refused = store.command(command["id"])
-        if refused:  # it reached no rollout: the engine says why
-            _fail(f"refused: {refused.get('reason')}" + "".join(f"\n  {c}" for c in refused.get("candidates") or []))
+        if refused and refused.get("outcome") == "refused":  # unverified, not allowed, or no target: it says why
+            _fail(f"refused ({refused.get('code')}): {refused.get('reason')}"
+                  + "".join(f"\n  {c}" for c in refused.get("candidates") or []), 3)
         for rollout_id in list(pending):
             event = next((e for e in store.events(rollout_id) if e.id == command["id"]), None)
             if event:
