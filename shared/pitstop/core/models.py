@@ -163,7 +163,10 @@ def _member(value: Any) -> Any:
     if isinstance(value, str) and not _MEMBER.match(value.strip()):
         raise ValueError(f"{value!r} is not a member: expected user:EMAIL, serviceAccount:EMAIL, domain:DOMAIN or "
                          f"an email")
-    return value.strip().lower() if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    kind, _, rest = value.strip().rpartition(":")  # emails compare case-insensitively; the kind keeps its name
+    return f"{kind}:{rest.lower()}" if kind else rest.lower()
 
 
 Member = Annotated[str, BeforeValidator(_member), Field(max_length=limits.MAX_LABEL)]
