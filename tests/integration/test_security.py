@@ -87,8 +87,10 @@ def command(stack: Stack, token: str | None, **fields) -> str:
 
 
 def snapshot(store: Store, rollout_id: str) -> tuple:
+    """What an attack must not change (health samples the test's own probe sent may still add "judged" events)."""
     r = store.rollout(rollout_id)
-    return r.state, r.desired_generation, r.step, len(store.events(rollout_id))
+    decided = [e for e in store.events(rollout_id) if e.input in ("build", "command", "alert")]
+    return r.state, r.desired_generation, r.step, tuple((t.revision, t.percent) for t in r.desired), len(decided)
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +233,7 @@ def test_unsigned_or_unlisted_health_samples_change_nothing(stack, store, tmp_pa
     probe(stack, r, 200, 150, "attacker@evil.example")  # failing, signed by someone the spec does not list
     wait_for("both refused", lambda: logged(stack, "on_health", "no ID token")
              and logged(stack, "on_health", "not listed in the spec's health.sources"))
-    assert snapshot(store, r.id)[:3] == before[:3], "no verdict from either"
+    assert snapshot(store, r.id) == before, "no verdict from either"
     assert store.rollout(r.id).verdict is None
     probe(stack, r, 200, 150, PROBE)  # the same sample from the listed probe is believed
     wait_for("rolled back on the listed probe's word", lambda: store.rollout(r.id).state in ("rolling_back",
