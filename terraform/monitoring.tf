@@ -14,12 +14,13 @@ resource "google_monitoring_notification_channel" "alerts" {
 }
 
 # Monitoring publishes as its notification service agent, which exists once the project has a
-# Pub/Sub channel: hence the dependency on the channel.
-resource "google_pubsub_topic_iam_member" "monitoring_publishes_alerts" {
+# Pub/Sub channel: hence the dependency on the channel. Authoritative: only that agent publishes here.
+# Incidents carry no signature (Monitoring cannot sign them) and can only roll back, never promote.
+resource "google_pubsub_topic_iam_binding" "monitoring_publishes_alerts" {
   project = var.project_id
   topic   = google_pubsub_topic.pitstop["alerts"].name
   role    = "roles/pubsub.publisher"
-  member  = local.monitoring_agent
+  members = [local.monitoring_agent]
 
   depends_on = [google_monitoring_notification_channel.alerts]
 }

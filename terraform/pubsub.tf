@@ -126,7 +126,7 @@ resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
 # topic: a publisher granted there outside this module is removed on the next apply. Project-level
 # grants (Owner, Editor, Pub/Sub Publisher or Admin on the project) still reach every topic.
 locals {
-  locked_topics = ["cloud-builds", "pitstop-commands", "pitstop-health"]
+  locked_topics = ["cloud-builds", "pitstop-commands", "pitstop-health", "pitstop-alerts"]
 
   # pitstop's own publishers of those topics, from `publishes` (on_tick sends the sampler's signed
   # health samples to pitstop-health).

@@ -381,7 +381,7 @@ def _publishers_by_function(tf: dict[str, Any]) -> dict[str, set[str]]:
 
 def test_locked_topics_have_authoritative_publishers_and_nothing_else(tf: dict[str, Any]) -> None:
     locked = tf["locals"]["locked_topics"]
-    assert set(locked) == {"cloud-builds", "pitstop-commands", "pitstop-health"}
+    assert set(locked) == {"cloud-builds", "pitstop-commands", "pitstop-health", "pitstop-alerts"}
     assert set(_topic_bindings(tf)) == set(locked)
     # The functions' own publisher grants on these topics come from `publishes`, through the binding.
     assert tf["locals"]["function_publishers"] == (
@@ -597,3 +597,12 @@ def test_cloudbuild_pipeline_gives_pitstop_what_it_reads() -> None:
     assert steps["push-cache"]["waitFor"] == ["scan"]
     assert not any(release[0] in " ".join(map(str, s.get("args", []))) and "push" in s.get("args", [])
                    for s in pipeline["steps"]), "push the release image via `images:`, not a step"
+
+
+def test_alerts_are_published_to_by_the_monitoring_agent_only(tf: dict[str, Any]) -> None:
+    """Incidents are unsigned (they can only roll back): the topic's publisher binding is authoritative."""
+    binding = _of_type(tf, "google_pubsub_topic_iam_binding")["monitoring_publishes_alerts"]
+    assert binding["role"] == "roles/pubsub.publisher"
+    assert binding["members"] == ["${local.monitoring_agent}"]
+    assert "monitoring_publishes_alerts" not in _of_type(tf, "google_pubsub_topic_iam_member")
+
