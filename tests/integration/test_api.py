@@ -492,11 +492,14 @@ def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
     assert api.call("POST", "/api/v1/rollouts/x:pause").headers["Content-Type"] == "application/json"
 
 
-def test_a_trigger_cloud_build_does_not_know_is_an_upstream_error(api: Api) -> None:
+def test_a_trigger_cloud_build_does_not_know_is_a_recorded_refusal(api: Api) -> None:
+    """Retrying cannot help, so it is a refusal (the same on the Pub/Sub path, where it is not redelivered)."""
     api.spec(SPEC.replace("triggers: [build-web]", "triggers: [build-nope]"))
     failed = error(api.call("POST", "/api/v1/deploy", DEPLOYER, json={"service": "web", "environment": "production",
-                                                                      "ref": "main"}), 502, "upstream")
-    assert "build-nope" in failed["message"] and "nothing was started" in failed["message"]
+                                                                      "ref": "main"}), 400, "invalid_request")
+    assert "build-nope" in failed["message"] and "nothing deployed" in failed["message"]
+    recorded = api.engine.store.command(failed["command_id"])
+    assert recorded["outcome"] == "refused" and recorded["actor"] == DEPLOYER
 
 
 def test_certificates_out_of_reach_are_a_503_not_a_refusal(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
