@@ -13,16 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from pitstop.package import DEV_ONLY_REQUIREMENTS, build_bundle, requirement_name, runtime_requirements
+from pitstop.package import (DEV_ONLY_REQUIREMENTS, EXCLUDED, PACKAGE_DATA, build_bundle, requirement_name,
+                             runtime_requirements)
 
 ROOT = Path(__file__).resolve().parents[2]
 _install_seconds: list[float] = []  # reported by the cold-start test, for humans
 
 
-def _entry_points(main_py: Path) -> list[str]:
+_DECORATORS = {"functions_framework.cloud_event": "cloudevent", "functions_framework.http": "http"}
+
+
+def _entry_points(main_py: Path) -> dict[str, str]:
+    """Each function main.py deploys, and its signature type (cloudevent or http)."""
     tree = ast.parse(main_py.read_text())
-    return [n.name for n in tree.body if isinstance(n, ast.FunctionDef)
-            and any(ast.unparse(d) == "functions_framework.cloud_event" for d in n.decorator_list)]
+    return {n.name: _DECORATORS[ast.unparse(d)] for n in tree.body if isinstance(n, ast.FunctionDef)
+            for d in n.decorator_list if ast.unparse(d) in _DECORATORS}
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +54,24 @@ def fresh_python(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def test_bundle_layout(bundle: Path) -> None:
     assert (bundle / "main.py").read_text() == (ROOT / "functions" / "main.py").read_text()
     assert (bundle / "pitstop" / "__init__.py").is_file()
-    assert not (bundle / "pitstop" / "local").exists()
-    for dev_only in ("surfaces", "__main__.py", "package.py"):
-        assert not (bundle / "pitstop" / dev_only).exists(), dev_only
     assert not list(bundle.rglob("__pycache__"))
-    # Every other module of the package is shipped.
-    shipped = {p.relative_to(bundle / "pitstop") for p in (bundle / "pitstop").rglob("*.py")}
+    assert not list(bundle.rglob("*.pyc"))
+    assert "surfaces/openapi.json" in PACKAGE_DATA
+    for data in PACKAGE_DATA:  # read at run time: the API serves its OpenAPI document
+        assert (bundle / "pitstop" / data).read_bytes() == (ROOT / "shared" / "pitstop" / data).read_bytes(), data
+    # Exactly the excluded paths are missing: every other file of the package is shipped.
     source = ROOT / "shared" / "pitstop"
-    expected = {p.relative_to(source) for p in source.rglob("*.py")
-                if p.relative_to(source).parts[0] not in ("local", "surfaces", "__main__.py", "package.py")}
-    assert shipped == expected
+
+    def excluded(relative: Path) -> bool:
+        return any(relative.as_posix() == e or relative.as_posix().startswith(e + "/") for e in EXCLUDED)
+
+    files = {p.relative_to(source) for p in source.rglob("*") if p.is_file()
+             and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+    for path in EXCLUDED:
+        assert not (bundle / "pitstop" / path).exists(), path
+    shipped = {p.relative_to(bundle / "pitstop") for p in (bundle / "pitstop").rglob("*") if p.is_file()}
+    assert shipped == {p for p in files if not excluded(p)}
+    assert {"surfaces/api.py", "surfaces/rows.py", "surfaces/audit.py"} <= {p.as_posix() for p in shipped}
 
 
 def test_requirements_are_the_runtime_dependencies(bundle: Path) -> None:
@@ -119,33 +132,49 @@ def test_every_import_in_the_bundle_resolves_in_a_fresh_venv(bundle: Path, fresh
     assert json.loads(result.stdout) == []
 
 
-_COLD_START = """
+# Dev-only modules: the CLI's distributions, the laptop stack, and the CLI's own modules the bundle leaves out.
+_FORBIDDEN = tuple(sorted({requirement_name(r) for r in DEV_ONLY_REQUIREMENTS}))
+_FORBIDDEN_PITSTOP = tuple(sorted("pitstop." + e.removesuffix(".py").replace("/", ".") for e in EXCLUDED))
+
+_COLD_START = f"""
 import json, sys, time
 started = time.perf_counter()
 from functions_framework import create_app
-create_app(target=sys.argv[1], source="main.py")
-print(json.dumps({
-    "seconds": time.perf_counter() - started,
-    "forbidden": sorted(m for m in sys.modules if m.split(".")[0] in ("typer", "rich") or m.startswith("pitstop.local")),
-}))
+app = create_app(target=sys.argv[1], source="main.py", signature_type=sys.argv[2])
+loaded = time.perf_counter() - started
+first = None
+if sys.argv[2] == "http":
+    # main.api imports the API on its first request: serve one that needs no token, nor Google, to load it all.
+    started = time.perf_counter()
+    response = app.test_client().get("/api/v1/openapi.json")
+    assert response.status_code == 200 and response.get_json()["openapi"], response.get_data(as_text=True)[:2000]
+    assert "pitstop.surfaces.api" in sys.modules
+    first = time.perf_counter() - started
+print(json.dumps({{
+    "seconds": loaded, "first_request": first,
+    "forbidden": sorted(m for m in sys.modules if m.split(".")[0] in {_FORBIDDEN!r}
+                        or any(m == p or m.startswith(p + ".") for p in {_FORBIDDEN_PITSTOP!r})),
+}}))
 """
 
 
 def test_each_entry_point_loads_without_dev_modules(bundle: Path, fresh_python: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     entry_points = _entry_points(bundle / "main.py")
-    assert entry_points, "main.py has no functions_framework.cloud_event entry point"
+    assert entry_points, "main.py has no functions_framework entry point"
+    assert entry_points.get("api") == "http" and "cloudevent" in entry_points.values(), entry_points
     timings = {}
-    for target in entry_points:
+    for target, signature in entry_points.items():
         # One process per entry point: each deployed function starts cold with only its target.
-        result = subprocess.run([str(fresh_python), "-c", _COLD_START, target],
+        result = subprocess.run([str(fresh_python), "-c", _COLD_START, target, signature],
                                 cwd=bundle, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, f"{target} failed to load:\n{result.stderr[-3000:]}"
         report = json.loads(result.stdout.strip().splitlines()[-1])
         assert report["forbidden"] == [], f"{target} imports dev-only modules {report['forbidden']}"
-        timings[target] = report["seconds"]
+        timings[target] = (report["seconds"], report["first_request"])
     with capsys.disabled():
         print(f"\n[bundle] fresh venv + pip install -r requirements.txt: {_install_seconds[0]:.1f} s")
         print("[bundle] cold start (import main.py + functions-framework app), seconds:")
-        for target, seconds in timings.items():
-            print(f"  {target:<12} {seconds:.2f}")
+        for target, (seconds, first) in timings.items():
+            extra = f"   + first request (imports the API) {first:.2f}" if first is not None else ""
+            print(f"  {target:<12} {seconds:.2f}{extra}")

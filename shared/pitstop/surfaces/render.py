@@ -1,4 +1,5 @@
-"""How rollouts and their audit trail look in a terminal (rich) and as JSON."""
+"""How rollouts and their audit trail look in a terminal (rich). The JSON rows and plain labels live in
+rows.py (no rich: the `api` function ships it); they are imported here so every caller keeps finding them."""
 
 from __future__ import annotations
 
@@ -10,41 +11,12 @@ from rich.table import Table
 from rich.text import Text
 
 from pitstop.core.models import AuditEvent, Rollout, Verdict
+from pitstop.surfaces.rows import event_row, rollout_row, split_label, step_label  # noqa: F401 (re-exported)
 
 STATE_STYLE = {
     "succeeded": "green", "rolled_back": "yellow", "rolling_back": "yellow", "failed": "bold red",
     "paused": "magenta", "awaiting_approval": "magenta", "superseded": "dim",
 }
-
-
-def step_label(r: Rollout) -> str:
-    if r.strategy.canary and r.kind == "canary":
-        steps = r.strategy.canary.steps
-        if r.state in ("progressing", "paused", "awaiting_approval") and r.step < len(steps):
-            return f"{r.step + 1}/{len(steps)} ({steps[r.step].weight}%)"
-        reached = len(steps) if r.state == "succeeded" else min(r.step + 1, len(steps))
-        return f"{reached}/{len(steps)}"
-    return r.kind.replace("_", "-")
-
-
-def split_label(r: Rollout) -> str:
-    if r.state == "superseded":  # its last split is history: the successor owns the traffic now
-        return f"— (see {r.superseded_by})"
-    return ", ".join(f"{t.tag or t.revision} {t.percent}%" for t in r.desired)
-
-
-def rollout_row(r: Rollout) -> dict[str, Any]:
-    return {
-        "id": r.id, "service": r.service, "region": r.region, "environment": r.environment, "version": r.version,
-        "revision": r.revision, "state": r.state, "step": step_label(r),
-        "split": {t.revision: t.percent for t in r.desired},
-        "split_applied": r.applied, "stable_version": r.stable_version, "message": r.message,
-        "created_at": r.created_at.isoformat(), "updated_at": r.updated_at.isoformat(),
-        "verdict": r.verdict.model_dump(mode="json") if r.verdict else None,
-        # What is judged healthy so far, and what the step needs: a step advances once the first reaches the second.
-        "judged_until": r.judged_until.isoformat() if r.judged_until else None,
-        "step_deadline": r.next_step_at.isoformat() if r.next_step_at else None,
-    }
 
 
 def rollouts_table(rollouts: list[Rollout], title: str = "Rollouts") -> Table:
@@ -114,10 +86,6 @@ def events_table(events: list[AuditEvent], title: str = "Audit trail", compact: 
         else:
             table.add_row(f"{e.at:%H:%M:%S}", e.input, e.actor, e.decision, state, e.traffic_after or "", why)
     return table
-
-
-def event_row(e: AuditEvent) -> dict[str, Any]:
-    return e.model_dump(mode="json", exclude_none=True)
 
 
 def _num(value: float | None) -> str:
