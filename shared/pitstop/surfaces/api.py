@@ -191,7 +191,7 @@ def whoami(call: Call) -> tuple[int, Any]:
 
 
 def list_rollouts(call: Call) -> tuple[int, Any]:
-    from pitstop.surfaces.render import rollout_row
+    from pitstop.surfaces.rows import rollout_row
 
     service = call.request.args.get("service") or None
     limit = _limit(call.request.args.get("limit"))
@@ -201,7 +201,7 @@ def list_rollouts(call: Call) -> tuple[int, Any]:
 
 
 def get_rollout(call: Call, rollout_id: str) -> tuple[int, Any]:
-    from pitstop.surfaces.render import rollout_row
+    from pitstop.surfaces.rows import rollout_row
 
     r = _readable_rollout(call, rollout_id)
     return 200, {
@@ -219,7 +219,7 @@ def get_rollout(call: Call, rollout_id: str) -> tuple[int, Any]:
 
 def get_audit(call: Call, rollout_id: str) -> tuple[int, Any]:
     from pitstop.surfaces.audit import verify_rollout
-    from pitstop.surfaces.render import event_row
+    from pitstop.surfaces.rows import event_row
 
     _readable_rollout(call, rollout_id)
     events = sorted(call.engine.store.events(rollout_id), key=lambda e: (e.seq is not None, e.seq or 0, e.at))
