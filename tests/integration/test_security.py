@@ -200,6 +200,9 @@ def test_commands_without_a_valid_token_or_role_are_refused_and_recorded(stack, 
     wait_for("the forged actor refused", lambda: logged(stack, "on_command", "'actor' is not accepted"))
     assert snapshot(store, canary.id) == before, "nothing changed"
     assert all(e.actor != "cto@example.com" for e in store.events(canary.id))
+    history = cli(stack, VIEWER, "history", "web", "--rollout", canary.id)
+    assert history.exit_code == 0 and history.output.count("refused") >= len(attempts), history.output
+    assert f"by {ADMIN} (unverified)" in history.output and "by mallory@evil.example" in history.output
 
 
 def test_approval_needs_a_second_person_and_the_audit_names_the_verified_approver(stack, store, canary):

@@ -263,6 +263,14 @@ class Store:
         """A command that reached no rollout (ambiguous, nothing in progress): the CLI shows why."""
         self.db.collection("commands").document(command_id).set(doc)
 
+    def refusals(self, rollout_id: str) -> list[dict[str, Any]]:
+        """Commands refused for this rollout (unverified, no permission, four eyes), oldest first."""
+        from google.cloud.firestore_v1 import FieldFilter
+
+        query = self.db.collection("commands").where(filter=FieldFilter("rollout_id", "==", rollout_id))
+        found = [{"id": s.id, **s.to_dict()} for s in query.stream()]
+        return sorted((c for c in found if c.get("outcome") == "refused"), key=lambda c: c["at"])
+
     def command(self, command_id: str) -> dict[str, Any] | None:
         snap = self.db.collection("commands").document(command_id).get()
         return snap.to_dict() if snap.exists else None

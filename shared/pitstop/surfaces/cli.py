@@ -266,11 +266,15 @@ def history(service: str = typer.Argument(..., help="service name"),
         _fail(f"no rollout of {service} found")
     out = []
     for r in rollouts:
-        events = store.events(r.id)
+        events, refused = store.events(r.id), store.refusals(r.id)
         if as_json:
-            out.append({"rollout": render.rollout_row(r), "events": [render.event_row(e) for e in events]})
+            out.append({"rollout": render.rollout_row(r), "events": [render.event_row(e) for e in events],
+                        "refused": [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in c.items()}
+                                    for c in refused]})
         else:
             console.print(render.events_table(events, title=f"{r.id}: {r.service} {r.version} — {r.state}"))
+            for c in refused:  # changed nothing, but who tried what is part of the trail
+                console.print(f"[red]refused[/red] {c['at']:%H:%M:%S} {c['action']} by {c['actor']}: {c['reason']}")
             console.print(f"[dim]{r.message}[/dim]\n")
     if as_json:
         print(json.dumps(out, indent=2))
