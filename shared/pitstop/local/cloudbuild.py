@@ -35,10 +35,10 @@ import re
 import threading
 import urllib.parse
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from pitstop.local.googleapi import GoogleApiHandler, LocalServer, invalid, not_found
 from pitstop.local.payloads import cloud_build
 from pitstop.local.wiring import publish
 
@@ -117,69 +117,34 @@ def image_tag(ref: str) -> str:
 
 # --- the API ---------------------------------------------------------------------
 
-class ApiError(Exception):
-    def __init__(self, http_status: int, status: str, message: str) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-        self.status = status
-        self.message = message
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.http_status, "message": self.message, "status": self.status}}
-
-
-def _not_found(message: str) -> ApiError:
-    return ApiError(404, "NOT_FOUND", message)
-
-
-def _invalid(message: str) -> ApiError:
-    return ApiError(400, "INVALID_ARGUMENT", message)
-
-
-class LocalCloudBuild:
+class LocalCloudBuild(LocalServer):
     """The API server for `project`'s builds and triggers, and the builds it runs, in this process."""
 
     def __init__(self, state_dir: Path | str, project: str, host: str = "127.0.0.1", port: int = 0,
                  step_s: float = STEP_S) -> None:
+        super().__init__(_ApiHandler, host, port, "cloud build api")
         self.state_dir = Path(state_dir)
         self.project = project
-        self.host = host
         self.step_s = step_s
         self._stopping = threading.Event()
         self._runs: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer((host, port), _ApiHandler)
-        self._server.daemon_threads = True
-        self._server.cloud_build = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="cloud build api", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self._server.server_address[1]}"
 
     def start(self) -> LocalCloudBuild:
         _dir(self.state_dir).mkdir(parents=True, exist_ok=True)
-        self._thread.start()
+        self._serve()
         log.info("local Cloud Build API listening", extra={"url": self.url})
         return self
 
     def stop(self) -> None:
         """Stop serving; builds still running stop where they are (nothing more is published)."""
         self._stopping.set()
-        if self._thread.is_alive():
-            self._server.shutdown()
-        self._server.server_close()
+        self._close()
         with self._lock:
             runs = list(self._runs)
         for run in runs:
             run.join(timeout=5)
         log.info("local Cloud Build stopped")
-
-    def __enter__(self) -> LocalCloudBuild:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # --- builds
 
@@ -188,10 +153,10 @@ class LocalCloudBuild:
         where = f"projects/{project}/locations/{location}/builds/{build_id}" if location else \
             f"projects/{project}/builds/{build_id}"
         if build is None or build.get("projectId") != project:
-            raise _not_found(f"Requested entity was not found: build {where}.")
+            raise not_found(f"Requested entity was not found: build {where}.")
         recorded = re.match(r"^projects/[^/]+/locations/([^/]+)/builds/", build.get("name") or "")
         if recorded and recorded.group(1) != (location or "global"):
-            raise _not_found(f"Requested entity was not found: build {where} (the build is in location "
+            raise not_found(f"Requested entity was not found: build {where} (the build is in location "
                              f"{recorded.group(1)}).")
         return build
 
@@ -199,7 +164,7 @@ class LocalCloudBuild:
         name = f"operations/build/{project}/{build_id}"
         build = read_build(self.state_dir, build_id)
         if build is None or build.get("projectId") != project:
-            raise _not_found(f"Operation {name} not found.")
+            raise not_found(f"Operation {name} not found.")
         op: dict[str, Any] = {"name": name, "metadata": {"@type": METADATA_TYPE, "build": build}}
         status = build.get("status")
         if status in DONE:
@@ -221,7 +186,7 @@ class LocalCloudBuild:
             f"projects/{project}/triggers/{trigger_ref}"
         trigger = find_trigger(self.state_dir, trigger_ref) if project == self.project else None
         if trigger is None:
-            raise _not_found(f"Trigger {where} not found: the local Cloud Build of project {self.project} knows "
+            raise not_found(f"Trigger {where} not found: the local Cloud Build of project {self.project} knows "
                              f"{', '.join(t['name'] for t in _triggers(self.state_dir)) or 'no triggers'}.")
         branch, tag, commit, subs = _source(source)
         version = image_tag(subs.get("_VERSION") or tag or (commit[:7] if commit else branch or ""))
@@ -269,18 +234,18 @@ def _source(source: dict[str, Any]) -> tuple[str | None, str | None, str | None,
     refs = {k: source.get(k) for k in ("branchName", "tagName", "commitSha")}
     given = [k for k, v in refs.items() if v]
     if len(given) != 1:
-        raise _invalid(f"Exactly one of source.branchName, source.tagName or source.commitSha is required, "
+        raise invalid(f"Exactly one of source.branchName, source.tagName or source.commitSha is required, "
                        f"got {', '.join(given) or 'none'}.")
     subs = source.get("substitutions") or {}
     if not isinstance(subs, dict) or not all(isinstance(v, str) for v in subs.values()):
-        raise _invalid("source.substitutions must map names to strings.")
+        raise invalid("source.substitutions must map names to strings.")
     for key in subs:
         if not re.fullmatch(r"_[A-Z0-9_]+", key):
-            raise _invalid(f"Invalid substitution key {key!r}: user substitutions start with '_' and use "
+            raise invalid(f"Invalid substitution key {key!r}: user substitutions start with '_' and use "
                            "upper-case letters, digits and '_'.")
     commit = refs["commitSha"]
     if commit and not re.fullmatch(r"[0-9a-f]{7,40}", commit):
-        raise _invalid(f"source.commitSha {commit!r} is not a hexadecimal commit SHA.")
+        raise invalid(f"source.commitSha {commit!r} is not a hexadecimal commit SHA.")
     return refs["branchName"], refs["tagName"], commit, subs
 
 
@@ -302,61 +267,33 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 ]
 
 
-class _ApiHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+class _ApiHandler(GoogleApiHandler):
+    log = log
+    api_name = "the local Cloud Build"
 
     def _dispatch(self) -> None:
-        cloud: LocalCloudBuild = self.server.cloud_build  # type: ignore[attr-defined]
         path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-        try:
-            body = self._json_body()
-            for method, pattern, action in _ROUTES:
-                match = pattern.match(path)
-                if method != self.command or not match:
-                    continue
-                args = match.groups()
-                if action == "get_build":
-                    project, location, build_id = args if len(args) == 3 else (args[0], None, args[1])
-                    return self._send(200, cloud.get_build(project, location, build_id))
-                if action == "run_trigger":
-                    project, location, trigger = args if len(args) == 3 else (args[0], None, args[1])
-                    # The global form's body is the RepoSource; the regional one's the request ("*").
-                    source = (body.get("source") or {}) if location else body
-                    if not isinstance(source, dict):
-                        raise _invalid("source must be a RepoSource object.")
-                    return self._send(200, cloud.run_trigger(project, location, trigger, source))
-                return self._send(200, cloud.get_operation(*args))
-            raise _not_found(f"No such method: {self.command} {path}")
-        except ApiError as e:
-            log.warning("API request refused", extra={"method": self.command, "path": path, "error": e.message})
-            self._send(e.http_status, e.body())
-        except Exception as e:  # a bug here must still answer, as GCP's 500 would
-            log.exception("API request failed", extra={"method": self.command, "path": path})
-            error = ApiError(500, "INTERNAL", f"Internal error in the local Cloud Build: {type(e).__name__}: {e}")
-            self._send(500, error.body())
+        self._answer(path, lambda: self._route(path))
 
     do_GET = do_POST = _dispatch
 
-    def _json_body(self) -> dict[str, Any]:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if not raw:
-            return {}
-        try:
-            body = json.loads(raw)
-        except ValueError as e:
-            raise _invalid(f"Request body is not JSON: {e}") from e
-        if not isinstance(body, dict):
-            raise _invalid("Request body must be a JSON object.")
-        return body
-
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("api request", extra={"request": format % args})
+    def _route(self, path: str) -> dict[str, Any]:
+        cloud: LocalCloudBuild = self.server.owner  # type: ignore[attr-defined]
+        body = self._json_body()
+        for method, pattern, action in _ROUTES:
+            match = pattern.match(path)
+            if method != self.command or not match:
+                continue
+            args = match.groups()
+            if action == "get_build":
+                project, location, build_id = args if len(args) == 3 else (args[0], None, args[1])
+                return cloud.get_build(project, location, build_id)
+            if action == "run_trigger":
+                project, location, trigger = args if len(args) == 3 else (args[0], None, args[1])
+                # The global form's body is the RepoSource; the regional one's the request ("*").
+                source = (body.get("source") or {}) if location else body
+                if not isinstance(source, dict):
+                    raise invalid("source must be a RepoSource object.")
+                return cloud.run_trigger(project, location, trigger, source)
+            return cloud.get_operation(*args)
+        raise not_found(f"No such method: {self.command} {path}")

@@ -38,7 +38,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from google.cloud.run_v2.types import service as service_types
 from google.cloud.run_v2.types import traffic_target as traffic_types
 from google.protobuf import json_format
 
+from pitstop.local.googleapi import ApiError, GoogleApiHandler, LocalServer, invalid, not_found
 from pitstop.local.images import ImageNotFound, resolve_image
 from pitstop.local.requestlog import RequestLog
 from pitstop.local.revisions import RevisionFailed, RevisionProcess, launch_spec
@@ -81,25 +81,6 @@ OUTPUT_ONLY = frozenset({
 })
 
 
-class ApiError(Exception):
-    def __init__(self, http_status: int, status: str, message: str) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-        self.status = status
-        self.message = message
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.http_status, "message": self.message, "status": self.status}}
-
-
-def invalid(message: str) -> ApiError:
-    return ApiError(400, "INVALID_ARGUMENT", message)
-
-
-def not_found(message: str) -> ApiError:
-    return ApiError(404, "NOT_FOUND", message)
-
-
 class NotServable(Exception):
     """The traffic asks for a revision that cannot serve."""
 
@@ -125,7 +106,7 @@ class _Plan:
     new_revision: str | None  # short name of the revision this update creates
 
 
-class LocalCloudRun:
+class LocalCloudRun(LocalServer):
     """The API server, its router and the revision processes, in this process."""
 
     def __init__(
@@ -144,7 +125,6 @@ class LocalCloudRun:
         if slow_operations < 0:
             raise ValueError(f"slow_operations must be >= 0 seconds, got {slow_operations}")
         self.state_dir = Path(state_dir)
-        self.host = host
         self.request_log = request_log if request_log is not None else RequestLog()
         self.startup_timeout_s = startup_timeout_s
         self.router = Router(self.request_log, host)
@@ -157,19 +137,13 @@ class LocalCloudRun:
         self.slow_operations = slow_operations
         self._faults = random.Random(fault_seed)
         self._faults_lock = threading.Lock()
-        self._server = ThreadingHTTPServer((host, port), _ApiHandler)
-        self._server.daemon_threads = True
-        self._server.cloud_run = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="cloud run api", daemon=True)
+        super().__init__(_ApiHandler, host, port, "cloud run api")
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self._server.server_address[1]}"
-
-    def start(self) -> None:
+    def start(self) -> LocalCloudRun:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._thread.start()
+        self._serve()
         log.info("local Cloud Run API listening", extra={"url": self.url})
+        return self
 
     def stop(self) -> None:
         """Stop serving and stop every revision process."""
@@ -177,9 +151,7 @@ class LocalCloudRun:
         with self._lock:
             self._stopped = True
             processes = [r.process for s in self._services.values() for r in s.revisions.values() if r.process]
-        if self._thread.is_alive():
-            self._server.shutdown()
-        self._server.server_close()
+        self._close()
         self.router.stop()
         _stop_processes(processes)
         log.info("local Cloud Run stopped", extra={"revision_processes_stopped": len(processes)})
@@ -606,60 +578,35 @@ def _unavailable(method: str, path: str, applied: bool) -> ApiError:
     return ApiError(503, "UNAVAILABLE", "The service is currently unavailable. (fault injected by the local Cloud Run)")
 
 
-class _ApiHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out in separate writes
+class _ApiHandler(GoogleApiHandler):
+    log = log
+    api_name = "the local Cloud Run"
 
     def _dispatch(self) -> None:
-        cloud: LocalCloudRun = self.server.cloud_run  # type: ignore[attr-defined]
         url = urllib.parse.urlsplit(self.path)
         path = urllib.parse.unquote(url.path)
-        query = urllib.parse.parse_qs(url.query)
-        try:
-            body = self._json_body()
-            for method, pattern, action in _ROUTES:
-                match = pattern.match(path)
-                if method == self.command and match:
-                    resource = match.group(1)
-                    fault = cloud.draw_fault(mutating=self.command != "GET")
-                    if fault == "before":
-                        raise _unavailable(self.command, path, applied=False)
-                    if action == "create":
-                        result = cloud.create_service(resource, query.get("serviceId", [""])[0], body)
-                    elif action == "update":
-                        allow_missing = query.get("allowMissing", ["false"])[0] == "true"
-                        result = cloud.update_service(resource, body, allow_missing)
-                    else:
-                        result = getattr(cloud, action)(resource)
-                    if fault == "after":
-                        raise _unavailable(self.command, path, applied=True)
-                    return self._send(200, result)
-            raise not_found(f"No such method: {self.command} {path}")
-        except ApiError as e:
-            log.warning("API request refused", extra={"method": self.command, "path": path, "error": e.message})
-            self._send(e.http_status, e.body())
+        self._answer(path, lambda: self._route(path, urllib.parse.parse_qs(url.query)))
 
     do_GET = do_POST = do_PATCH = do_DELETE = _dispatch
 
-    def _json_body(self) -> dict[str, Any]:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if not raw:
-            return {}
-        try:
-            body = json.loads(raw)
-        except ValueError as e:
-            raise invalid(f"Request body is not JSON: {e}") from e
-        if not isinstance(body, dict):
-            raise invalid("Request body must be a JSON object.")
-        return body
-
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("api request", extra={"request": format % args})
+    def _route(self, path: str, query: dict[str, list[str]]) -> dict[str, Any]:
+        cloud: LocalCloudRun = self.server.owner  # type: ignore[attr-defined]
+        body = self._json_body()
+        for method, pattern, action in _ROUTES:
+            match = pattern.match(path)
+            if method == self.command and match:
+                resource = match.group(1)
+                fault = cloud.draw_fault(mutating=self.command != "GET")
+                if fault == "before":
+                    raise _unavailable(self.command, path, applied=False)
+                if action == "create":
+                    result = cloud.create_service(resource, query.get("serviceId", [""])[0], body)
+                elif action == "update":
+                    allow_missing = query.get("allowMissing", ["false"])[0] == "true"
+                    result = cloud.update_service(resource, body, allow_missing)
+                else:
+                    result = getattr(cloud, action)(resource)
+                if fault == "after":
+                    raise _unavailable(self.command, path, applied=True)
+                return result
+        raise not_found(f"No such method: {self.command} {path}")

@@ -46,7 +46,7 @@ import time
 import urllib.parse
 from collections import deque
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
+
+from pitstop.local.googleapi import LocalServer
 
 log = logging.getLogger(__name__)
 
@@ -140,26 +142,18 @@ def _new_key_and_cert() -> bytes:
     return key_pem + cert.public_bytes(serialization.Encoding.PEM)
 
 
-class IssuerServer:
+class IssuerServer(LocalServer):
     """The issuer over HTTP on host:port (0 = any free port), served from a daemon thread."""
 
     def __init__(self, state_dir: Path, host: str = "127.0.0.1", port: int = 0,
                  default_identity: str = DEFAULT_IDENTITY, project: str = DEFAULT_PROJECT) -> None:
         self.issuer = Issuer(state_dir)
-        self.host = host
         self.default_identity = default_identity
         self.project = project
         self.certs_requests = 0  # how often the certificates were fetched (the verifier caches them)
         self.requests: deque[str] = deque(maxlen=1000)  # "METHOD path" of recent requests, oldest first
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer((host, port), _IssuerHandler)
-        self._server.daemon_threads = True
-        self._server.issuer_server = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="id-token issuer", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.metadata_host}"
+        super().__init__(_IssuerHandler, host, port, "id-token issuer")
 
     @property
     def certs_url(self) -> str:
@@ -167,23 +161,12 @@ class IssuerServer:
 
     @property
     def metadata_host(self) -> str:
-        return f"{self.host}:{self._server.server_address[1]}"
+        return f"{self.host}:{self.port}"
 
     def start(self) -> IssuerServer:
-        self._thread.start()
+        self._serve()
         log.info("local ID-token issuer listening", extra={"url": self.url, "kid": self.issuer.kid})
         return self
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> IssuerServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def mint(self, email: str, audience: str, *, lifetime: int = 3600, now: float | None = None,
              extra: dict[str, Any] | None = None) -> str:
@@ -215,7 +198,7 @@ class _IssuerHandler(BaseHTTPRequestHandler):
 
     @property
     def _issuer(self) -> IssuerServer:
-        return self.server.issuer_server  # type: ignore[attr-defined]
+        return self.server.owner  # type: ignore[attr-defined]
 
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
