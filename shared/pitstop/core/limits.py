@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -67,11 +68,31 @@ def valid_unicode(text: str) -> str:
     return text if is_unicode(text) else _SURROGATE.sub("\ufffd", text)
 
 
+class _Preview(reprlib.Repr):
+    """reprlib's bounded repr (Python 3.11's Repr takes no arguments: the bounds are set here), except that a long
+    string keeps its beginning and is marked cut with "…" (reprlib keeps both ends and puts "..." between)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdeque = self.maxarray = 5
+        self.maxdict = 5
+        self.maxstring = self.maxlong = self.maxother = max(limit, 12)
+
+    def repr_str(self, x: str, level: int) -> str:
+        return repr(x) if len(x) <= self.maxstring else repr(x[: self.maxstring]) + "…"
+
+
 def preview(value: Any, limit: int = 60) -> str:
-    """A short, printable rendering of a value for an error message (never the 1 MB it may be)."""
+    """A short, printable rendering of a value for an error message (never the 1 MB it may be).
+
+    Bounded while it is built, not only cut after: a repr of everything costs what the value expands to, and
+    a few hundred bytes of YAML aliases (a list of 9 references to a list of 9 references...) expand to
+    megabytes. At most 3 levels and 5 entries per container are rendered, each scalar in about `limit`
+    characters (at most 155 scalars in all), and the text is then cut to `limit`."""
     try:
-        text = repr(value)
-    except (RecursionError, ValueError):  # a deeply nested value; ints beyond 4,300 digits
+        text = _Preview(limit).repr(value)
+    except (RecursionError, ValueError):  # ints beyond 4,300 digits; a repr that fails on its own
         text = f"<{type(value).__name__}>"
     return truncate(text, limit)
 

@@ -4,30 +4,80 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
+from pitstop.core import limits
 from pitstop.core.models import BuildFinished, RolloutSpec
+
+MAX_ERRORS = 20  # problems listed in a SpecError; a list of 100,000 wrong items is still one sentence per field
 
 
 class SpecError(ValueError):
     """A spec pitstop refuses, with each field and its problem."""
 
 
-def load_spec(text: str, source: str = "spec") -> RolloutSpec:
-    import yaml  # late: only the CLI reads YAML
+def load_yaml(text: str, source: str = "spec") -> Any:
+    """The one YAML document in `text` (a spec, the access document), refused with a SpecError when it is not
+    valid YAML, uses aliases, or nests deeper than limits.MAX_DEPTH. The API reads request bodies with it.
 
+    Aliases are refused outright rather than allowed up to a count of nodes: a few hundred bytes of them
+    (`b: [*a, *a, ...]` nine deep) stand for megabytes, which every validation and error message that walks
+    the value pays for again. A spec or access document is a short file a person writes, so writing the
+    values out costs nothing, and the refusal says exactly what to change; counting nodes would instead accept
+    a document that then breaks a bound in a less obvious place. Nesting is bounded for the same reason:
+    PyYAML is quadratic in flow nesting (400 KB of `[` took 10 minutes in pure Python) and its C loader
+    recurses until it crashes the process. Both are checked on the parser's events, before anything is built,
+    and the check stops at the first offending event, so a hostile document costs next to nothing."""
+    import yaml  # late: the cloud-event functions never read YAML
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        doc = yaml.safe_load(text)
+        depth = 0
+        for event in yaml.parse(text, Loader=loader):
+            if isinstance(event, yaml.AliasEvent):
+                raise SpecError(f"{source}: uses a YAML alias (*{limits.truncate(str(event.anchor), 40)}); "
+                                f"aliases are not accepted, write the values out")
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > limits.MAX_DEPTH:
+                    raise SpecError(f"{source}: nests deeper than {limits.MAX_DEPTH} levels; a spec needs about 5")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
     except yaml.YAMLError as err:
-        raise SpecError(f"{source}: not valid YAML: {err}") from None
+        raise SpecError(f"{source}: not valid YAML: {limits.truncate(str(err), 500)}") from None
+    try:
+        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader, C or Python
+    except yaml.YAMLError as err:  # e.g. more than one document, an unhashable key
+        raise SpecError(f"{source}: not valid YAML: {limits.truncate(str(err), 500)}") from None
+    except (ValueError, OverflowError) as err:  # a timestamp such as 2024-13-45 fails in datetime, not in YAML
+        raise SpecError(f"{source}: not valid YAML: {limits.truncate(f'{type(err).__name__}: {err}', 200)}") from None
+
+
+def load_spec(text: str, source: str = "spec") -> RolloutSpec:
+    """A spec from its YAML text (see load_yaml for what is refused before validation)."""
+    return parse_spec(load_yaml(text, source), source)
+
+
+def parse_spec(doc: dict[str, Any], source: str = "spec") -> RolloutSpec:
+    """A spec from its document already parsed (by load_yaml, or a JSON body), validated as load_spec does.
+
+    Anything but a mapping is refused with a SpecError, like every invalid field (at most MAX_ERRORS of them,
+    each value shown by limits.preview: an error message stays a few KB whatever the document holds)."""
     if not isinstance(doc, dict):
         raise SpecError(f"{source}: expected a mapping with service, regions, match, strategy, health")
     try:
         return RolloutSpec.model_validate(doc, strict=False)
     except ValidationError as err:
-        lines = [f"  {'.'.join(str(p) for p in e['loc']) or '(top)'}: {_message(e)}" for e in err.errors()]
+        errors = err.errors()
+        lines = [f"  {limits.truncate('.'.join(str(p) for p in e['loc']) or '(top)', 120)}: "
+                 f"{limits.truncate(_message(e), 300)}" for e in errors[:MAX_ERRORS]]
+        if len(errors) > MAX_ERRORS:
+            lines.append(f"  ... and {len(errors) - MAX_ERRORS} more")
         raise SpecError(f"{source}: invalid rollout spec\n" + "\n".join(lines)) from None
+    except RecursionError:  # a JSON body nested deep enough for pydantic to give up
+        raise SpecError(f"{source}: nests too deeply to be a rollout spec") from None
 
 
 def load_spec_file(path: Path) -> RolloutSpec:
@@ -37,7 +87,7 @@ def load_spec_file(path: Path) -> RolloutSpec:
 def _message(error: dict) -> str:
     msg = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        return f"unknown field (value {error['input']!r}); check the spelling"
+        return f"unknown field (value {limits.preview(error['input'], 80)}); check the spelling"
     if error["type"] == "missing":
         return "required field is missing"
     return msg

@@ -304,12 +304,11 @@ def _result(rollout_id: str, outcome: Any) -> dict[str, Any]:
 
 def put_spec(call: Call, key: str) -> tuple[int, Any]:
     from pitstop.core.routing import spec_collisions
-    from pitstop.core.spec import SpecError, load_spec
+    from pitstop.core.spec import SpecError, parse_spec
 
     me, engine = call.who(), call.engine
-    text = _document_text(call)
     try:
-        spec = load_spec(text, f"spec {key}")
+        spec = parse_spec(_document(call, f"spec {key}"), f"spec {key}")
     except SpecError as err:
         raise ApiError("invalid_request", f"{err}\nNothing was applied; the stored spec is unchanged.") from None
     if spec.key != key:
@@ -328,13 +327,21 @@ def put_spec(call: Call, key: str) -> tuple[int, Any]:
 
 
 def put_access(call: Call) -> tuple[int, Any]:
+    from pitstop.core.spec import SpecError
+
     me, engine = call.who(), call.engine
     denial = access.check(me.email, "spec:write", "the project (access document)", [engine.store.project_access()],
                           engine.config.admins)
     if denial is not None:
         raise ApiError("insufficient_permissions", f"{denial.reason}; the access document is unchanged",
                        permission=denial.permission)
-    doc = _load_document(_document_text(call), "access document")
+    try:
+        doc = _document(call, "access document")
+    except SpecError as err:
+        raise ApiError("invalid_request", f"{err}\nNothing was applied; the access document is unchanged.") from None
+    if not isinstance(doc, dict):
+        raise ApiError("invalid_request", "the access document must be a mapping of roles to members; nothing was "
+                                          "applied")
     try:
         grants = Access.model_validate(doc, strict=False)
     except ValidationError as err:
@@ -401,44 +408,24 @@ def _command(**fields: Any) -> Command:
                        + "\nNothing changed.") from None
 
 
-def _document_text(call: Call) -> str:
-    """A YAML or JSON document (Content-Type application/json: JSON; anything else: YAML), as YAML text."""
-    import yaml
+def _document(call: Call, what: str) -> Any:
+    """The body as a document: JSON if Content-Type is application/json, YAML otherwise. A YAML body is read by
+    spec.load_yaml (no aliases, bounded nesting); either refusal is a SpecError naming `what`."""
+    from pitstop.core import limits
+    from pitstop.core.spec import SpecError, load_yaml
 
     try:
         text = call.body().decode("utf-8")
     except UnicodeDecodeError:
-        raise ApiError("invalid_request", "the body is not UTF-8 text; nothing was applied") from None
-    if call.request.mimetype == "application/json":
-        try:
-            return yaml.safe_dump(json.loads(text), allow_unicode=True, sort_keys=False)
-        except (ValueError, RecursionError) as err:
-            raise ApiError("invalid_request", f"the body is not valid JSON ({_short(err)}); nothing was "
-                                              f"applied") from None
-    # An alias can make a few hundred bytes of YAML expand to gigabytes once a validation error quotes it.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        raise SpecError(f"{what}: the body is not UTF-8 text") from None
+    if call.request.mimetype != "application/json":
+        return load_yaml(text, what)
+    if limits.nests_deeper(text):
+        raise SpecError(f"{what}: the JSON nests deeper than {limits.MAX_DEPTH} levels")
     try:
-        aliased = any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=loader))
-    except yaml.YAMLError as err:
-        raise ApiError("invalid_request", f"the body is not valid YAML: {_short(err, 300)}; nothing was "
-                                          f"applied") from None
-    if aliased:
-        raise ApiError("invalid_request", "the document uses YAML aliases (*name); write the values out. "
-                                          "Nothing was applied.")
-    return text
-
-
-def _load_document(text: str, what: str) -> dict[str, Any]:
-    import yaml
-
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ApiError("invalid_request", f"the {what} is not valid YAML: {_short(err, 300)}; nothing was "
-                                          f"applied") from None
-    if not isinstance(doc, dict):
-        raise ApiError("invalid_request", f"the {what} must be a mapping; nothing was applied")
-    return doc
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise SpecError(f"{what}: the body is not valid JSON ({_short(err)})") from None
 
 
 def _field_errors(err: ValidationError) -> str:
