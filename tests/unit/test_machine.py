@@ -193,6 +193,38 @@ strategy: {canary: {steps: [{weight: 20, pause: 1m, approve: true}, {weight: 50,
     assert s.rollout.state == "awaiting_approval" and s.split[NEW] == 20
 
 
+def test_promote_full_never_skips_an_approval_gate():
+    """An operator may hurry a rollout, not take an approver's decision (four eyes included)."""
+    gated = """
+service: web
+regions: [us-central1]
+match: {repo: web}
+strategy: {canary: {steps: [{weight: 10, pause: 1m}, {weight: 20, pause: 1m, approve: true}, {weight: 50}]}}
+"""
+    s = Sim(spec(gated))
+    refused = s.command("promote", full=True)
+    assert s.rollout.state == "progressing" and s.split[NEW] == 10, "refused: a gate lies ahead"
+    assert "would skip the approval gate after step 2 (20 %)" in refused.audit.reasons[0]
+    s.command("pause")
+    s.command("promote", full=True)
+    assert s.rollout.state == "paused", "nor from a pause"
+    s.command("resume")
+    s.command("promote")
+    s.command("promote")
+    assert s.rollout.state == "awaiting_approval" and s.split[NEW] == 20
+    s.command("approve")
+    s.command("promote", full=True)  # past the last gate, --full is the operator's to use
+    assert s.rollout.state in ("switching", "baking", "succeeded") and s.split[NEW] == 100
+    blue_green = Sim(spec("""
+service: web
+regions: [us-central1]
+match: {repo: web}
+strategy: {blue_green: {verify: 1m, bake: 10m, approve: true}}
+"""))
+    refused = blue_green.command("promote", full=True)
+    assert blue_green.split[NEW] == 0 and "before the switch" in refused.audit.reasons[0]
+
+
 def test_promote_full_from_a_paused_bake_succeeds():
     s = Sim(spec())
     s.command("promote", full=False)

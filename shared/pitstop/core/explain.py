@@ -79,6 +79,8 @@ TEMPLATES: dict[str, str] = {
     "promote_refused": "cannot promote while {state} and the current split is not applied yet",
     "promote_at_gate": "the rollout waits for approval: only `pitstop approve` (by a person allowed to approve) "
                        "passes the gate; promote does not",
+    "promote_past_gate": "promote --full would skip the approval gate {gate}: an approver must pass it "
+                         "(`pitstop approve`); a plain promote goes up to the gate",
     "promoted": "promoted by {actor} (last verdict: {verdict}; judged healthy up to {until})",
     "promoted_full": "{actor} promoted to 100 % at once, skipping the remaining steps and analysis",
     "promoted_full_bake": "{actor} promoted fully, skipping the rest of the bake",

@@ -550,6 +550,9 @@ def _command(p: _Plan, c: Command) -> Decision:
         return p.ignore("promote_refused", state=r.state)
     if r.state == "awaiting_approval":
         return p.ignore("promote_at_gate")
+    gate = _gate_ahead(r)
+    if c.full and gate:  # an operator may hurry a rollout, not take an approver's decision
+        return p.ignore("promote_past_gate", gate=gate)
     if r.state == "paused":
         _release(p)
     r = p.r  # released: the state it was holding
@@ -563,6 +566,18 @@ def _command(p: _Plan, c: Command) -> Decision:
         return _switch(p)
     p.why("promoted", actor=c.actor, verdict=r.verdict.outcome if r.verdict else "none", until=r.judged_until)
     return _advance(p)
+
+
+def _gate_ahead(r: Rollout) -> str | None:
+    """The approval gate a rollout has still to pass, if any (as the audit names it)."""
+    state = r.paused_from if r.state == "paused" else r.state
+    if r.strategy.canary:
+        steps = r.strategy.canary.steps
+        ahead = [i for i in range(r.step, len(steps)) if steps[i].approve]
+        return f"after step {ahead[0] + 1} ({steps[ahead[0]].weight} %)" if ahead else None
+    if r.strategy.blue_green.approve and state in ("deploying", "verifying"):
+        return "before the switch"
+    return None
 
 
 # ---------------------------------------------------------------- moves
