@@ -17,6 +17,7 @@ import pytest
 from pitstop.local.build import build_image, ship
 from pitstop.local.cloudbuild import record_build
 from pitstop.local.payloads import cloud_build, health_sample, incident
+from pitstop.local.emulators import wipe_firestore
 from pitstop.local.stack import Stack, wait_for
 from pitstop.core.spec import load_spec
 from pitstop.gcp.store import Store
@@ -28,6 +29,8 @@ PROBE = "serviceAccount:probe@pitstop-test.iam.gserviceaccount.com"  # an extern
 
 @pytest.fixture(scope="module")
 def stack(emulators, tmp_path_factory):
+    # A new local Cloud Run is a new world: what another module left in Firestore names revisions it never had.
+    wipe_firestore(emulators.firestore.host, emulators.project)
     with Stack(tmp_path_factory.mktemp("stack"), emulators=emulators, tick_interval=0.5,
                identity="alice@example.com") as running:
         yield running

@@ -18,6 +18,7 @@ from pitstop.gcp.store import Store
 from pitstop.local.build import build_image, ship
 from pitstop.local.cloudbuild import record_build
 from pitstop.local.payloads import cloud_build, health_sample
+from pitstop.local.emulators import wipe_firestore
 from pitstop.local.stack import Stack, wait_for
 
 pytestmark = pytest.mark.emulators
@@ -43,6 +44,8 @@ access:
 
 @pytest.fixture(scope="module")
 def stack(emulators, tmp_path_factory):
+    # A new local Cloud Run is a new world: what another module left in Firestore names revisions it never had.
+    wipe_firestore(emulators.firestore.host, emulators.project)
     with Stack(tmp_path_factory.mktemp("secure"), emulators=emulators, tick_interval=0.5, identity=ADMIN) as running:
         yield running
     for process in running.functions.values():
