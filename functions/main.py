@@ -62,7 +62,7 @@ def on_health(event: CloudEvent) -> None:
     def handle() -> None:
         payload, attributes, _ = messages.envelope(event.data)
         token = messages.sender_token(payload, attributes)
-        engine().on_health(messages.parse_health(payload), token)
+        engine().on_health(messages.parse_health(payload), token, messages.payload_digest(payload))
     _guarded("health sample", event, handle)
 
 

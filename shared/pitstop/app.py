@@ -32,9 +32,10 @@ def build_engine(config: Config | None = None) -> Engine:
         return CloudBuild.from_endpoint(config.build_endpoint)
 
     def tokens():
+        """pitstop's own ID token for an audience; the sampler asks for one per sample (bound to it)."""
         from pitstop.gcp.identity import TokenSource
 
-        return TokenSource(config.audiences[0])
+        return lambda audience: TokenSource(audience).token()
 
     return Engine(config, Store.from_env(config.project), cloudrun, Bus(config.project), metrics,
                   verifier=verifier, cloudbuild=cloudbuild, tokens=tokens)

@@ -51,7 +51,7 @@ class Config:
             build_endpoint=os.environ.get("PITSTOP_BUILD_ENDPOINT") or None,
             build_project=os.environ.get("PITSTOP_BUILD_PROJECT", ""),
             audiences=_list(os.environ.get("PITSTOP_AUDIENCE")),
-            admins=_list(os.environ.get("PITSTOP_ADMINS")),
+            admins=tuple(a.lower() for a in _list(os.environ.get("PITSTOP_ADMINS"))),
             sampler_identity=os.environ.get("PITSTOP_SAMPLER_IDENTITY", "").lower(),
         )
 

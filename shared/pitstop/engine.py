@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from pitstop.gcp.bus import Bus
     from pitstop.gcp.cloudbuild import CloudBuild
     from pitstop.gcp.cloudrun import CloudRun
-    from pitstop.gcp.identity import Identity, TokenSource, Verifier
+    from pitstop.gcp.identity import Identity, Verifier
     from pitstop.gcp.metrics import Metrics
 
 IGNORED_BUILD_STATES = {"STATUS_UNKNOWN", "PENDING", "QUEUED", "WORKING"}
@@ -74,7 +74,7 @@ class Engine:
     def __init__(self, config: Config, store: Store, cloudrun: Callable[[], CloudRun], bus: Bus,
                  metrics: Callable[[], Metrics] | None = None, clock: Callable[[], datetime] = utcnow, *,
                  verifier: Callable[[], Verifier], cloudbuild: Callable[[], CloudBuild],
-                 tokens: Callable[[], TokenSource] | None = None) -> None:
+                 tokens: Callable[[], Callable[[str], str]] | None = None) -> None:
         self.config, self.store, self.bus, self.clock = config, store, bus, clock
         self._cloudrun_factory, self._metrics_factory = cloudrun, metrics
         self._factories = {"verifier": verifier, "cloudbuild": cloudbuild, "tokens": tokens}
@@ -251,8 +251,11 @@ class Engine:
         return real
 
     def _forged(self, claimed: BuildFinished, why: str) -> None:
-        self._record_build(claimed, "refused", f"Build message for {claimed.build_id} refused: {why}. Nothing "
-                                               f"deployed; the current versions keep serving.", "ERROR")
+        # Nothing the message claims is repeated (its repo, commit or log link may be the forger's words).
+        unclaimed = claimed.model_copy(update={"repo": None, "branch": None, "tag": None, "commit": None,
+                                               "log_url": None})
+        self._record_build(unclaimed, "refused", f"Build message for {claimed.build_id} refused: {why}. Nothing "
+                                                 f"deployed; the current versions keep serving.", "ERROR")
         return None
 
     def _build_refusal(self, spec: RolloutSpec, build: BuildFinished) -> str | None:
@@ -308,9 +311,9 @@ class Engine:
 
     # ------------------------------------------------------------ who sent it
 
-    def identify(self, token: str | None) -> Identity:
+    def identify(self, token: str | None, bound: str | None = None) -> Identity:
         """The verified sender of a token (raises `identity.Unverified` with the reason)."""
-        return self._adapter("verifier").verify(token)
+        return self._adapter("verifier").verify(token, bound) if bound else self._adapter("verifier").verify(token)
 
     def grants(self, service: str, environment: str) -> tuple[RolloutSpec | None, list]:
         """The spec of one service and environment, and the grants that apply there."""
@@ -323,16 +326,24 @@ class Engine:
 
     # ------------------------------------------------------------ health, alerts
 
-    def on_health(self, sample: HealthSample, token: str | None = None) -> None:
+    def on_health(self, sample: HealthSample, token: str | None = None, bound: str | None = None) -> None:
+        """`bound`: the digest of the sample's payload (`messages.payload_digest`)."""
         from pitstop.gcp.identity import Unverified
 
         try:
-            sender = self.identify(token)
+            sender = self.identify(token, bound)
         except Unverified as err:
             log("ERROR", f"health sample for {sample.service}/{sample.revision} refused: {err.reason}. Nothing "
                          f"changed.", claimed_sender=err.claimed, service=sample.service, region=sample.region)
             return
         own = sender.email == self.config.sampler_identity  # pitstop's sampler (on_tick) signed it
+        if own and not (bound and sender.audience.endswith("#" + bound)):
+            # The sampler may judge any rollout, so its token must be this sample's alone: one read off the topic
+            # and replayed with forged counts proves nothing.
+            log("ERROR", f"health sample for {sample.service}/{sample.revision} refused: it carries pitstop's "
+                         f"sampler token minted for another message (audience {sender.audience}). Nothing changed.",
+                service=sample.service, region=sample.region)
+            return
         if sample.rollout_id and own:
             self.handle(sample.rollout_id, sample)  # no read before deciding: the sampler's samples cost nothing more
             return
@@ -444,12 +455,15 @@ class Engine:
             return self._refuse(command, Refused("invalid_request", f"{spec.key} names no Cloud Build trigger "
                                                  f"(`triggers:` or `match.trigger`); nothing deployed"))
         earlier = self.store.command(command.id)
-        if earlier and earlier.get("build_id"):  # a redelivery: the trigger ran already, once is enough
+        if earlier and earlier.get("build_id") and earlier.get("actor") == command.actor:  # a redelivery
             log("INFO", f"deploy {command.id} already started build {earlier['build_id']}; nothing changed")
             return Done(build={"id": earlier["build_id"], "logUrl": earlier.get("log_url")})
         from google.api_core import exceptions
 
         source = routing.ref_source(command.ref, spec)
+        mismatch = routing.ref_refusal(source, spec)
+        if mismatch:
+            return self._refuse(command, Refused("invalid_request", f"deploy refused: {mismatch}; nothing deployed"))
         try:
             build = self._adapter("cloudbuild").run_trigger(
                 self.config.build_project, trigger, **source,
@@ -584,6 +598,7 @@ class Engine:
 
     def _sample(self, r: Rollout, now: datetime) -> None:
         """Read Monitoring over the windows the sampler policy names; publish what can change a decision."""
+        from pitstop.core import messages
         from pitstop.gcp.metrics import MetricsUnavailable
 
         windows = sampling.windows(r, now, self.config.health_lag)
@@ -605,4 +620,5 @@ class Engine:
         for sample in sampling.to_publish(r, whole, recent):
             # Signed like any sender's: on_health trusts pitstop's own identity (PITSTOP_SAMPLER_IDENTITY).
             payload = sample.model_dump(mode="json", exclude={"kind", "id"}, exclude_none=True)
-            self.bus.publish(self.config.health_topic, {**payload, "id_token": self._adapter("tokens").token()})
+            token = self._adapter("tokens")(f"{self.config.audiences[0]}#{messages.payload_digest(payload)}")
+            self.bus.publish(self.config.health_topic, {**payload, "id_token": token})

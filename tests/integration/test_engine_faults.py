@@ -71,8 +71,9 @@ class Harness:
                              verifier=lambda: verifier, cloudbuild=lambda: builds)
 
     def health(self, sample: HealthSample) -> None:
-        """A sample signed by pitstop's own sampler."""
-        self.engine.on_health(sample, self.issuer.mint(SAMPLER, self.audience))
+        """A sample signed by pitstop's own sampler: its token is bound to the sample (audience AUD#digest)."""
+        bound = sample.id
+        self.engine.on_health(sample, self.issuer.mint(SAMPLER, f"{self.audience}#{bound}"), bound)
 
     def command(self, **fields) -> object:
         """A command signed by alice, an admin (time-independent: tokens follow the real clock)."""

@@ -237,8 +237,16 @@ def test_unsigned_or_unlisted_health_samples_change_nothing(stack, store, tmp_pa
     before = snapshot(store, r.id)
     probe(stack, r, 200, 150, None)  # failing, unsigned: would roll back if believed
     probe(stack, r, 200, 150, "attacker@evil.example")  # failing, signed by someone the spec does not list
-    wait_for("both refused", lambda: logged(stack, "on_health", "no ID token")
-             and logged(stack, "on_health", "not listed in the spec's health.sources"))
+    # pitstop's own sampler token, read off the topic and replayed with another sample: bound to its own sample
+    forged = health_sample(r.service, r.revision, r.step_started_at, datetime.now(timezone.utc), 200, 150, 100,
+                           source="cloud-monitoring")
+    for token in (stack.issuer.mint(stack.sampler_identity, f"pitstop:{stack.project}#{'0' * 32}"),
+                  stack.token(stack.sampler_identity)):
+        stack.publish("pitstop-health", {**forged, "id_token": token})
+    wait_for("all refused", lambda: logged(stack, "on_health", "no ID token")
+             and logged(stack, "on_health", "not listed in the spec's health.sources")
+             and logged(stack, "on_health", f"is not this pitstop deployment")  # bound to another sample
+             and logged(stack, "on_health", "minted for another message"))  # not bound at all
     assert snapshot(store, r.id) == before, "no verdict from either"
     assert store.rollout(r.id).verdict is None
     probe(stack, r, 200, 150, PROBE)  # the same sample from the listed probe is believed

@@ -90,3 +90,33 @@ def test_only_the_named_triggers_may_build_a_service():
 ])
 def test_deploy_ref_becomes_the_trigger_source(ref, expected):
     assert ref_source(ref, load_spec(SPEC)) == expected
+
+
+def test_image_globs_match_segment_by_segment():
+    spec = load_spec(SPEC)
+    assert access.image_refusal(spec, "acme", "evil.io/x-docker.pkg.dev/acme/r/web:v1") is not None
+    assert access.image_refusal(spec, "acme", "us-docker.pkg.dev/acme/a/b/web:v1") is not None, "* never crosses /"
+    assert access.image_refusal(spec, "acme", "us-docker.pkg.dev/acme/apps/web@sha256:" + "1" * 64) is None
+
+
+def test_a_manual_build_never_passes_a_trigger_list_whatever_its_substitutions_claim():
+    spec = load_spec(SPEC + "triggers: [build-web]\n")
+    assert "no trigger (a manual build)" in access.trigger_refusal(spec, "build-web", None)
+
+
+def test_public_domains_and_people_as_health_sources_are_refused():
+    for member in ("domain:gmail.com", "domain:developer.gserviceaccount.com"):
+        with pytest.raises(ValidationError, match="anyone can have an account there"):
+            Access.model_validate({"viewer": [member]})
+    with pytest.raises(ValueError, match="health sources are machines"):
+        load_spec(SPEC + "health: {sources: [user:alice@example.com]}\n")
+
+
+def test_a_deploy_ref_the_spec_would_not_roll_out_is_refused_before_building():
+    from pitstop.core.routing import ref_refusal
+
+    tags = load_spec(SPEC)
+    assert ref_refusal({"tag": "v2"}, tags) is None
+    assert "rolls out builds of tags v*, and branch main is not one" in ref_refusal({"branch": "main"}, tags)
+    branch = load_spec(SPEC.replace('tag: "v*"', "branch: main"))
+    assert "commit a017b5e is not one" in ref_refusal({"commit": "a017b5e"}, branch)

@@ -102,15 +102,24 @@ def image_refusal(spec: RolloutSpec, project: str, image: str) -> str | None:
     """Why `image` may not run as this service; None if a pattern allows it."""
     patterns = allowed_images(spec, project)
     repo = repository(image)
-    if any(fnmatchcase(repo, p) for p in patterns):
+    if any(_path_matches(repo, p) for p in patterns):
         return None
     source = "the spec's `image`" if spec.image else "the default (no `image` in the spec)"
     return (f"image {repo} is not one {spec.key} may run: {source} allows {', '.join(patterns)}")
 
 
+def _path_matches(repo: str, pattern: str) -> bool:
+    """A glob per path segment: `*` never crosses a `/` (`*-docker.pkg.dev/p/*/web` is not `evil.io/x-docker…`)."""
+    got, want = repo.split("/"), pattern.split("/")
+    return len(got) == len(want) and all(fnmatchcase(g, w) for g, w in zip(got, want))
+
+
 def trigger_refusal(spec: RolloutSpec, trigger_name: str | None, trigger_id: str | None) -> str | None:
-    """Why a build from this trigger may not deploy; None if the spec names no triggers or names this one."""
-    if not spec.triggers or {trigger_name, trigger_id} & set(spec.triggers):
+    """Why a build from this trigger may not deploy; None if the spec names no triggers or names this one.
+    A build without a trigger id is a manual build, whatever its substitutions say its trigger was."""
+    if not spec.triggers or (trigger_id and {trigger_name, trigger_id} & set(spec.triggers)):
         return None
+    if not trigger_id:
+        trigger_name = None
     built_by = f"trigger {trigger_name or trigger_id}" if (trigger_name or trigger_id) else "no trigger (a manual build)"
     return f"{spec.key} deploys only builds of trigger {', '.join(spec.triggers)}; this one was built by {built_by}"

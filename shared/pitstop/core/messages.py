@@ -365,6 +365,12 @@ def _str(value: Any) -> str | None:
 MAX_TOKEN = 8192
 
 
+def payload_digest(payload: dict[str, Any]) -> str:
+    """What a token bound to one message names in its audience (`AUDIENCE#digest`): the canonical JSON's hash."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 def sender_token(payload: dict[str, Any], attributes: dict[str, str]) -> str | None:
     """The sender's ID token: the `id_token` attribute, or (Pub/Sub attributes hold at most 1024 bytes, and a
     token can be longer) an `id_token` field of the payload, which is removed from it. Verified by the engine."""

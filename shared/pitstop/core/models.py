@@ -147,6 +147,14 @@ class Health(Model):
     # sampler needs no listing.
     sources: list[Member] = Field(default_factory=list, max_length=50)
 
+    @field_validator("sources")
+    @classmethod
+    def _machines(cls, sources: list[str]) -> list[str]:
+        people = [m for m in sources if not m.startswith("serviceAccount:")]
+        if people:
+            raise ValueError(f"health sources are machines: list serviceAccount:EMAIL, not {', '.join(people)}")
+        return sources
+
 
 SERVICE_NAME = r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$"
 
@@ -156,7 +164,14 @@ _EMAIL = r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
 _MEMBER = re.compile(rf"^(?:(?:user|serviceAccount):{_EMAIL}|domain:[A-Za-z0-9.-]+\.[A-Za-z]{{2,}}|{_EMAIL})$")
 
 
+# Domains whose accounts anyone can have: a grant to them is a grant to the world.
+PUBLIC_DOMAINS = ("gmail.com", "googlemail.com", "gserviceaccount.com", "developer.gserviceaccount.com",
+                  "appspot.gserviceaccount.com", "iam.gserviceaccount.com", "cloudbuild.gserviceaccount.com")
+
+
 def _member(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower().removeprefix("domain:") in PUBLIC_DOMAINS:
+        raise ValueError(f"{value}: anyone can have an account there; grant users or service accounts instead")
     if isinstance(value, str) and value.startswith("group:"):
         raise ValueError(f"{value}: pitstop cannot expand Google groups (it has no directory access); list the users, "
                          f"service accounts or a domain:")

@@ -117,3 +117,20 @@ def ref_source(ref: str, spec: RolloutSpec) -> dict[str, str]:
     if spec.match.tag and fnmatchcase(ref, spec.match.tag):
         return {"tag": ref}
     return {"branch": ref}
+
+
+def ref_refusal(source: dict[str, str], spec: RolloutSpec) -> str | None:
+    """Why building this ref could not roll out under the spec's `match` (it would build, then start nothing)."""
+    from fnmatch import fnmatchcase
+
+    match = spec.match
+    if match.branch and not (source.get("branch") and fnmatchcase(source["branch"], match.branch)):
+        return f"{spec.key} rolls out builds of branch {match.branch}, and {_described(source)} is not one"
+    if match.tag and not (source.get("tag") and fnmatchcase(source["tag"], match.tag)):
+        return f"{spec.key} rolls out builds of tags {match.tag}, and {_described(source)} is not one"
+    return None
+
+
+def _described(source: dict[str, str]) -> str:
+    kind, value = next(iter(source.items()))
+    return f"{kind} {value}"

@@ -75,8 +75,8 @@ class CloudBuild:
             request = {"project_id": project, "id": build_id}
         try:
             found = self.client.get_build(request=request, timeout=RPC_TIMEOUT, retry=None)
-        except exceptions.NotFound:
-            return None
+        except (exceptions.NotFound, exceptions.InvalidArgument):
+            return None  # InvalidArgument: a location that does not exist, from a message (redelivery cannot help)
         return build_json(found)
 
     def run_trigger(self, project: str, trigger: str, *, branch: str | None = None, tag: str | None = None,

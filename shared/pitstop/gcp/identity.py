@@ -212,9 +212,11 @@ class Verifier:
 
     # --- verification -------------------------------------------------------
 
-    def verify(self, token: str | None) -> Identity:
+    def verify(self, token: str | None, bound: str | None = None) -> Identity:
         """The verified sender of `token` (with or without "Bearer "), or `Unverified` saying why not.
 
+        With `bound` (a digest of the message), a token whose audience is `AUDIENCE#bound` is accepted too:
+        it was minted for this message alone, so replaying it with another message proves nothing.
         Raises `CertsUnavailable` when the certificates cannot be fetched.
         """
         from google.auth import jwt
@@ -239,8 +241,8 @@ class Verifier:
             raise Unverified(f"the token was signed with key '{_shown(kid)}', which {self.certs_url} does not list: "
                              "it was not issued by a trusted issuer", claimed)
         try:
-            payload = jwt.decode(token, certs=certs, audience=list(self.audiences),
-                                 clock_skew_in_seconds=self.clock_skew)
+            audiences = list(self.audiences) + ([f"{a}#{bound}" for a in self.audiences] if bound else [])
+            payload = jwt.decode(token, certs=certs, audience=audiences, clock_skew_in_seconds=self.clock_skew)
         except (ValueError, TypeError, KeyError) as e:  # google-auth's own errors are ValueErrors; the
             # others come from claims of the wrong type, which only the key's holder could have signed
             raise Unverified(self._reason(e, header, _unverified_payload(token) or {}), claimed) from None

@@ -259,9 +259,16 @@ class Store:
         ref.set(doc, merge=True)
         return True
 
-    def record_command(self, command_id: str, doc: dict[str, Any]) -> None:
-        """A command that reached no rollout (ambiguous, nothing in progress): the CLI shows why."""
-        self.db.collection("commands").document(command_id).set(doc)
+    def record_command(self, command_id: str, doc: dict[str, Any]) -> bool:
+        """A command refused (or a deploy's build): the CLI shows why. Created, never overwritten: a message that
+        reuses an id cannot erase the record of an earlier one. False if the id was recorded before."""
+        from google.api_core import exceptions
+
+        try:
+            self.db.collection("commands").document(command_id).create(doc)
+            return True
+        except exceptions.AlreadyExists:
+            return False
 
     def refusals(self, rollout_id: str) -> list[dict[str, Any]]:
         """Commands refused for this rollout (unverified, no permission, four eyes), oldest first."""

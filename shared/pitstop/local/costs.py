@@ -362,7 +362,11 @@ class Signer:
         self.audience = f"pitstop:{project}"
         self.verifier = Verifier([self.audience], issuers=[self.issuer.url], certs_url=self.issuer.certs_url)
 
-    def token(self, email: str = SAMPLER) -> str:
+    def __call__(self, audience: str) -> str:
+        """The sampler's token for one audience (the engine binds each sample's token to it)."""
+        return self.issuer.mint(SAMPLER, audience)
+
+    def token(self, email: str) -> str:
         return self.issuer.mint(email, self.audience)
 
 
@@ -596,7 +600,7 @@ class Harness:
                     token = messages.sender_token(payload, {})
                     sample = messages.parse_health(payload)
                     with meter.entry("health", meter.rollout_services.get(sample.rollout_id or "")):
-                        engine.on_health(sample, token)
+                        engine.on_health(sample, token, messages.payload_digest(payload))
                 done = len(states) == n and in_flight == 0 and not events
                 after = after + 1 if done else 0
                 if after > AFTER:
