@@ -195,8 +195,10 @@ def list_rollouts(call: Call) -> tuple[int, Any]:
 
     service = call.request.args.get("service") or None
     limit = _limit(call.request.args.get("limit"))
-    recent = call.engine.store.recent(service, limit)
-    readable = [r for r in recent if call.may("rollout:read", r.service, r.environment) is None]
+    # Filtered after reading, so read more than asked (up to MAX_LIMIT): a page of others' rollouts must not
+    # hide the caller's own.
+    recent = call.engine.store.recent(service, MAX_LIMIT if limit < MAX_LIMIT else limit)
+    readable = [r for r in recent if call.may("rollout:read", r.service, r.environment) is None][:limit]
     return 200, {"rollouts": [rollout_row(r) for r in readable]}
 
 
