@@ -320,9 +320,11 @@ class Engine:
         spec = self.store.spec(service, environment)
         return spec, [spec.access if spec else None, self.store.project_access()]
 
-    def authorize(self, email: str, permission: str, service: str, environment: str) -> access.Denial | None:
+    def authorize(self, email: str, permission: str, service: str, environment: str,
+                  hosted_domain: str | None = None) -> access.Denial | None:
         _, grants = self.grants(service, environment)
-        return access.check(email, permission, f"{service} ({environment})", grants, self.config.admins)
+        return access.check(email, permission, f"{service} ({environment})", grants, self.config.admins,
+                            hosted_domain)
 
     # ------------------------------------------------------------ health, alerts
 
@@ -397,9 +399,9 @@ class Engine:
                                                                     f"nothing changed"), err.claimed, verified=False)
         command = command.model_copy(update={"actor": sender.email})
         if command.action == "deploy":
-            return self._deploy(command)
+            return self._deploy(command, sender.hosted_domain)
         if command.action == "rollback" and command.to_version:
-            return self._rollback_to(command)
+            return self._rollback_to(command, sender.hosted_domain)
         if command.rollout_id:
             named = self.store.rollout(command.rollout_id)
             if named is None:
@@ -416,7 +418,7 @@ class Engine:
         for rollout in rollouts:  # all or nothing: a command reaches every rollout it names, or none
             spec, grants = self.grants(rollout.service, rollout.environment)
             denial = access.check(sender.email, permission, f"{rollout.service} ({rollout.environment})", grants,
-                                  self.config.admins)
+                                  self.config.admins, sender.hosted_domain)
             if denial is None and command.action == "approve":
                 denial = access.four_eyes(sender.email, rollout.started_by, spec)
             if denial is not None:
@@ -440,13 +442,13 @@ class Engine:
             "at": self.clock()})
         return refusal
 
-    def _deploy(self, command: Command) -> Reply:
+    def _deploy(self, command: Command, hosted_domain: str | None = None) -> Reply:
         """`pitstop deploy`: run the service's build trigger at a ref; its SUCCESS then flows through on_build."""
         spec, grants = self.grants(command.service, command.environment)
         if spec is None:
             return self._refuse(command, Refused("not_found", f"no spec for {command.service} in environment "
                                                               f"{command.environment}; nothing deployed"))
-        denial = access.check(command.actor, "deployment:create", spec.key, grants, self.config.admins)
+        denial = access.check(command.actor, "deployment:create", spec.key, grants, self.config.admins, hosted_domain)
         if denial is not None:
             return self._refuse(command, Refused("insufficient_permissions", f"deploy refused: {denial.reason}; "
                                                  f"nothing deployed", denial.permission))
@@ -484,7 +486,7 @@ class Engine:
                       f"{trigger} started", build_id=build["id"], service=spec.service)
         return Done(build=build)
 
-    def _rollback_to(self, command: Command) -> Reply:
+    def _rollback_to(self, command: Command, hosted_domain: str | None = None) -> Reply:
         """Straight to an earlier good version, in every region of the one environment named."""
         if command.rollout_id:
             named = self.store.rollout(command.rollout_id)
@@ -503,7 +505,7 @@ class Engine:
                 "conflict", f"{command.service} runs in {len(environments)} environments; name one with "
                             f"--environment; nothing changed", candidates=tuple(environments)))
         service, environment = records[0]["service"], environments[0]
-        denial = self.authorize(command.actor, "rollout:operate", service, environment)
+        denial = self.authorize(command.actor, "rollout:operate", service, environment, hosted_domain)
         if denial is not None:
             return self._refuse(command, Refused("insufficient_permissions", f"rollback refused: {denial.reason}; "
                                                  f"nothing changed", denial.permission))

@@ -100,8 +100,11 @@ def test_a_good_token_names_its_sender(issuer: IssuerServer, verifier: Verifier)
         issuer=issuer.url,
         audience=AUD,
         expires_at=datetime.fromtimestamp(exp, timezone.utc),
+        hosted_domain="example.com",  # a person's account, managed by its Workspace domain (`hd`)
     )
     assert identity.subject.isdigit() and len(identity.subject) == 21
+    robot = verifier.verify(issuer.mint("probe@acme.iam.gserviceaccount.com", AUD))
+    assert robot.hosted_domain is None, "a service account has no hosted domain"
 
 
 def test_bearer_prefix_is_accepted(issuer: IssuerServer, verifier: Verifier) -> None:

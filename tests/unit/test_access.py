@@ -35,12 +35,17 @@ def test_members_are_normalised_and_groups_refused():
 def test_roles_come_from_the_spec_the_project_document_and_the_bootstrap_admins():
     spec = load_spec(SPEC)
     project = Access(viewer=["domain:acme.com"])
-    assert access.roles_of("olive@example.com", [spec.access, project]) == {"operator", "deployer", "viewer"}
-    assert access.roles_of("ann@acme.com", [spec.access, project]) == {"viewer"}
-    assert access.roles_of("eve@evil.example", [spec.access, project]) == set()
+    assert access.roles_of("olive@example.com", [spec.access, project], hosted_domain="example.com") == {
+        "operator", "deployer", "viewer"}
+    assert access.roles_of("ann@acme.com", [spec.access, project], hosted_domain="acme.com") == {"viewer"}
+    assert access.roles_of("eve@evil.example", [spec.access, project], hosted_domain="evil.example") == set()
     assert access.roles_of("root@acme.com", [spec.access], admins=["user:root@acme.com"]) == set(access.ROLES)
-    assert "examplexcom" not in access.roles_of("x@notexample.com", [spec.access]), "a domain matches whole"
-    assert access.roles_of("x@notexample.com", [spec.access]) == set()
+    assert access.roles_of("x@notexample.com", [spec.access], hosted_domain="notexample.com") == set(), \
+        "a domain matches whole"
+    # An address at the domain is not enough: the account must be one the domain manages (the token's `hd`),
+    # not a personal Google account opened with a company address.
+    assert access.roles_of("ann@acme.com", [project]) == set()
+    assert access.roles_of("olive@example.com", [spec.access]) == {"operator", "viewer"}, "user: grants stay"
 
 
 def test_a_refusal_names_the_missing_permission_and_role():

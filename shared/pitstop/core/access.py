@@ -44,21 +44,25 @@ class Denial:
     reason: str
 
 
-def member_matches(member: str, email: str) -> bool:
+def member_matches(member: str, email: str, hosted_domain: str | None = None) -> bool:
+    """`domain:D` needs an account D manages (the token's `hd`), not only an address at D: anyone may open a
+    personal Google account with a company address, and keep it after leaving."""
     email = email.lower()
     kind, _, value = member.rpartition(":")
     if kind == "domain":
-        return email.endswith("@" + value)
+        return email.endswith("@" + value) and hosted_domain == value
     return email == value
 
 
-def roles_of(email: str, grants: Iterable[Access | None], admins: Iterable[str] = ()) -> set[str]:
+def roles_of(email: str, grants: Iterable[Access | None], admins: Iterable[str] = (),
+             hosted_domain: str | None = None) -> set[str]:
     """Every role `email` holds through these grants (admin implies all)."""
-    roles = {"admin"} if any(member_matches(m, email) for m in admins) else set()
+    roles = {"admin"} if any(member_matches(m, email, hosted_domain) for m in admins) else set()
     for access in grants:
         if access is None:
             continue
-        roles |= {role for role in ROLES if any(member_matches(m, email) for m in getattr(access, role))}
+        roles |= {role for role in ROLES
+                  if any(member_matches(m, email, hosted_domain) for m in getattr(access, role))}
     if "admin" in roles:
         return set(ROLES)
     if roles:
@@ -67,10 +71,10 @@ def roles_of(email: str, grants: Iterable[Access | None], admins: Iterable[str] 
 
 
 def check(email: str, permission: str, where: str, grants: Iterable[Access | None],
-          admins: Iterable[str] = ()) -> Denial | None:
+          admins: Iterable[str] = (), hosted_domain: str | None = None) -> Denial | None:
     """None if `email` holds `permission` on `where` (e.g. "web (production)"), else why not."""
     role = ROLE_OF[permission]
-    if role in roles_of(email, grants, admins):
+    if role in roles_of(email, grants, admins, hosted_domain):
         return None
     return Denial(permission, f"{email} lacks permission {permission} on {where}: it needs the {role} role"
                               f"{'' if role == 'admin' else ' (or admin)'}, granted in the spec's access.{role} or the project access document")

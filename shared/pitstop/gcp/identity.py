@@ -50,6 +50,7 @@ class Identity:
     issuer: str
     audience: str
     expires_at: datetime
+    hosted_domain: str | None = None  # `hd`: the Google Workspace domain that manages the account, if any
 
 
 class Unverified(Exception):
@@ -290,6 +291,7 @@ class Verifier:
             issuer=issuer,
             audience=payload["aud"],
             expires_at=_utc(payload["exp"]),
+            hosted_domain=payload["hd"].lower() if isinstance(payload.get("hd"), str) else None,
         )
 
 

@@ -115,6 +115,8 @@ class Issuer:
         claims: dict[str, Any] = {
             "iss": issuer, "aud": audience, "sub": _subject(email), "email": email,
             "email_verified": True, "iat": issued, "exp": issued + lifetime,
+            # A person's account is managed by its Workspace domain (`hd`), as Google's are; a service account's is not.
+            **({} if email.endswith(".gserviceaccount.com") else {"hd": email.rpartition("@")[2].lower()}),
         }
         for name, value in (extra or {}).items():
             if value is None:

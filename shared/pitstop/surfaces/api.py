@@ -126,7 +126,8 @@ class Call:
         """None if the caller holds `permission` on this service and environment (asked once per request)."""
         asked = (permission, service, environment)
         if asked not in self._grants:
-            self._grants[asked] = self.engine.authorize(self.who().email, permission, service, environment)
+            self._grants[asked] = self.engine.authorize(self.who().email, permission, service, environment,
+                                                        self.who().hosted_domain)
         return self._grants[asked]
 
     def must(self, permission: str, service: str, environment: str) -> None:
@@ -183,11 +184,12 @@ def whoami(call: Call) -> tuple[int, Any]:
     admins = engine.config.admins
     specs = {}
     for spec in engine.store.specs():
-        roles = access.roles_of(me.email, [spec.access, project], admins)
+        roles = access.roles_of(me.email, [spec.access, project], admins, me.hosted_domain)
         if roles:  # a spec the caller holds no role on is not theirs to know about
             specs[spec.key] = _ordered(roles)
     return 200, {"email": me.email, "audience": me.audience, "expires_at": me.expires_at.isoformat(),
-                 "roles": {"project": _ordered(access.roles_of(me.email, [project], admins)), "specs": specs}}
+                 "roles": {"project": _ordered(access.roles_of(me.email, [project], admins, me.hosted_domain)),
+                           "specs": specs}}
 
 
 def list_rollouts(call: Call) -> tuple[int, Any]:
@@ -333,7 +335,7 @@ def put_access(call: Call) -> tuple[int, Any]:
 
     me, engine = call.who(), call.engine
     denial = access.check(me.email, "spec:write", "the project (access document)", [engine.store.project_access()],
-                          engine.config.admins)
+                          engine.config.admins, me.hosted_domain)
     if denial is not None:
         raise ApiError("insufficient_permissions", f"{denial.reason}; the access document is unchanged",
                        permission=denial.permission)
