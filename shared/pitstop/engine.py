@@ -545,7 +545,7 @@ class Engine:
 
     def _act_started(self, outcome: Outcome) -> None:
         if outcome.superseded is not None:  # its notification; the successor's split takes its traffic
-            self._act(outcome.superseded)
+            self._act(outcome.superseded, outcome.superseded_hash)
         if outcome.decision is not None:
             self._act(outcome.decision, outcome.event_hash)
 

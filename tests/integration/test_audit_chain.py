@@ -110,6 +110,7 @@ def test_a_superseded_rollout_gets_its_last_event_chained(store, canary):
     assert outcome.event_hash == trail(store, V3)[1]["hash"]
     last = trail(store, canary)
     assert last[len(last)]["id"] == f"superseded-by-{V3}"
+    assert outcome.superseded_hash == last[len(last)]["hash"], "its log line can carry the hash too"
     assert verify_rollout(store, canary).ok and verify_rollout(store, V3).ok
 
 

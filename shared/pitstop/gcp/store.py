@@ -56,6 +56,7 @@ class Outcome:
     superseded: Decision | None = None  # the rollout a new one replaced, by `start`
     rollout: Rollout | None = None  # as read before deciding (for a duplicate: the state its decision left)
     event_hash: str | None = None  # the hash of the audit event this write stored (its place in the chain)
+    superseded_hash: str | None = None  # and of the superseded rollout's last event, by `start`
 
     @property
     def stored(self) -> bool:
@@ -345,8 +346,9 @@ class Store:
             if new is None:
                 return Outcome(None)
             batch = self.db.batch()
+            old_hash = None
             if old is not None and old.audit is not None:
-                self._put_rollout(batch, old, active_snap)
+                old_hash = self._put_rollout(batch, old, active_snap)
             event = audit.seal(new.audit.to_doc(), *audit.next_link(None))
             batch.create(ref, {**_full(new.rollout), "audit_seq": event["seq"], "audit_head": event["hash"]})
             batch.create(ref.collection("events").document(new.audit.id), event)
@@ -354,7 +356,7 @@ class Store:
             self._put_service(batch, new.rollout, service_snap)
             try:
                 if self._commit(batch, attempt):
-                    return Outcome(new, superseded=old, event_hash=event["hash"])
+                    return Outcome(new, superseded=old, event_hash=event["hash"], superseded_hash=old_hash)
             except exceptions.AlreadyExists:
                 continue  # a twin delivery created it first: the next read finds it
 
