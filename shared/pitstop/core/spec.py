@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import re
+
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,7 @@ def load_yaml(text: str, source: str = "spec") -> Any:
     and the check stops at the first offending event, so a hostile document costs next to nothing."""
     import yaml  # late: the cloud-event functions never read YAML
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    loader = _loader()
     try:
         depth = 0
         for event in yaml.parse(text, Loader=loader):
@@ -55,6 +58,34 @@ def load_yaml(text: str, source: str = "spec") -> Any:
         raise SpecError(f"{source}: not valid YAML: {limits.truncate(f'{type(err).__name__}: {err}', 200)}") from None
 
 
+@functools.cache
+def _loader() -> type:
+    """PyYAML's safe loader (C if built), with YAML 1.2's booleans: only true and false. YAML 1.1 also reads
+    on/off/yes/no as booleans, which would turn a pipeline's `on: {branch: main}` into the key True."""
+    import yaml
+
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class Loader(base):  # type: ignore[misc, valid-type]
+        pass
+
+    bool_tag = "tag:yaml.org,2002:bool"
+    Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag != bool_tag]
+                                      for first, resolvers in base.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    return Loader
+
+
+def validation_lines(err: ValidationError) -> list[str]:
+    """Each invalid field and its problem, bounded (at most MAX_ERRORS, each value shown by limits.preview)."""
+    errors = err.errors()
+    lines = [f"  {limits.truncate('.'.join(str(p) for p in e['loc']) or '(top)', 120)}: "
+             f"{limits.truncate(_message(e), 300)}" for e in errors[:MAX_ERRORS]]
+    if len(errors) > MAX_ERRORS:
+        lines.append(f"  ... and {len(errors) - MAX_ERRORS} more")
+    return lines
+
+
 def load_spec(text: str, source: str = "spec") -> RolloutSpec:
     """A spec from its YAML text (see load_yaml for what is refused before validation)."""
     return parse_spec(load_yaml(text, source), source)
@@ -70,12 +101,7 @@ def parse_spec(doc: dict[str, Any], source: str = "spec") -> RolloutSpec:
     try:
         return RolloutSpec.model_validate(doc, strict=False)
     except ValidationError as err:
-        errors = err.errors()
-        lines = [f"  {limits.truncate('.'.join(str(p) for p in e['loc']) or '(top)', 120)}: "
-                 f"{limits.truncate(_message(e), 300)}" for e in errors[:MAX_ERRORS]]
-        if len(errors) > MAX_ERRORS:
-            lines.append(f"  ... and {len(errors) - MAX_ERRORS} more")
-        raise SpecError(f"{source}: invalid rollout spec\n" + "\n".join(lines)) from None
+        raise SpecError(f"{source}: invalid rollout spec\n" + "\n".join(validation_lines(err))) from None
     except RecursionError:  # a JSON body nested deep enough for pydantic to give up
         raise SpecError(f"{source}: nests too deeply to be a rollout spec") from None
 
