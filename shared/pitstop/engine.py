@@ -313,7 +313,7 @@ class Engine:
 
     def identify(self, token: str | None, bound: str | None = None) -> Identity:
         """The verified sender of a token (raises `identity.Unverified` with the reason)."""
-        return self._adapter("verifier").verify(token, bound) if bound else self._adapter("verifier").verify(token)
+        return self._adapter("verifier").verify(token, bound)
 
     def grants(self, service: str, environment: str) -> tuple[RolloutSpec | None, list]:
         """The spec of one service and environment, and the grants that apply there."""
@@ -422,9 +422,7 @@ class Engine:
             if denial is None and command.action == "approve":
                 denial = access.four_eyes(sender.email, rollout.started_by, spec)
             if denial is not None:
-                return self._refuse(command, Refused("insufficient_permissions", f"{command.action} refused: "
-                                                     f"{denial.reason}; nothing changed", denial.permission),
-                                    rollout_id=rollout.id)
+                return self._denied(command, denial, rollout_id=rollout.id)
         return Done([(r.id, self.handle(r.id, command)) for r in rollouts])
 
     def _refuse(self, command: Command, refusal: Refused, claimed: str | None = None, verified: bool = True,
@@ -442,6 +440,11 @@ class Engine:
             "at": self.clock()})
         return refusal
 
+    def _denied(self, command: Command, denial: access.Denial, left: str = "nothing changed",
+                rollout_id: str | None = None) -> Refused:
+        return self._refuse(command, Refused("insufficient_permissions", f"{command.action} refused: "
+                                             f"{denial.reason}; {left}", denial.permission), rollout_id=rollout_id)
+
     def _deploy(self, command: Command, hosted_domain: str | None = None) -> Reply:
         """`pitstop deploy`: run the service's build trigger at a ref; its SUCCESS then flows through on_build."""
         spec, grants = self.grants(command.service, command.environment)
@@ -450,8 +453,7 @@ class Engine:
                                                               f"{command.environment}; nothing deployed"))
         denial = access.check(command.actor, "deployment:create", spec.key, grants, self.config.admins, hosted_domain)
         if denial is not None:
-            return self._refuse(command, Refused("insufficient_permissions", f"deploy refused: {denial.reason}; "
-                                                 f"nothing deployed", denial.permission))
+            return self._denied(command, denial, "nothing deployed")
         trigger = (spec.triggers or [spec.match.trigger])[0]
         if not trigger:
             return self._refuse(command, Refused("invalid_request", f"{spec.key} names no Cloud Build trigger "
@@ -507,8 +509,7 @@ class Engine:
         service, environment = records[0]["service"], environments[0]
         denial = self.authorize(command.actor, "rollout:operate", service, environment, hosted_domain)
         if denial is not None:
-            return self._refuse(command, Refused("insufficient_permissions", f"rollback refused: {denial.reason}; "
-                                                 f"nothing changed", denial.permission))
+            return self._denied(command, denial)
         done = Done()
         for record in records:
             region = record["region"]

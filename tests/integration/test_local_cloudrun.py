@@ -451,14 +451,23 @@ def test_stop_leaves_no_revision_running(tmp_path: Path, cloudrun_image: str, cl
     assert not any(is_running(pid) for pid in pids)
 
 
+def local_cloud_process(*args: str) -> subprocess.Popen:
+    """`python -m pitstop.local.cloud ARGS` in its own session (so a failed test can kill all it started)."""
+    return subprocess.Popen([sys.executable, "-m", "pitstop.local.cloud", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def kill_if_running(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def test_local_cloud_process_stops_every_revision_on_sigterm(tmp_path: Path, cloudrun_state: Path) -> None:
     register_image(tmp_path, "local/app:v1", [sys.executable, str(cloudrun_state / "app.py")])
     api_port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pitstop.local.cloud", "--state-dir", str(tmp_path),
-         "--api-port", str(api_port), "--monitoring-port", str(free_port()), "--project", "demo"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
+    process = local_cloud_process("--state-dir", str(tmp_path), "--api-port", str(api_port),
+                                  "--monitoring-port", str(free_port()), "--project", "demo")
     try:
         ready = json.loads(process.stdout.readline())
         assert ready["event"] == "ready" and ready["cloud_run_api"] == f"http://127.0.0.1:{api_port}"
@@ -473,9 +482,7 @@ def test_local_cloud_process_stops_every_revision_on_sigterm(tmp_path: Path, clo
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        kill_if_running(process)
     stderr = process.stderr.read()
     assert not any(is_running(pid) for pid in pids), stderr
     assert all(json.loads(line)["severity"] for line in stderr.splitlines()), stderr
@@ -569,11 +576,8 @@ def test_local_cloud_process_takes_fault_options(tmp_path: Path) -> None:
 
     with pytest.raises(SystemExit):
         cloud.main(["--state-dir", str(tmp_path), "--api-port", "0", "--monitoring-port", "0", "--fault-rate", "2"])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pitstop.local.cloud", "--state-dir", str(tmp_path), "--api-port", "0",
-         "--monitoring-port", "0", "--fault-rate", "1", "--fault-seed", "3", "--slow-operations", "0.5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
+    process = local_cloud_process("--state-dir", str(tmp_path), "--api-port", "0", "--monitoring-port", "0",
+                                  "--fault-rate", "1", "--fault-seed", "3", "--slow-operations", "0.5")
     try:
         ready = json.loads(process.stdout.readline())
         response = httpx.get(f"{ready['cloud_run_api']}/v2/{PARENT}/services/web")
@@ -581,6 +585,4 @@ def test_local_cloud_process_takes_fault_options(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        kill_if_running(process)

@@ -48,13 +48,9 @@ class CloudBuild:
         """GCP with default credentials, or a local stand-in at `endpoint` (REST, anonymous)."""
         from google.cloud.devtools.cloudbuild_v1.services.cloud_build import CloudBuildClient  # late: slow import
 
-        if not endpoint:
-            return cls(CloudBuildClient())
-        from google.api_core.client_options import ClientOptions
-        from google.auth.credentials import AnonymousCredentials
+        from pitstop.gcp.endpoint import google_client
 
-        return cls(CloudBuildClient(credentials=AnonymousCredentials(), transport="rest",
-                                    client_options=ClientOptions(api_endpoint=endpoint)))
+        return cls(google_client(CloudBuildClient, endpoint))
 
     def build(self, project: str, build_id: str, location: str | None = None) -> dict[str, Any] | None:
         """The build as Cloud Build knows it, or None if `project` has no such build.

@@ -76,13 +76,9 @@ class CloudRun:
         """GCP with default credentials, or a local stand-in at `endpoint` (REST, anonymous)."""
         from google.cloud.run_v2.services.services import ServicesClient  # late: run_v2 imports are slow
 
-        if not endpoint:
-            return cls(ServicesClient())
-        from google.api_core.client_options import ClientOptions
-        from google.auth.credentials import AnonymousCredentials
+        from pitstop.gcp.endpoint import google_client
 
-        return cls(ServicesClient(credentials=AnonymousCredentials(), transport="rest",
-                                  client_options=ClientOptions(api_endpoint=endpoint)))
+        return cls(google_client(ServicesClient, endpoint))
 
     # ------------------------------------------------------------ reading
 

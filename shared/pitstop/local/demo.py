@@ -119,12 +119,9 @@ def service_uri(stack: Stack, service: str = SERVICE) -> str:
 
 
 def _run_client(stack: Stack):
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud.run_v2.services.services import ServicesClient
+    from pitstop.gcp.cloudrun import CloudRun
 
-    return ServicesClient(credentials=AnonymousCredentials(), transport="rest",
-                          client_options=ClientOptions(api_endpoint=stack.run_endpoint))
+    return CloudRun.from_endpoint(stack.run_endpoint).client
 
 
 def _service_name(stack: Stack, service: str) -> str:
