@@ -120,7 +120,7 @@ def test_commands():
         parse_command({"action": "deploy", "service": "web"}, "81")
     with pytest.raises(BadMessage, match="action"):
         parse_command({"action": "explode", "service": "web"}, "78")
-    with pytest.raises(BadMessage, match="rollout_id or a service"):
+    with pytest.raises(BadMessage, match="a rollout_id, a release_id or a service"):
         parse_command({"action": "pause"}, "79")
 
 

@@ -32,6 +32,8 @@ PERMISSION_OF_ACTION = {
     "pause": "rollout:operate", "resume": "rollout:operate", "promote": "rollout:operate",
     "abort": "rollout:operate", "rollback": "rollout:operate", "approve": "rollout:approve",
     "deploy": "deployment:create", "apply": "spec:write", "read": "rollout:read",
+    # A release: starting it in an environment is a deployment; lifting a freeze is an admin's call.
+    "promote_release": "deployment:create", "unfreeze": "spec:write",
 }
 ROLES = ("viewer", "operator", "approver", "deployer", "admin")
 

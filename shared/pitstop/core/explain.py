@@ -21,6 +21,15 @@ TEMPLATES: dict[str, str] = {
     # traffic
     "split_applied": "Cloud Run now serves {split}",
     "revision_ready": "revision {revision} is ready at 0 % behind its tag",
+    # a region's rollout in a release (its wave moves together)
+    "wave_hold_ready": "waiting at 0 % for every region of its wave (release {release})",
+    "wave_hold": "step done (judged healthy up to {until}); waiting for every region of its wave (release {release})",
+    "wave_cleared": "release clears its wave for step {step} ({actor})",
+    "wave_cleared_ahead": "release clears its wave for step {step}; this region moves on once it is there ({state})",
+    "already_cleared": "its wave was already cleared for step {step}",
+    "not_in_release": "this rollout is not part of a release",
+    "step_due": "step deadline {deadline} passed without enough evidence here ({last}); the release judges the "
+                "wave's traffic as a whole",
     "split_reapplied": "desired split generation {generation} ({split}) is not served yet; applying it again",
     "split_pending": "Cloud Run is still applying split generation {generation}; looking again later",
     "drift": "Cloud Run serves {observed}, not the decided {desired}; applying the decided split again",
@@ -89,6 +98,51 @@ TEMPLATES: dict[str, str] = {
     "cause": "{cause}",
     "no_stable": "no stable revision to roll back to (first version of the service)",
 }
+
+# Releases (core/release.py): one artifact through environments and their regions.
+TEMPLATES.update({
+    "release_started": "release of {version} ({digest}){hotfix}: {why}; route {route}",
+    "release_extended": "sent on to {environment} ({why}); route adds {route}",
+    "release_already_routed": "{environment} is already on this release's route ({state})",
+    "release_finished": "the release is {state}: it goes no further",
+    "release_no_build_rule": "{why}",
+    "stage_entered": "entering {environment}: regions {regions} in {waves} wave(s)",
+    "wave_started": "{environment} wave {wave} of {waves} starts: {regions} deploy at 0 %",
+    "wave_step": "{environment} wave {wave}: every region reached its step; all of {regions} move to {step} together",
+    "wave_pooled": "{environment}: {regions} region(s) had too little traffic to judge alone; the wave's pooled "
+                   "{requests} requests at error rate {rate} pass (rule: at least {min_requests} requests, at "
+                   "most {max_rate} errors, no region failing)",
+    "wave_spread": "{environment} wave {wave} {step}: {regions} regions changed traffic within {spread} ms "
+                   "({first} first, {last} last)",
+    "region_reports": "{region} is {state} at {percent} % ({step})",
+    "region_reverted": "{region} is back on its earlier revision ({state}): {message}",
+    "stage_succeeded": "{environment} succeeded in every region ({regions}); spread {spread}",
+    "release_revert": "{environment} rolls back every region ({regions}): {why}; waves not started: {skipped}",
+    "frozen": "{environment}: {what} waits: freeze window {cron} ({tz}) from {start} until {end}",
+    "release_waits": "{environment} waits: {what}",
+    "release_soak": "{environment} follows {after} by itself after a soak, at {until}",
+    "release_approved": "{actor} approved the start of {environment}",
+    "release_step_approved": "{actor} approved {environment} past {step}",
+    "release_cancelled": "{actor} cancelled {environment} before it started",
+    "release_unfrozen": "{actor} lifted the freeze for {environment}: {text}",
+    "release_forwarded": "{actor} asked to {action}: sent to {regions}",
+    "wave_promoted": "{actor} promoted {environment}'s wave to {step} without waiting for the step's judgment",
+    "release_unknown_region": "{region} is not a region of {environment} in this release",
+    "release_no_environment": "{environment} is not on this release's route ({route})",
+    "release_nothing_to_approve": "{environment} waits for no approval ({state})",
+    "release_stage_finished": "{environment} is already {state}",
+    "release_nothing_live": "{environment} has no region in progress ({state})",
+    "release_nothing_to_promote": "{environment} has no step left to promote ({state})",
+    "release_wave_not_there": "the wave of {environment} has not reached {step} in every region yet",
+    "note_release_succeeded": "Release of {service} {version}{hotfix} succeeded: {route}.",
+    "note_release_gate": "Release of {service} {version} waits for an approver to start {environment} "
+                         "(`pitstop approve {id} --env {environment}`) until {until}.",
+    "note_release_step_gate": "Release of {service} {version} is healthy in {environment} at {step} in every region "
+                              "of the wave and waits for approval (`pitstop approve {id}`).",
+    "note_release_expired": "Release of {service} {version} was not approved for {environment} within {max_hold}s; "
+                            "nothing deployed there.",
+    "note_release_rolled_back": "Release of {service} {version} rolled back in {environment} ({regions}): {why}.",
+})
 
 # Notifications: the sentence a person reads first. Same rendering, same values.
 TEMPLATES.update({

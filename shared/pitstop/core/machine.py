@@ -32,7 +32,8 @@ from pitstop.core.explain import render, render_all
 from pitstop.core.judge import judge
 from pitstop.core.models import (
     TERMINAL, Alert, Applied, ApplyFailed, ApplyTraffic, Artifact, AuditEvent, Command, Effect, HealthSample, Input,
-    Notify, Observed, RECONCILE_AFTER, Reason, Rollout, RolloutSpec, Superseded, Target, Tick, describe_split,
+    Notify, Observed, Proceed, RECONCILE_AFTER, Reason, Rollout, RolloutSpec, Superseded, Target, Tick,
+    describe_split, last_step,
 )
 
 BACKOFF_BASE = 2  # seconds; doubles per attempt, capped, with jitter
@@ -53,6 +54,7 @@ TRANSITIONS: dict[str, dict[str, set[str]]] = {
         "health": {"deploying", "rolling_back"},  # a failure of the new revision is never discarded
         "alert": {"deploying", "rolling_back"},
         "command": {"deploying", "rolling_back"},
+        "proceed": {"deploying", "progressing", "verifying"},  # a release clears its wave's first step
         **_LIVE,
     },
     "verifying": {  # blue-green: at 0 % on its tagged URL, judged until the verify deadline
@@ -62,6 +64,7 @@ TRANSITIONS: dict[str, dict[str, set[str]]] = {
         "command": {"verifying", "paused", "switching", "awaiting_approval", "rolling_back"},
         "applied": {"verifying"}, "observed": {"verifying"},
         "apply_failed": {"verifying", "rolling_back"},
+        "proceed": {"verifying", "switching"},
         **_LIVE,
     },
     "progressing": {  # canary: a step's weight on the new revision, judged until the step's deadline
@@ -71,6 +74,7 @@ TRANSITIONS: dict[str, dict[str, set[str]]] = {
         "command": {"progressing", "paused", "switching", "awaiting_approval", "rolling_back"},
         "applied": {"progressing"}, "observed": {"progressing"},
         "apply_failed": {"progressing", "rolling_back"},
+        "proceed": {"progressing", "switching"},
         **_LIVE,
     },
     "switching": {  # 100 % decided, not yet served
@@ -80,6 +84,7 @@ TRANSITIONS: dict[str, dict[str, set[str]]] = {
         "alert": {"switching", "rolling_back"},
         "command": {"switching", "rolling_back"},
         "tick": {"switching", "rolling_back"},
+        "proceed": {"switching"},
         **_LIVE,
     },
     "baking": {  # the final watch at 100 %: succeeds once judged healthy up to its end
@@ -89,6 +94,7 @@ TRANSITIONS: dict[str, dict[str, set[str]]] = {
         "command": {"baking", "paused", "succeeded", "rolling_back"},
         "applied": {"baking"}, "observed": {"baking"},
         "apply_failed": {"baking", "rolling_back"},
+        "proceed": {"baking"},
         **_LIVE,
     },
     "paused": {  # a person's pause, or no conclusive health data: holds until resumed or `max_hold`
@@ -99,6 +105,7 @@ TRANSITIONS: dict[str, dict[str, set[str]]] = {
         "tick": {"paused", "rolling_back"},
         "applied": {"paused"}, "observed": {"paused"},
         "apply_failed": {"paused", "rolling_back"},
+        "proceed": {"paused"},  # cleared while paused: it moves on once resumed
         **_LIVE,
     },
     "awaiting_approval": {  # healthy, held for `pitstop approve` until `max_hold`
@@ -108,6 +115,7 @@ TRANSITIONS: dict[str, dict[str, set[str]]] = {
         "tick": {"awaiting_approval", "rolling_back"},
         "applied": {"awaiting_approval"}, "observed": {"awaiting_approval"},
         "apply_failed": {"awaiting_approval", "rolling_back"},
+        "proceed": {"awaiting_approval"},
         **_LIVE,
     },
     "rolling_back": {  # all traffic back to the stable revision, decided, not yet served
@@ -116,6 +124,7 @@ TRANSITIONS: dict[str, dict[str, set[str]]] = {
         "apply_failed": {"rolling_back", "failed"},
         "tick": {"rolling_back", "failed"},
         "health": {"rolling_back"}, "alert": {"rolling_back"}, "command": {"rolling_back"},
+        "proceed": {"rolling_back"},
         **_LIVE,
     },
     # Finished. Late Cloud Run results change nothing; the reconciler may repair drift of a recent one.
@@ -205,9 +214,10 @@ def revision_name(service: str, version: str, build_id: str) -> str:
 
 def start(spec: RolloutSpec, region: str, project: str, artifact: Artifact, rollout_id: str,
           stable_revision: str | None, stable_version: str | None, now: datetime, input_id: str,
-          requested_by: str | None = None) -> Decision:
+          requested_by: str | None = None, release_id: str | None = None) -> Decision:
     """A matching build: a new rollout that deploys the new revision at 0 %. `requested_by`: the verified
-    person whose `pitstop deploy` ran the build, if one did (a push starts builds on its own)."""
+    person whose `pitstop deploy` ran the build, if one did (a push starts builds on its own). `release_id`:
+    the release this region's rollout belongs to; it then waits at 0 % until its wave is cleared."""
     actor = requested_by or "cloud-build"
     revision = revision_name(spec.service, artifact.version, artifact.build_id)
     if stable_revision is None:
@@ -229,27 +239,30 @@ def start(spec: RolloutSpec, region: str, project: str, artifact: Artifact, roll
         apply_budget=spec.apply_budget, state="deploying", stable_revision=stable_revision,
         stable_version=stable_version, desired=targets, desired_generation=1, desired_at=now, created_at=now,
         updated_at=now, message=f"Deploying version {artifact.version} as revision {revision}.",
-        started_by=requested_by,
+        started_by=requested_by, release_id=release_id, cleared_step=-1 if release_id else None,
     )
     audit = AuditEvent(
         id=input_id, at=now, input="build", actor=actor, decision="started", reasons=[render(why)], why=[why],
         state_before=None, state_after="deploying", traffic_after=describe_split(targets),
-        detail={"image": rollout.image, "build_id": artifact.build_id, "commit": artifact.commit or ""},
+        detail={"image": rollout.image, "build_id": artifact.build_id, "commit": artifact.commit or "",
+                **({"release": release_id} if release_id else {})},
     )
     return Decision(rollout, [ApplyTraffic(generation=1, split=targets, create_revision=True)], audit)
 
 
 def start_direct(rollout_id: str, service: str, environment: str, region: str, project: str, version: str,
                  revision: str, image: str, stable_revision: str | None, stable_version: str | None,
-                 now: datetime, input_id: str, actor: str, template: Rollout) -> Decision:
-    """`rollback --to VERSION`: straight to an earlier good revision, no steps."""
+                 now: datetime, input_id: str, actor: str, template: Rollout,
+                 release_id: str | None = None) -> Decision:
+    """`rollback --to VERSION`: straight to an earlier good revision, no steps. A release's revert of a region
+    that already succeeded is one too (`release_id`: it reports back to the release)."""
     targets = [Target(revision=revision, percent=100, tag="stable")]
     rollout = Rollout(
         id=rollout_id, service=service, environment=environment, region=region, project=project,
         kind="direct", version=version, revision=revision, image=image, strategy=template.strategy,
         health=template.health, max_hold=template.max_hold, apply_budget=template.apply_budget,
         state="rolling_back", stable_revision=stable_revision, stable_version=stable_version, desired=targets,
-        desired_at=now, created_at=now, updated_at=now, started_by=actor,
+        desired_at=now, created_at=now, updated_at=now, started_by=actor, release_id=release_id,
         message=f"Rolling back {service} to version {version} (revision {revision}) on request of {actor}.",
     )
     why = Reason(code="rollback_to", values={"actor": actor, "version": version, "revision": revision})
@@ -267,7 +280,7 @@ ACTORS = {"health": "health-judge", "alert": "cloud-monitoring", "tick": "schedu
 
 
 def decide(rollout: Rollout, inp: Input, now: datetime) -> Decision:
-    actor = inp.actor if isinstance(inp, Command) else ACTORS.get(inp.kind, "pitstop")
+    actor = inp.actor if isinstance(inp, (Command, Proceed)) else ACTORS.get(inp.kind, "pitstop")
     plan = _Plan(rollout, inp, now, actor)
     accepted = TRANSITIONS[rollout.state]
     if inp.kind not in accepted:
@@ -300,6 +313,10 @@ def _applied(p: _Plan, inp: Applied) -> Decision:
         if r.kind == "initial":
             return _succeed(p, "note_deployed_first", version=r.version, service=r.service)
         p.why("revision_ready", revision=r.revision)
+        if r.cleared_step is not None and r.cleared_step < 0:  # in a release: the wave starts together
+            p.set(wave_hold=True)
+            p.why("wave_hold_ready", release=r.release_id)
+            return p.done("revision_ready")
         return _enter_step(p, 0) if r.kind == "canary" else _verify(p)
     if state == "progressing" and r.step_started_at is None:  # a new step's split (not a drift repair)
         _start_clock(p, r.strategy.canary.steps[r.step].pause)
@@ -491,6 +508,11 @@ def _tick(p: _Plan, _: Tick) -> Decision:
         return p.nothing()
     if _step_done(r, now):
         return _advance(p)
+    if r.release_id and not r.step_due and not r.wave_hold and r.state in ("progressing", "verifying"):
+        # Past the deadline without enough evidence: the release may judge the wave's traffic as a whole.
+        p.set(step_due=True)
+        p.why("step_due", deadline=r.next_step_at, last=r.verdict.rule if r.verdict else "no health sample yet")
+        return p.done("step_due")
     if now >= r.next_step_at + timedelta(seconds=r.health.no_data_timeout):
         p.set(state="paused", paused_from=r.state, hold_until=now + timedelta(seconds=r.max_hold))
         p.why("no_coverage", deadline=r.next_step_at, until=r.judged_until, timeout=r.health.no_data_timeout,
@@ -585,6 +607,15 @@ def _gate_ahead(r: Rollout) -> str | None:
 def _advance(p: _Plan, gate_passed: bool = False) -> Decision:
     """The current step is done: the gate, the next step, the switch to 100 % or success."""
     r = p.r
+    if r.cleared_step is not None and r.state != "baking":
+        # In a release the wave moves together: the release clears the next step (its gates are the release's).
+        if (1 if r.state == "verifying" else r.step + 1) > r.cleared_step:
+            if r.wave_hold:
+                return p.done("judged") if p.changes else p.nothing()
+            p.set(wave_hold=True)
+            p.why("wave_hold", until=r.judged_until, release=r.release_id)
+            return p.done("step_reached")
+        gate_passed = True
     if r.next_step_at and r.judged_until and r.judged_until >= r.next_step_at:
         p.why("advance", deadline=r.next_step_at, until=r.judged_until)
     if r.state == "baking":
@@ -619,7 +650,8 @@ def _enter_step(p: _Plan, step: int) -> Decision:
     r = p.r
     steps = r.strategy.canary.steps
     weight = steps[step].weight
-    p.set(state="progressing", step=step, step_started_at=None, next_step_at=None, hold_until=None)
+    p.set(state="progressing", step=step, step_started_at=None, next_step_at=None, hold_until=None,
+          wave_hold=False, step_due=False)
     p.split(_with_new(r, weight))
     p.why("step", step=step + 1, steps=len(steps), weight=weight, revision=r.revision)
     p.set(message=f"Canary of version {r.version} at {weight} % (step {step + 1} of {len(steps)}).")
@@ -628,7 +660,7 @@ def _enter_step(p: _Plan, step: int) -> Decision:
 
 def _verify(p: _Plan) -> Decision:
     r = p.r
-    p.set(state="verifying", verdict=None, hold_until=None)
+    p.set(state="verifying", verdict=None, hold_until=None, wave_hold=False, step_due=False)
     _start_clock(p, r.strategy.blue_green.verify)
     p.why("verify", revision=r.revision, seconds=r.strategy.blue_green.verify)
     p.set(message=f"Verifying version {r.version} at 0 % on its tagged URL.")
@@ -642,7 +674,7 @@ def _switch(p: _Plan) -> Decision:
         targets.append(Target(revision=r.stable_revision, percent=0, tag="previous" if r.kind == "canary" else "blue"))
     p.set(message=f"Switching all traffic to version {r.version}.")
     p.set(state="switching", step=len(r.strategy.canary.steps) if r.strategy.canary else 0,
-          step_started_at=None, next_step_at=None, hold_until=None)
+          step_started_at=None, next_step_at=None, hold_until=None, wave_hold=False, step_due=False)
     p.split(targets)
     return p.done("switching")
 
@@ -709,11 +741,35 @@ def _superseded(p: _Plan, inp: Superseded) -> Decision:
     return p.done("superseded")
 
 
+def _proceed(p: _Plan, inp: Proceed) -> Decision:
+    """The release cleared this region's wave to enter `step` (or a person promoted the wave)."""
+    r = p.r
+    p.detail = {"step": inp.step, "release": r.release_id or "", "forced_by": inp.forced_by or ""}
+    if r.cleared_step is None:
+        return p.ignore("not_in_release")
+    if inp.step <= r.cleared_step:
+        return p.ignore("already_cleared", step=inp.step + 1)
+    p.set(cleared_step=inp.step)
+    moving = r.applied and r.state in ("deploying", "progressing", "verifying") and (r.wave_hold or inp.forced_by)
+    position = -1 if r.state == "deploying" else (0 if r.state == "verifying" else r.step)
+    if not moving or inp.step != position + 1:
+        p.why("wave_cleared_ahead", step=inp.step + 1, state=r.state)
+        return p.done("cleared")
+    p.why("wave_cleared", step=inp.step + 1, actor=inp.forced_by or inp.actor)
+    if inp.forced_by:
+        p.set(promoted_by=inp.forced_by)
+    if r.state == "deploying":
+        return _enter_step(p, 0) if r.kind == "canary" else _verify(p)
+    if r.state == "verifying" or inp.step >= last_step(r.strategy):
+        return _switch(p)
+    return _enter_step(p, inp.step)
+
+
 def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f} ms"
 
 
 _HANDLERS = {
     "applied": _applied, "apply_failed": _apply_failed, "observed": _observed, "health": _health,
-    "alert": _alert, "tick": _tick, "command": _command, "superseded": _superseded,
+    "alert": _alert, "tick": _tick, "command": _command, "superseded": _superseded, "proceed": _proceed,
 }

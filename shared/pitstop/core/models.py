@@ -132,6 +132,11 @@ class Strategy(Model):
         return "canary" if self.canary else "blue_green"
 
 
+def last_step(strategy: Strategy) -> int:
+    """The step index of all traffic on the new revision: after the canary steps (blue-green: after verify)."""
+    return len(strategy.canary.steps) if strategy.canary else 1
+
+
 class Health(Model):
     min_requests: int = Field(default=50, ge=0)
     max_error_rate: float = Field(default=0.05, ge=0, le=1)
@@ -428,7 +433,7 @@ class Alert(Inbound):
     threshold_value: Text | None = None
 
 
-Action = Literal["promote", "pause", "resume", "abort", "rollback", "approve", "deploy"]
+Action = Literal["promote", "pause", "resume", "abort", "rollback", "approve", "deploy", "unfreeze"]
 
 
 class Command(Inbound):
@@ -436,6 +441,9 @@ class Command(Inbound):
     id: Id = ""
     action: Action
     rollout_id: str | None = Field(default=None, pattern=DOC_ID)
+    # A release (core/release.py): the whole release, or one `environment` of it, or one `region` there.
+    release_id: str | None = Field(default=None, pattern=DOC_ID)
+    to_environment: Name | None = None  # promote a release into this environment (`pitstop promote-release`)
     service: Name | None = None
     environment: Name | None = None  # with service (and region): which rollout, when several are live
     region: Name | None = None
@@ -448,8 +456,12 @@ class Command(Inbound):
 
     @model_validator(mode="after")
     def _target(self) -> Command:
-        if not self.rollout_id and not self.service:
-            raise ValueError("name a rollout_id or a service")
+        if not self.rollout_id and not self.service and not self.release_id:
+            raise ValueError("name a rollout_id, a release_id or a service")
+        if self.action == "unfreeze" and not (self.release_id and self.reason):
+            raise ValueError("unfreeze needs a release_id and a reason (it is audited)")
+        if self.to_environment and not (self.release_id and self.action == "promote"):
+            raise ValueError("to_environment goes with promote of a release_id")
         if self.action == "deploy" and not (self.service and self.environment and self.ref):
             raise ValueError("deploy needs service, environment and ref")
         if self.action == "rollback" and not self.to_version and not self.rollout_id and not self.service:
@@ -490,7 +502,18 @@ class Superseded(Model):
     by_version: str
 
 
-Input = BuildFinished | HealthSample | Tick | Alert | Command | Applied | ApplyFailed | Observed | Superseded
+class Proceed(Model):
+    """A release clears a rollout of its wave to enter `step` (core/release.py): the wave moves together.
+    `forced_by`: a person promoted the wave, so it moves without waiting for the step's judgment."""
+
+    kind: Literal["proceed"] = "proceed"
+    id: str
+    step: int = Field(ge=0)
+    actor: str = "pitstop"
+    forced_by: str | None = None
+
+
+Input = BuildFinished | HealthSample | Tick | Alert | Command | Applied | ApplyFailed | Observed | Superseded | Proceed
 
 
 # ---------------------------------------------------------------- rollout state
@@ -570,6 +593,13 @@ class Rollout(Model):
     verdict: Verdict | None = None  # latest verdict on the new revision in this step
     baseline: HealthSample | None = None  # latest sample of the stable revision
     superseded_by: str | None = None
+    # In a release (core/release.py), a region's rollout moves only as far as its wave is cleared: it enters
+    # step `cleared_step` at most (-1: deploy at 0 % and wait), holds (`wave_hold`) once its step is done, and
+    # says when a step's deadline passed without enough evidence (`step_due`). None: a rollout on its own.
+    release_id: str | None = None
+    cleared_step: int | None = None
+    wave_hold: bool = False
+    step_due: bool = False
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None = None
@@ -595,6 +625,17 @@ class Rollout(Model):
     @property
     def applied(self) -> bool:
         return self.desired_generation == self.observed_generation
+
+    @property
+    def position(self) -> int:
+        """The step this rollout serves: -1 before it serves, the canary step (blue-green: 0 verifying), then
+        `last_step` once all traffic is decided for the new revision."""
+        state = self.paused_from if self.state in ("paused", "awaiting_approval") and self.paused_from else self.state
+        if state in ("switching", "baking", "succeeded"):
+            return last_step(self.strategy)
+        if state == "deploying" or self.judged_until is None and state not in ("progressing", "verifying"):
+            return -1
+        return self.step if self.strategy.canary else 0
 
     @property
     def new_percent(self) -> int:

@@ -58,6 +58,8 @@ class Environment(Model):
     on: On | None = None  # no rule: reached only by promotion (promote_from) or a path
     promote_from: str | None = None  # the same digest must have succeeded there first
     approve: bool = False  # a person with the approver role starts it
+    # Follow promote_from by itself, this long after a release succeeded there (no `pitstop promote-release`).
+    soak: Duration | None = None
     strategy: Strategy = Field(default_factory=lambda: Strategy.model_validate({"canary": {}}))
     health: Health = Field(default_factory=Health)
     access: Access = Field(default_factory=Access)
@@ -155,6 +157,8 @@ class Pipeline(Model):
     @model_validator(mode="after")
     def _references(self) -> Pipeline:
         for name, env in self.environments.items():
+            if env.soak is not None and env.promote_from is None:
+                raise ValueError(f"environments.{name}.soak needs promote_from: it is how long a release soaks there")
             if env.promote_from is not None and env.promote_from not in self.environments:
                 raise ValueError(f"environments.{name}.promote_from names {env.promote_from!r}, which is not an "
                                  f"environment ({', '.join(self.environments)})")
