@@ -3,8 +3,13 @@
   FAIL_RATE   share of requests answered 500 (0.3 = 30 % errors)
   LATENCY_MS  typical latency; each request sleeps about this long
   SLOW_FACTOR multiplies latency (3 = p99 about three times the healthy one)
+  FAIL_REGIONS comma-separated regions (europe-west1,asia-northeast1): FAIL_RATE and SLOW_FACTOR
+              apply only where the revision runs in one of them; elsewhere it is healthy
 
-Cloud Run (or the local one) sets PORT, K_SERVICE and K_REVISION.
+Cloud Run (or the local one) sets PORT, K_SERVICE and K_REVISION. The region: the local Cloud Run sets
+PITSTOP_LOCAL_REGION (real Cloud Run sets no region variable); otherwise the metadata server's
+/computeMetadata/v1/instance/region ("projects/NUMBER/regions/REGION"), asked once at start and only
+when FAIL_REGIONS is set.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import os
 import random
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAIL_RATE = float(os.environ.get("FAIL_RATE", "0"))
@@ -20,6 +26,28 @@ LATENCY_MS = float(os.environ.get("LATENCY_MS", "15"))
 SLOW_FACTOR = float(os.environ.get("SLOW_FACTOR", "1"))
 VERSION = os.environ.get("APP_VERSION", "dev")
 REVISION = os.environ.get("K_REVISION", "local")
+FAIL_REGIONS = {r.strip() for r in os.environ.get("FAIL_REGIONS", "").split(",") if r.strip()}
+
+
+def _region() -> str | None:
+    """Where this revision runs: the local Cloud Run's variable, else the metadata server (None if neither)."""
+    if os.environ.get("PITSTOP_LOCAL_REGION"):
+        return os.environ["PITSTOP_LOCAL_REGION"]
+    if not FAIL_REGIONS:
+        return None  # nothing depends on it: don't ask
+    host = os.environ.get("GCE_METADATA_HOST", "metadata.google.internal")
+    request = urllib.request.Request(f"http://{host}/computeMetadata/v1/instance/region",
+                                     headers={"Metadata-Flavor": "Google"})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            return answer.read().decode().rsplit("/", 1)[-1] or None
+    except (OSError, ValueError):
+        return None
+
+
+REGION = _region()
+if FAIL_REGIONS and REGION not in FAIL_REGIONS:
+    FAIL_RATE, SLOW_FACTOR = 0.0, 1.0  # the bad behaviour is for other regions: healthy here
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -35,7 +63,7 @@ class Handler(BaseHTTPRequestHandler):
         time.sleep(delay / 1000)
         failed = self.path != "/healthz" and random.random() < FAIL_RATE
         status = 500 if failed else 200
-        body = json.dumps({"version": VERSION, "revision": REVISION, "ok": not failed}).encode()
+        body = json.dumps({"version": VERSION, "revision": REVISION, "region": REGION, "ok": not failed}).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

@@ -35,17 +35,26 @@ def build_image(state_dir: Path, project: str, repo: str, version: str, env: dic
 
 
 def ship(state_dir: Path, project: str, repo: str, version: str, env: dict[str, str] | None = None,
-         branch: str = "main", app: Path = EXAMPLE_APP, fail: bool = False, trigger: str = "build-web") -> str:
+         branch: str | None = "main", app: Path = EXAMPLE_APP, fail: bool = False, trigger: str = "build-web",
+         tag: str | None = None) -> str:
     """Build and publish QUEUED, WORKING, then SUCCESS (or FAILURE); returns the build id.
+
+    A branch build (the default: `branch`, "main") carries BRANCH_NAME; a tag build (`tag` given) carries
+    TAG_NAME and no BRANCH_NAME, as Cloud Build reports a tag trigger's build (`branch` is then ignored).
+    REF_NAME is the branch or the tag either way; `version` is the image tag and `_VERSION`.
 
     Each status is recorded for the local Cloud Build API (cloudbuild.record_build) before it is
     published, so a consumer that fetches the announced build finds it.
     """
+    if tag is not None and not tag:
+        raise ValueError("a tag build needs a tag name")
+    if tag is None and not branch:
+        raise ValueError("a build needs a branch or a tag")
     name, digest = build_image(state_dir, project, repo, version, env, app)
     build_id = str(uuid.uuid4())
     for status in ("QUEUED", "WORKING", "FAILURE" if fail else "SUCCESS"):
-        body = cloud_build(status, build_id=build_id, project=project, repo=repo, branch=branch, image=name,
-                           digest=digest, trigger=trigger, substitutions={"_VERSION": version})
+        body = cloud_build(status, build_id=build_id, project=project, repo=repo, branch=None if tag else branch,
+                           tag=tag, image=name, digest=digest, trigger=trigger, substitutions={"_VERSION": version})
         record_build(state_dir, body)
         publish(project, "cloud-builds", json.dumps(body).encode(), buildId=build_id, status=status)
     return build_id

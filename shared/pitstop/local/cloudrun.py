@@ -50,7 +50,7 @@ from google.protobuf import json_format
 from pitstop.local.googleapi import ApiError, GoogleApiHandler, LocalServer, invalid, not_found
 from pitstop.local.images import ImageNotFound, resolve_image
 from pitstop.local.requestlog import RequestLog
-from pitstop.local.revisions import RevisionFailed, RevisionProcess, launch_spec
+from pitstop.local.revisions import REGION_ENV, RevisionFailed, RevisionProcess, launch_spec
 from pitstop.local.router import Backend, Router
 
 log = logging.getLogger(__name__)
@@ -357,6 +357,7 @@ class LocalCloudRun(LocalServer):
 
     def _start_revision(self, state: _ServiceState, revision: _RevisionState) -> None:
         service_id = state.resource.name.rsplit("/", 1)[1]
+        location = state.resource.name.split("/locations/", 1)[1].split("/", 1)[0]
         short_name = revision.resource.name.rsplit("/", 1)[1]
         container = revision.resource.containers[0]
         try:
@@ -366,7 +367,11 @@ class LocalCloudRun(LocalServer):
                 command=list(container.command),
                 args=list(container.args),
                 env={e.name: e.value for e in container.env},
-                platform_env={"K_SERVICE": service_id, "K_REVISION": short_name, "K_CONFIGURATION": service_id},
+                platform_env={"K_SERVICE": service_id, "K_REVISION": short_name, "K_CONFIGURATION": service_id,
+                              # Local only: real Cloud Run sets no region variable (a container asks the
+                              # metadata server, /computeMetadata/v1/instance/region). Here it is the
+                              # service's location, so a local app can behave per region.
+                              REGION_ENV: location},
             )
             process = RevisionProcess(short_name, spec, self.state_dir / "revisions" / service_id, self.host)
         except (ImageNotFound, RevisionFailed) as e:

@@ -1,4 +1,5 @@
-"""A steady load on one URL, as a service's users would send it, with every request recorded.
+"""A steady load on one URL, as a service's users would send it, with every request recorded
+(MultiLoad: on several URLs at once, e.g. one service in each of its environments and regions).
 
 Open loop: request i is due at start + i/rps whatever the previous ones did,
 so a slow revision makes requests pile up instead of quietly lowering the
@@ -19,6 +20,8 @@ import math
 import threading
 import time
 import urllib.parse
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 # Failure kinds; "ok" is a 2xx/3xx/4xx JSON answer from the app.
@@ -145,3 +148,55 @@ class Load:
         else:
             kind = OK if revision else NOT_JSON
         return Result(sent, finished, response.status, revision, version, kind), not response.will_close
+
+
+class MultiLoad:
+    """One Load per URL at once, the total `rps` split evenly among them; results per URL's name.
+
+    `urls` maps a name of your choosing to a URL (e.g. {"production/europe-west1": url}); a plain list
+    of URLs names each by itself. A context manager like Load:
+
+        with MultiLoad({"staging": a, "production": b}, rps=40, max_duration_s=60) as load:
+            ...
+        load.results()["staging"]; load.counts()["production"]["app_5xx"]
+    """
+
+    def __init__(self, urls: Mapping[str, str] | Iterable[str], rps: float = 50.0, max_duration_s: float = 600.0,
+                 timeout_s: float = 10.0, threads: int | None = None, path: str = "/") -> None:
+        named = dict(urls) if isinstance(urls, Mapping) else {url: url for url in urls}
+        if not named:
+            raise ValueError("MultiLoad needs at least one URL")
+        if rps <= 0:
+            raise ValueError(f"rps must be positive, got {rps}")
+        self.rps = rps
+        # `threads` is per URL; by default each Load sizes its own for its share of the rate.
+        self.loads: dict[str, Load] = {name: Load(url, rps / len(named), max_duration_s, timeout_s, threads, path)
+                                       for name, url in named.items()}
+
+    def start(self) -> MultiLoad:
+        for load in self.loads.values():
+            load.start()
+        return self
+
+    def stop(self) -> None:
+        for load in self.loads.values():  # set every stop first, so they wind down together
+            load._stop.set()
+        for load in self.loads.values():
+            load.stop()
+
+    @property
+    def running(self) -> bool:
+        return any(load.running for load in self.loads.values())
+
+    def __enter__(self) -> MultiLoad:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def results(self) -> dict[str, list[Result]]:
+        return {name: load.results() for name, load in self.loads.items()}
+
+    def counts(self) -> dict[str, Counter[str]]:
+        """Per URL's name, how many requests ended each way (OK, APP_5XX, ROUTER_5XX, ...)."""
+        return {name: Counter(r.kind for r in load.results()) for name, load in self.loads.items()}

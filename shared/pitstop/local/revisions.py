@@ -24,6 +24,10 @@ from pitstop.local.images import ImageManifest
 log = logging.getLogger(__name__)
 
 STDERR_TAIL_BYTES = 2000
+# The service's location, given to every revision process by the local Cloud Run. Real Cloud Run sets no
+# such variable (only PORT, K_SERVICE, K_REVISION, K_CONFIGURATION); there a container asks the metadata
+# server (/computeMetadata/v1/instance/region). Locally there is no per-region metadata server, so this.
+REGION_ENV = "PITSTOP_LOCAL_REGION"
 STOP_GRACE_S = 5.0
 
 
@@ -48,7 +52,7 @@ def launch_spec(
 
     A container `command` replaces the image entrypoint and drops its default
     args; container `args` replace the default args; container env wins over
-    the image's, and the platform's variables (K_SERVICE, ...) win over both.
+    the image's, and the platform's variables (K_SERVICE, ..., REGION_ENV) win over both.
     """
     if command:
         argv = list(command) + list(args)

@@ -516,17 +516,29 @@ def _run_stack(tick: float, health_lag: float, state_dir: Path) -> None:
 def dev_ship(version: str = typer.Argument(..., help="version to build, e.g. v2"),
              repo: str = typer.Option("web", help="the repo name the build reports (a spec matches on it)"),
              env: list[str] = typer.Option([], "--env", "-e", help="behaviour of the example app, e.g. FAIL_RATE=0.3"),
+             branch: Optional[str] = typer.Option(None, "--branch", help="the branch built (BRANCH_NAME); default main"),
+             tag: Optional[str] = typer.Option(None, "--tag", help="build a tag instead (TAG_NAME, no BRANCH_NAME), "
+                                                                "as a tag trigger does"),
              fail: bool = typer.Option(False, "--fail", help="the build itself fails")) -> None:
     """Build a version of the example app locally and publish its Cloud Build messages."""
     from pitstop.local.build import ship
 
+    if branch is not None and tag is not None:
+        _fail("give --branch or --tag, not both: a build runs for one ref")
+    if branch == "" or tag == "":
+        _fail("--branch and --tag need a name")
     config = _config()
     state = os.environ.get("PITSTOP_LOCAL_STATE")
     if not state or not os.environ.get("PUBSUB_EMULATOR_HOST"):
         _fail("no local stack: start it with `pitstop dev up --detach`")
+    malformed = [item for item in env if "=" not in item or not item.split("=", 1)[0]]
+    if malformed:
+        _fail(f"--env takes NAME=VALUE, got {malformed[0]!r}")
     behaviour = dict(item.split("=", 1) for item in env)
-    build_id = ship(Path(state), config.project, repo, version, behaviour, fail=fail)
-    console.print(f"build {build_id}: {repo} {version} published QUEUED, WORKING, {'FAILURE' if fail else 'SUCCESS'}")
+    build_id = ship(Path(state), config.project, repo, version, behaviour, branch=branch or "main", tag=tag, fail=fail)
+    ref = f"tag {tag}" if tag else f"branch {branch or 'main'}"
+    console.print(f"build {build_id}: {repo} {version} ({ref}) published QUEUED, WORKING, "
+                  f"{'FAILURE' if fail else 'SUCCESS'}")
 
 
 @dev.command("load")
