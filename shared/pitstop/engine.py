@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from dataclasses import dataclass, field
 
-from pitstop.core import access, machine, routing, sampling
+from pitstop.core import access, machine, release as releases, routing, sampling
 from pitstop.core.models import (
-    TERMINAL, Alert, Applied, ApplyFailed, ApplyTraffic, BuildFinished, Command, HealthSample, Input,
-    Notify, Observed, RECONCILE_AFTER, Rollout, RolloutSpec, Superseded, Tick,
+    TERMINAL, Alert, Applied, ApplyFailed, ApplyTraffic, Artifact, BuildFinished, Command, HealthSample, Input,
+    Notify, Observed, Proceed, RECONCILE_AFTER, Rollout, RolloutSpec, Superseded, Tick,
 )
 from pitstop.core.spec import describe_source, matches
 from pitstop.gcp.store import Outcome, Store
@@ -28,6 +28,7 @@ from pitstop.log import log, rollout_fields
 
 if TYPE_CHECKING:
     from pitstop.config import Config
+    from pitstop.core.pipeline import Pipeline
     from pitstop.gcp.bus import Bus
     from pitstop.gcp.cloudbuild import CloudBuild
     from pitstop.gcp.cloudrun import CloudRun
@@ -125,6 +126,8 @@ class Engine:
             log("INFO", f"{r.service} {r.version}: {audit.decision} ({r.state}). " + " ".join(audit.reasons),
                 decision=audit.decision, state=r.state, input=audit.input, input_id=audit.id, actor=audit.actor,
                 traffic=audit.traffic_after, event_hash=event_hash, **rollout_fields(r))
+            if r.release_id:  # before its effects: their consequences report after it, in order
+                self._report(r, audit.id)
         for effect in decision.effects:
             if isinstance(effect, Notify):
                 self._notify(r, effect)
@@ -189,13 +192,19 @@ class Engine:
             return
         # A message no spec would match starts nothing whatever it claims: no API call for other teams' builds.
         candidates = self._matching_specs(claimed)
-        if not candidates:
+        pipelines = self._matching_pipelines(claimed)
+        if not candidates and not pipelines:
             self._record_build(claimed, "ignored", f"No rollout spec matches {where}; nothing deployed.")
             return
         build = self._confirmed(claimed)
         if build is None:
             return
         specs = [s for s in candidates if matches(s, build)]  # what Cloud Build says, not what the message said
+        pipelines = [p for p in pipelines if p.takes(build, self.config.project)]
+        if pipelines:
+            self._release_build(pipelines, build)
+        if not specs and pipelines:
+            return
         if not specs:
             self._record_build(build, "ignored", f"No rollout spec matches {where}; nothing deployed.")
             return
@@ -221,6 +230,10 @@ class Engine:
         for spec in specs:
             for region in spec.regions:
                 self._start(spec, region, build, (requested or {}).get("actor"))
+
+    def _matching_pipelines(self, build: BuildFinished) -> list[Pipeline]:
+        keys = routing.build_keys(build.repo, build.trigger, build.trigger_id)
+        return [p for p in self.store.pipelines_for(keys) if p.takes(build, self.config.project)]
 
     def _matching_specs(self, build: BuildFinished) -> list[RolloutSpec]:
         keys = routing.build_keys(build.repo, build.trigger, build.trigger_id)
@@ -262,7 +275,8 @@ class Engine:
         return (access.trigger_refusal(spec, build.trigger, build.trigger_id)
                 or access.image_refusal(spec, self.config.project, build.artifact.image))
 
-    def _start(self, spec, region: str, build: BuildFinished, requested_by: str | None = None) -> None:
+    def _start(self, spec, region: str, build: BuildFinished, requested_by: str | None = None,
+               release_id: str | None = None) -> None:
         artifact = build.artifact
         project = spec.project or self.config.project
         rollout_id = rollout_key(spec.service, spec.environment, region, build.build_id[:8])
@@ -275,14 +289,15 @@ class Engine:
         refused: list[str] = []
 
         def begin(record, active: Rollout | None):
-            why = routing.older_build(artifact, record, active)
+            # A release checked its build's age once, when it began (`_release_build`).
+            why = None if release_id else routing.older_build(artifact, record, active)
             if why:
                 refused.append(why)
                 return None, None
             stable = (record or {}).get("stable_revision") or serving
             stable_version = (record or {}).get("stable_version") or serving
             new = machine.start(spec, region, project, artifact, rollout_id, stable, stable_version, now, build.id,
-                                requested_by=requested_by)
+                                requested_by=requested_by, release_id=release_id)
             old = None
             if active is not None and active.id != rollout_id:
                 old = machine.decide(active, Superseded(id=f"superseded-by-{rollout_id}", by_rollout=rollout_id,
@@ -308,6 +323,217 @@ class Engine:
         if new and outcome in ("failed", "rejected", "refused"):  # once per build, however often delivered
             self._publish_event({"build_id": build.build_id, "severity": severity, "outcome": outcome,
                                  "message": message, "log_url": build.log_url}, severity=severity)
+
+    # ------------------------------------------------------------ releases (core/release.py)
+
+    def _release_build(self, pipelines: list[Pipeline], build: BuildFinished) -> None:
+        """A build of a pipeline's service: a release on its way to where the branch rules send it."""
+        for pipeline in pipelines:
+            places = pipeline.destinations(build.branch, build.tag)
+            if not places:  # a feature branch: built and tested, deployed nowhere
+                why = pipeline.why_nothing(build.branch, build.tag)
+                self._record_build(build, "ignored", why[:1].upper() + why[1:] + ".")
+                continue
+            if build.status != "SUCCESS" or build.artifact is None:
+                detail = f" ({build.status_detail})" if build.status_detail else ""
+                self._record_build(build, "failed" if build.status != "SUCCESS" else "rejected",
+                                   f"Build {build.build_id} of {pipeline.service} ended {build.status}{detail}"
+                                   + ("" if build.status != "SUCCESS" else " but reports no image digest "
+                                      "(results.images is empty)") + "; nothing deployed.", "ERROR")
+                continue
+            refusal = self._build_refusal(pipeline, build)
+            if refusal:
+                self._record_build(build, "refused", f"Build {build.build_id} refused: {refusal}. Nothing deployed; "
+                                                     f"the current versions keep serving.", "ERROR")
+                continue
+            older = self._older_than_stable(pipeline, places[0][0], places[0][1], build.artifact)
+            if older:
+                self._record_build(build, "refused", older[:1].upper() + older[1:] + ".", "WARNING")
+                continue
+            self.store.put_artifact(build.artifact)
+            requested = (self.store.deploy_request(build.build_id) or {}).get("actor")
+            ref = f"tag {build.tag}" if build.tag else f"branch {build.branch}"
+            for environment, path in places:
+                why = f"build {build.build_id} of {ref} goes to {environment}" + (f" by path {path}" if path else "")
+                self._send_release(pipeline, build.artifact, environment, path, requested or "cloud-build", why,
+                                   f"build-{build.build_id}-{environment}", started_by=requested)
+            self._record_build(build, "released", f"Build {build.build_id} of {ref}: release "
+                                                  f"{releases.release_id(pipeline.service, build.artifact.digest)} "
+                                                  f"to {', '.join(e for e, _ in places)}.")
+
+    def _older_than_stable(self, pipeline: Pipeline, environment: str, path: str | None,
+                           artifact: Artifact) -> str | None:
+        """Builds finish and arrive out of order: an older build never starts a release over newer code."""
+        first = releases.route_to(pipeline, environment, path)[0]
+        for region in pipeline.environments[first].regions:
+            why = routing.older_build(artifact, self.store.service(pipeline.service, region, first), None)
+            if why:
+                return why
+        return None
+
+    def _send_release(self, pipeline: Pipeline, artifact: Artifact, environment: str, path: str | None, actor: str,
+                      why: str, input_id: str, started_by: str | None = None) -> Outcome:
+        rid = releases.release_id(pipeline.service, artifact.digest)
+        now = self.clock()
+
+        def decide(current: releases.Release | None) -> releases.ReleaseDecision:
+            if current is None:
+                return releases.begin(pipeline, rid, artifact, environment, path, actor, why, now, input_id,
+                                      started_by=started_by, max_hold=pipeline.max_hold)
+            return releases.extend(pipeline, current, environment, path, actor, why, now, input_id,
+                                   max_hold=pipeline.max_hold)
+
+        outcome = self.store.apply_release(rid, input_id, decide)
+        if outcome.stored:
+            self._act_release(outcome.decision, outcome.event_hash)
+        return outcome
+
+    def release_input(self, release_id: str, inp: Any) -> Outcome:
+        """Decide one input of a release, store it with its audit event, then carry out its effects."""
+        now = self.clock()
+
+        def decide(current: releases.Release | None) -> releases.ReleaseDecision | None:
+            return None if current is None else releases.decide_release(current, inp, now)
+
+        outcome = self.store.apply_release(release_id, inp.id, decide)
+        if outcome.stored:
+            self._act_release(outcome.decision, outcome.event_hash)
+        return outcome
+
+    def _report(self, r: Rollout, input_id: str) -> None:
+        """A region's rollout decided something: its release hears what it decides on (most times nothing new)."""
+        report = releases.RegionReport(id=f"{r.id}-{input_id}"[:500], environment=r.environment, region=r.region,
+                                       progress=releases.progress_of(r))
+        try:
+            self.release_input(r.release_id, report)
+        except Exception as err:  # the release resyncs from its rollouts on a tick (releases.RESYNC)
+            log("ERROR", f"release {r.release_id} did not hear from {r.region}: {err!r}; a tick catches up",
+                **rollout_fields(r))
+
+    def _act_release(self, decision: releases.ReleaseDecision, event_hash: str | None = None) -> None:
+        rel, audit = decision.release, decision.audit
+        log("INFO", f"release {rel.id} of {rel.service} {rel.version}: {audit.decision} ({rel.state}). "
+                    + " ".join(audit.reasons), release_id=rel.id, service=rel.service, decision=audit.decision,
+            input=audit.input, input_id=audit.id, actor=audit.actor, event_hash=event_hash)
+        for effect in decision.effects:
+            if isinstance(effect, Notify):
+                log(effect.severity, effect.message, release_id=rel.id, service=rel.service)
+                self._publish_event({
+                    "release_id": rel.id, "service": rel.service, "environment": rel.current, "version": rel.version,
+                    "state": rel.state, "hotfix": rel.hotfix, "severity": effect.severity, "message": effect.message,
+                    "reason": effect.reason.code, "values": effect.reason.values, "at": self.clock().isoformat(),
+                }, release_id=rel.id, severity=effect.severity)
+            elif isinstance(effect, releases.StartRegions):
+                self._fan_out(effect.regions, lambda region: self._start_region(rel, effect.environment, region))
+            elif isinstance(effect, releases.ProceedWave):
+                stage = rel.stages[effect.environment]
+                proceed = Proceed(id=f"proceed-w{stage.wave}-s{effect.step}", step=effect.step,
+                                  actor=f"release {rel.id}", forced_by=effect.forced_by)
+                self._fan_out(list(effect.rollouts.values()), lambda rid: self.handle(rid, proceed))
+            elif isinstance(effect, releases.RevertRegions):
+                self._fan_out(list(effect.rollouts.values()), lambda rid: self._revert_region(rel, rid, effect.why))
+            elif isinstance(effect, releases.ForwardCommand):
+                self._fan_out(list(effect.rollouts.values()), lambda rid: self.handle(rid, Command(
+                    id=f"{audit.id}-{effect.action}"[:500], action=effect.action, rollout_id=rid,
+                    actor=audit.actor)))
+
+    def _fan_out(self, items: list[Any], work: Callable[[Any], Any]) -> None:
+        """A wave's Cloud Run updates go out together, one thread per region."""
+        if len(items) <= 1:
+            for item in items:
+                work(item)
+            return
+        with ThreadPoolExecutor(len(items)) as pool:
+            for future in [pool.submit(work, item) for item in items]:
+                try:
+                    future.result()
+                except Exception as err:  # one region's failure is its rollout's (and the release's) to handle
+                    log("ERROR", f"release fan-out: {err!r}")
+
+    def _start_region(self, rel: releases.Release, environment: str, region: str) -> None:
+        stage = rel.stages[environment]
+        spec = self.store.spec(rel.service, environment)
+        artifact = self.store.artifact(rel.digest)
+        if spec is None or artifact is None:
+            log("ERROR", f"release {rel.id}: no spec for {rel.service} in {environment} or no artifact "
+                         f"{rel.digest}; {region} not started", release_id=rel.id)
+            return
+        spec = spec.model_copy(update={"strategy": stage.strategy, "health": stage.health})
+        build = BuildFinished(id=f"release-{rel.id}", build_id=rel.build_id, status="SUCCESS", artifact=artifact)
+        self._start(spec, region, build, rel.started_by, release_id=rel.id)
+
+    def _revert_region(self, rel: releases.Release, rollout_id: str, why: str) -> None:
+        """A live region aborts; one that already succeeded goes straight back to the revision it replaced."""
+        r = self.store.rollout(rollout_id)
+        if r is None or r.state in ("rolling_back", "rolled_back", "failed", "superseded"):
+            return
+        actor = f"release {rel.id}"
+        if r.state != "succeeded":
+            self.handle(rollout_id, Command(id=f"revert-{rel.id}"[:500], action="abort", rollout_id=rollout_id,
+                                            actor=actor, reason=why))
+            return
+        if not r.stable_revision:
+            log("WARNING", f"release {rel.id}: {r.region} had no earlier revision to go back to", **rollout_fields(r))
+            return
+        revert_id = rollout_key(r.service, r.environment, r.region, f"revert{rel.id[-12:]}")
+        prior = self.store.find_version(r.service, r.region, r.environment, r.stable_version or "")
+        now = self.clock()
+
+        def begin(current, active: Rollout | None):
+            new = machine.start_direct(revert_id, r.service, r.environment, r.region, r.project,
+                                       r.stable_version or r.stable_revision, r.stable_revision,
+                                       prior.image if prior else r.image,
+                                       r.revision, r.version, now, f"revert-{rel.id}", actor, r,
+                                       release_id=rel.id)
+            old = None
+            if active is not None:
+                old = machine.decide(active, Superseded(id=f"superseded-by-{revert_id}", by_rollout=revert_id,
+                                                        by_version=r.stable_version or ""), now)
+            return new, old
+
+        self._act_started(self.store.start(revert_id, r.service, r.region, r.environment, begin))
+
+    def _sync_releases(self, now: datetime) -> None:
+        """Releases due: a soak, approval or freeze ending, or a wave whose reports may have been lost."""
+        for rel in self.store.due_releases(now):
+            try:
+                stage = rel.stage
+                if stage is not None and stage.state == "running":
+                    ids = [g.rollout_id for g in stage.regions.values() if g.rollout_id]
+                    for r in self.store.rollouts(ids):
+                        self._report(r, f"sync-{int(r.updated_at.timestamp() * 1000)}")
+                self.release_input(rel.id, Tick(id=f"tick-{int(now.timestamp())}"))
+            except Exception as err:
+                log("ERROR", f"tick could not handle release {rel.id}: {err!r}", release_id=rel.id)
+
+    def _release_command(self, command: Command, sender: Identity) -> Reply:
+        rel = self.store.release(command.release_id)
+        if rel is None:
+            return self._refuse(command, Refused("not_found", f"there is no release {command.release_id}; nothing "
+                                                              f"changed"))
+        environment = command.to_environment or command.environment or rel.current
+        if environment not in rel.stages and command.to_environment is None:
+            return self._refuse(command, Refused("not_found", f"release {rel.id} does not go to {environment} "
+                                                              f"(route {' → '.join(rel.route)}); nothing changed"))
+        action = "promote_release" if command.to_environment else command.action
+        denial = self.authorize(sender.email, access.PERMISSION_OF_ACTION[action], rel.service, environment,
+                                sender.hosted_domain)
+        if denial is None and command.action == "approve":
+            denial = access.four_eyes(sender.email, rel.started_by, self.store.spec(rel.service, environment))
+        if denial is not None:
+            return self._denied(command, denial)
+        if command.to_environment:
+            pipeline = self.store.pipeline(rel.service)
+            if pipeline is None or command.to_environment not in pipeline.environments:
+                return self._refuse(command, Refused("not_found", f"{rel.service}'s pipeline has no environment "
+                                                                  f"{command.to_environment}; nothing changed"))
+            artifact = self.store.artifact(rel.digest)
+            why = f"{sender.email} promoted it" + (f": {command.reason}" if command.reason else "")
+            outcome = self._send_release(pipeline, artifact, command.to_environment, None, sender.email, why,
+                                         command.id)
+        else:
+            outcome = self.release_input(rel.id, command.model_copy(update={"environment": environment}))
+        return Done([(rel.id, outcome)])
 
     # ------------------------------------------------------------ who sent it
 
@@ -398,6 +624,8 @@ class Engine:
             return self._refuse(command, Refused("unauthenticated", f"{command.action} refused: {err.reason}; "
                                                                     f"nothing changed"), err.claimed, verified=False)
         command = command.model_copy(update={"actor": sender.email})
+        if command.release_id:
+            return self._release_command(command, sender)
         if command.action == "deploy":
             return self._deploy(command, sender.hosted_domain)
         if command.action == "rollback" and command.to_version:
@@ -454,7 +682,7 @@ class Engine:
         denial = access.check(command.actor, "deployment:create", spec.key, grants, self.config.admins, hosted_domain)
         if denial is not None:
             return self._denied(command, denial, "nothing deployed")
-        trigger = (spec.triggers or [spec.match.trigger])[0]
+        trigger = (spec.triggers or [spec.match.trigger if spec.match else None])[0]
         if not trigger:
             return self._refuse(command, Refused("invalid_request", f"{spec.key} names no Cloud Build trigger "
                                                  f"(`triggers:` or `match.trigger`); nothing deployed"))
@@ -560,6 +788,7 @@ class Engine:
         with ThreadPoolExecutor(TICK_CONCURRENCY) as pool:
             list(pool.map(lambda item: self._isolated(item[0], self._tick_one, item[0], item[1], tick, now), due))
             list(pool.map(lambda r: self._isolated(r, self._reconcile_finished, r, now), finished))
+        self._sync_releases(now)
 
     def _isolated(self, r: Rollout, work: Callable[..., None], *args: Any) -> None:
         try:

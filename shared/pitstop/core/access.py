@@ -94,7 +94,7 @@ def four_eyes(email: str, started_by: str | None, spec: RolloutSpec | None) -> D
 
 def allowed_images(spec: RolloutSpec, project: str) -> list[str]:
     """The image repositories (globs) a service may run; by default its own name in the project's registry."""
-    return spec.image or [f"*-docker.pkg.dev/{spec.project or project}/*/{spec.service}"]
+    return spec.image or [f"*-docker.pkg.dev/{getattr(spec, 'project', None) or project}/*/{spec.service}"]
 
 
 def repository(image: str) -> str:

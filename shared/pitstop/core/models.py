@@ -212,7 +212,9 @@ class RolloutSpec(Model):
     regions: list[str] = Field(min_length=1)
     environment: str = Field(default="production", pattern=r"^[a-z0-9][-a-z0-9]*$")
     project: str | None = None  # defaults to the project pitstop runs in
-    match: Match
+    match: Match | None = None  # required, unless the spec is an environment of a pipeline (core/pipeline.py)
+    # An environment of a pipeline: releases start its rollouts (core/release.py), builds never do directly.
+    pipeline: bool = False
     strategy: Strategy = Field(default_factory=lambda: Strategy(canary=Canary()))
     health: Health = Field(default_factory=Health)
     max_hold: Duration = 86400  # a paused or gated rollout rolls back after this
@@ -229,6 +231,12 @@ class RolloutSpec(Model):
     @classmethod
     def _images(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _matched(self) -> RolloutSpec:
+        if self.match is None and not self.pipeline:
+            raise ValueError("match: required field is missing (which builds start a rollout)")
+        return self
 
     @property
     def key(self) -> str:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
-from pitstop.core.models import Access, Duration, Health, Model, SERVICE_NAME, Strategy
+from pitstop.core.models import Access, Duration, Health, Match, Model, RolloutSpec, SERVICE_NAME, Strategy
 
 ENVIRONMENT_NAME = r"^[a-z0-9][-a-z0-9]*$"
 
@@ -133,11 +133,16 @@ class Freeze(Model):
 
 class Pipeline(Model):
     service: str = Field(pattern=SERVICE_NAME)
+    # The image repositories it may run (globs; default `*-docker.pkg.dev/PROJECT/*/SERVICE`): a build that
+    # produced none of them is not this service's.
     image: list[str] | None = None
-    repo: str | None = None  # builds of this repository only (default: any that names the service)
+    repo: str | None = None  # builds of this repository only
+    triggers: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(default_factory=list, max_length=20)
     environments: dict[str, Environment] = Field(min_length=1)
     paths: dict[str, PathRule] = Field(default_factory=dict)
     freeze: list[Freeze] = Field(default_factory=list)
+    max_hold: Duration = 86400  # an approval (or a paused region) waits at most this long
+    apply_budget: Duration = 600
 
     @field_validator("image", mode="before")
     @classmethod
@@ -178,7 +183,43 @@ class Pipeline(Model):
                 current = self.environments[current].promote_from
         return self
 
+    @property
+    def key(self) -> str:
+        return f"{self.service} (pipeline)"
+
     # ------------------------------------------------------------ questions
+
+    def specs(self) -> list[RolloutSpec]:
+        """One spec per environment (stored as specs/{service}--{environment}): what grants, `pitstop deploy` and
+        the region rollouts read. Releases start their rollouts; no build matches them directly."""
+        out = []
+        for name, env in self.environments.items():
+            match = Match(repo=self.repo, branch=env.on.branch, tag=env.on.tag) if env.on else None
+            out.append(RolloutSpec(service=self.service, regions=env.regions, environment=name, project=env.project,
+                                   match=match, pipeline=True, strategy=env.strategy, health=env.health,
+                                   max_hold=self.max_hold, apply_budget=self.apply_budget, image=self.image,
+                                   triggers=self.triggers, access=env.access))
+        return out
+
+    def takes(self, build: Any, default_project: str) -> bool:
+        """Is this build one of this service's? Its repo and trigger (when the pipeline names them), its
+        `_SERVICE` substitution (when given), and an image it produced under the pipeline's image globs."""
+        from pitstop.core.access import image_refusal
+
+        if self.repo and build.repo != self.repo:
+            return False
+        if self.triggers and not {build.trigger, build.trigger_id} & set(self.triggers):
+            return False
+        if build.substitutions.get("_SERVICE") not in (None, "", self.service):
+            return False
+        images = [name for name, _ in build.images] or ([build.artifact.image] if build.artifact else [])
+        return any(image_refusal(self, default_project, image) is None for image in images)
+
+    def match_keys(self) -> list[str]:
+        """Index keys under which a build finds this pipeline (as `routing.match_keys` for a spec)."""
+        if self.repo:
+            return [f"repo:{self.repo}"]
+        return [f"trigger:{t}" for t in self.triggers][:10] or ["any"]
 
     def destinations(self, branch: str | None, tag: str | None) -> list[tuple[str, str | None]]:
         """Where a build of this branch or tag goes: (environment, path or None), environments in file order.

@@ -61,6 +61,7 @@ class RegionProgress(Model):
     requests: int = 0  # its latest verdict in this step
     errors: int = 0
     message: str = ""
+    at: datetime | None = None  # the rollout's decision this reports (reports may arrive out of order)
 
 
 class Spread(Model):
@@ -241,7 +242,7 @@ def progress_of(rollout: Any) -> RegionProgress:
         holding=rollout.wave_hold, due=rollout.step_due, served_at=rollout.step_started_at,
         requests=verdict.request_count if verdict else 0,
         errors=round((rate or 0) * verdict.request_count) if verdict else 0,
-        message=rollout.message if rollout.state in FAILED_REGION else "",
+        message=rollout.message if rollout.state in FAILED_REGION else "", at=rollout.updated_at,
     )
 
 
@@ -402,8 +403,11 @@ def _report(p: _Plan, rep: RegionReport) -> ReleaseDecision:
     if stage is None or rep.region not in {x for wave in stage.waves for x in wave}:
         return p.ignore("release_unknown_region", environment=rep.environment, region=rep.region)
     known = stage.regions.get(rep.region)
-    if known == rep.progress:
-        return p.nothing()
+    if known is not None and known.model_copy(update={"at": None}) == rep.progress.model_copy(update={"at": None}):
+        return p.nothing()  # nothing the release decides on changed: no write
+    if known and known.rollout_id == rep.progress.rollout_id and known.at and rep.progress.at \
+            and rep.progress.at < known.at:
+        return p.nothing()  # an older report of the same rollout, overtaken by a newer one
     if known and known.rollout_id and rep.progress.rollout_id != known.rollout_id:
         # A revert (a rollback to the earlier revision) reports from its own rollout: keep the region's.
         if rep.progress.state not in ("succeeded", "rolling_back", "failed"):

@@ -87,6 +87,8 @@ def spec_collisions(spec: RolloutSpec, others: list[RolloutSpec], default_projec
 def match_keys(spec: RolloutSpec) -> list[str]:
     """Index keys under which a build can find this spec (`builds_keys` of a build must share one)."""
     m = spec.match
+    if m is None:
+        return ["pipeline"]  # no build key finds it: its pipeline does (`pipeline_keys`)
     if m.repo:
         return [f"repo:{m.repo}"]
     if m.trigger:
@@ -114,7 +116,7 @@ def ref_source(ref: str, spec: RolloutSpec) -> dict[str, str]:
             return {kind: ref[len(prefix):]}
     if re.fullmatch(r"[0-9a-f]{7,40}", ref):
         return {"commit": ref}
-    if spec.match.tag and fnmatchcase(ref, spec.match.tag):
+    if spec.match and spec.match.tag and fnmatchcase(ref, spec.match.tag):
         return {"tag": ref}
     return {"branch": ref}
 
@@ -124,6 +126,8 @@ def ref_refusal(source: dict[str, str], spec: RolloutSpec) -> str | None:
     from fnmatch import fnmatchcase
 
     match = spec.match
+    if match is None:
+        return None
     if match.branch and not (source.get("branch") and fnmatchcase(source["branch"], match.branch)):
         return f"{spec.key} rolls out builds of branch {match.branch}, and {_described(source)} is not one"
     if match.tag and not (source.get("tag") and fnmatchcase(source["tag"], match.tag)):

@@ -10,6 +10,9 @@ Collections, each readable in the Firestore console:
   deploys/{build id}                     who ran `pitstop deploy` for a build
   commands/{command id}                  commands refused (unverified, no permission, no target), and why
   access/project                         project-wide role grants
+  pipelines/{service}                    a service's pipeline (its environments are specs too)
+  releases/{id}                          one artifact through environments and regions (core/release.py)
+  releases/{id}/events/{input id}        its audit, chained like a rollout's
 
 Every state change and its audit event commit in one atomic batch keyed by the
 input id, so a redelivered input finds its event and changes nothing.
@@ -36,6 +39,8 @@ if TYPE_CHECKING:
     from google.cloud import firestore
 
     from pitstop.core.machine import Decision
+    from pitstop.core.pipeline import Pipeline
+    from pitstop.core.release import Release, ReleaseDecision
 
 
 MAX_ATTEMPTS = 20
@@ -152,6 +157,107 @@ class Store:
                 log("ERROR", f"stored spec {snap.id} is invalid and is skipped: {err.error_count()} problem(s), "
                              f"first: {err.errors()[0]['msg']}. Fix it with `pitstop apply`.", spec=snap.id)
         return out
+
+    # ------------------------------------------------------------ pipelines
+
+    def put_pipeline(self, pipeline: Pipeline, actor: str, now: datetime) -> None:
+        """The pipeline and a spec per environment, in one batch: grants and deploys read the specs."""
+        from pitstop.core.routing import match_keys
+
+        batch = self.db.batch()
+        doc = pipeline.model_dump(mode="json", exclude_none=True, by_alias=True)
+        doc.update(applied_at=now, applied_by=actor, match_keys=pipeline.match_keys())
+        batch.set(self.db.collection("pipelines").document(pipeline.service), doc)
+        for spec in pipeline.specs():
+            spec_doc = spec.model_dump(mode="json", exclude_none=True)
+            spec_doc.update(applied_at=now, applied_by=actor, match_keys=match_keys(spec))
+            batch.set(self.db.collection("specs").document(spec.key), spec_doc)
+        batch.commit()
+
+    def pipeline(self, service: str) -> Pipeline | None:
+        snap = self.db.collection("pipelines").document(service).get()
+        return (self._parse_pipelines([snap]) or [None])[0] if snap.exists else None
+
+    def pipelines_for(self, keys: list[str]) -> list[Pipeline]:
+        from google.cloud.firestore_v1 import FieldFilter
+
+        query = self.db.collection("pipelines").where(filter=FieldFilter("match_keys", "array_contains_any",
+                                                                         keys[:30]))
+        return self._parse_pipelines(query.stream())
+
+    def _parse_pipelines(self, snaps: Any) -> list[Pipeline]:
+        from pydantic import ValidationError
+
+        from pitstop.core.pipeline import Pipeline
+        from pitstop.log import log
+
+        out = []
+        for snap in snaps:
+            doc = {k: v for k, v in snap.to_dict().items() if k not in SPEC_BOOKKEEPING}
+            try:
+                out.append(Pipeline.model_validate(doc, strict=False))
+            except ValidationError as err:
+                log("ERROR", f"stored pipeline {snap.id} is invalid and is skipped: {err.errors()[0]['msg']}. Fix "
+                             f"it with `pitstop apply`.", pipeline=snap.id)
+        return out
+
+    # ------------------------------------------------------------ releases
+
+    def release(self, release_id: str) -> Release | None:
+        snap = self.db.collection("releases").document(release_id).get()
+        return _release(snap.to_dict()) if snap.exists else None
+
+    def releases(self, service: str | None = None, limit: int = 20) -> list[Release]:
+        from google.cloud import firestore
+        from google.cloud.firestore_v1 import FieldFilter
+
+        query = self.db.collection("releases")
+        if service:
+            query = query.where(filter=FieldFilter("service", "==", service))
+        query = query.order_by("created_at", direction=firestore.Query.DESCENDING).limit(limit)
+        return [_release(s.to_dict()) for s in query.stream()]
+
+    def release_events(self, release_id: str) -> list[AuditEvent]:
+        ref = self.db.collection("releases").document(release_id)
+        return [AuditEvent.model_validate(s.to_dict()) for s in ref.collection("events").order_by("at").stream()]
+
+    def due_releases(self, now: datetime) -> list[Release]:
+        from google.cloud.firestore_v1 import FieldFilter
+
+        query = self.db.collection("releases").where(filter=FieldFilter("due_at", "<=", now))
+        return [_release(s.to_dict()) for s in query.stream()]
+
+    def apply_release(self, release_id: str, input_id: str,
+                      decide: Callable[[Release | None], ReleaseDecision | None]) -> Outcome:
+        """Load (None if there is none yet), decide, store the release and its audit event atomically. As
+        `apply` for rollouts: optimistic, a known input id does nothing, `decide` may create the release."""
+        from google.api_core import exceptions
+
+        ref = self.db.collection("releases").document(release_id)
+        for attempt in range(MAX_ATTEMPTS):
+            snap = ref.get()
+            before = _release(snap.to_dict()) if snap.exists else None
+            decision = decide(before)
+            if decision is None or decision.audit is None:
+                return Outcome(decision)
+            batch = self.db.batch()
+            link = audit.next_link(snap.to_dict() if snap.exists else None)
+            event = audit.seal(decision.audit.to_doc(), *link)
+            doc = _full(decision.release) if decision.audit.decision != "ignored" else {"last_input": input_id}
+            doc.update(audit_seq=event["seq"], audit_head=event["hash"])
+            if snap.exists:
+                batch.update(ref, doc, option=self.db.write_option(last_update_time=snap.update_time))
+            else:
+                batch.create(ref, doc)
+            batch.create(ref.collection("events").document(decision.audit.id), event)
+            try:
+                if self._commit(batch, attempt):
+                    return Outcome(decision, event_hash=event["hash"])
+            except exceptions.AlreadyExists:
+                if snap.exists:
+                    return Outcome(None, duplicate=True)
+                # a twin created the release first: decide again on it
+        raise Contention(f"release {release_id} changed under input {input_id} {MAX_ATTEMPTS} times in a row")
 
     # ------------------------------------------------------------ reads
 
@@ -283,6 +389,14 @@ class Store:
         snap = self.db.collection("commands").document(command_id).get()
         return snap.to_dict() if snap.exists else None
 
+    def artifact(self, digest: str) -> Artifact | None:
+        snap = self.db.collection("artifacts").document(digest.replace(":", "-")).get()
+        return Artifact.model_validate(snap.to_dict()) if snap.exists else None
+
+    def rollouts(self, ids: list[str]) -> list[Rollout]:
+        refs = [self.db.collection("rollouts").document(i) for i in ids]
+        return [Rollout.from_doc(s.to_dict()) for s in self.db.get_all(refs) if s.exists] if refs else []
+
     def put_artifact(self, artifact: Artifact) -> None:
         doc = artifact.model_dump(mode="python", exclude_none=True)
         self.db.collection("artifacts").document(artifact.digest.replace(":", "-")).set(doc, merge=True)
@@ -401,6 +515,12 @@ class Store:
             service_key(rollout.service, rollout.region, rollout.environment))
 
 
-def _full(rollout: Rollout) -> dict[str, Any]:
+def _release(doc: dict[str, Any]) -> Release:
+    from pitstop.core.release import Release
+
+    return Release.model_validate({k: v for k, v in doc.items() if k not in STORE_BOOKKEEPING}, strict=False)
+
+
+def _full(rollout: Any) -> dict[str, Any]:
     """Every field, None included: an update must clear what the new state no longer has."""
     return rollout.model_dump(mode="python")

@@ -293,7 +293,8 @@ def _reply(call: Call, cmd: Command) -> Reply:
 
 def _result(rollout_id: str, outcome: Any) -> dict[str, Any]:
     if outcome.stored:
-        audit, after = outcome.decision.audit, outcome.decision.rollout
+        audit = outcome.decision.audit
+        after = getattr(outcome.decision, "rollout", None) or outcome.decision.release  # a rollout or a release
         return {"rollout_id": rollout_id, "decision": audit.decision, "state": after.state,
                 "reasons": list(audit.reasons), "traffic": audit.traffic_after}
     if outcome.missing:
