@@ -23,11 +23,23 @@ from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, PlainSerializer, field_validator, model_validator
 
 from pitstop.core.models import Access, Duration, Health, Match, Model, RolloutSpec, SERVICE_NAME, Strategy
 
 ENVIRONMENT_NAME = r"^[a-z0-9][-a-z0-9]*$"
+
+
+def _unwrap(value: Any) -> Any:
+    """Waves as written ([[a], [b, c]]) or as stored ([{regions: [a]}, ...])."""
+    if isinstance(value, list):
+        return [w["regions"] if isinstance(w, dict) and set(w) == {"regions"} else w for w in value]
+    return value
+
+
+# Firestore holds no array directly inside an array: each wave is stored as a map {regions: [...]}.
+Waves = Annotated[list[list[str]], BeforeValidator(_unwrap),
+                  PlainSerializer(lambda waves: [{"regions": list(w)} for w in waves])]
 
 
 class On(Model):
@@ -54,7 +66,7 @@ class On(Model):
 class Environment(Model):
     project: str | None = None
     regions: list[str] = Field(min_length=1)
-    waves: list[list[str]] | None = None  # default: one wave of every region
+    waves: Waves | None = None  # default: one wave of every region
     on: On | None = None  # no rule: reached only by promotion (promote_from) or a path
     promote_from: str | None = None  # the same digest must have succeeded there first
     approve: bool = False  # a person with the approver role starts it

@@ -38,7 +38,7 @@ from pitstop.core.explain import render, render_all
 from pitstop.core.models import (
     AuditEvent, Command, Health, Model, Notify, Reason, Strategy, Tick, last_step,
 )
-from pitstop.core.pipeline import Freeze, Pipeline
+from pitstop.core.pipeline import Freeze, Pipeline, Waves
 
 RESYNC = 30  # seconds: a running release is looked at by a tick this often, in case a region's report was lost
 LIVE_REGION = frozenset({"deploying", "verifying", "progressing", "switching", "baking", "paused",
@@ -84,7 +84,7 @@ class Stage(Model):
     environment: str
     project: str | None = None
     state: StageState = "planned"
-    waves: list[list[str]]
+    waves: Waves
     strategy: Strategy
     health: Health
     max_hold: int = 86400
@@ -476,7 +476,7 @@ def _stage_step(p: _Plan, name: str) -> str | None:
                         hold_until=now + timedelta(seconds=stage.max_hold))
                 p.set(state="waiting")
                 p.notify("NOTICE", "note_release_gate", service=r.service, version=r.version, environment=name,
-                         id=r.id, until=now + timedelta(seconds=stage.max_hold))
+                         id=r.id, until=f"{now + timedelta(seconds=stage.max_hold):%Y-%m-%d %H:%M} UTC")
                 return "awaiting_approval"
             return None
         if _frozen(p, name, "start"):
@@ -635,7 +635,8 @@ def _schedule_soaks(p: _Plan, name: str) -> None:
             p.stage(other, not_before=p.now + timedelta(seconds=stage.soak))
             if other not in p.r.route:
                 p.set(route=p.r.route + [other])
-            p.why("release_soak", environment=other, after=name, until=p.now + timedelta(seconds=stage.soak))
+            p.why("release_soak", environment=other, after=name,
+                  until=f"{p.now + timedelta(seconds=stage.soak):%Y-%m-%d %H:%M:%S} UTC")
 
 
 def _worst_spread(stage: Stage) -> str:

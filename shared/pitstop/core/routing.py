@@ -87,7 +87,7 @@ def spec_collisions(spec: RolloutSpec, others: list[RolloutSpec], default_projec
 def match_keys(spec: RolloutSpec) -> list[str]:
     """Index keys under which a build can find this spec (`builds_keys` of a build must share one)."""
     m = spec.match
-    if m is None:
+    if m is None or spec.pipeline:
         return ["pipeline"]  # no build key finds it: its pipeline does (`pipeline_keys`)
     if m.repo:
         return [f"repo:{m.repo}"]

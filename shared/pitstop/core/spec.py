@@ -127,7 +127,7 @@ def matches(spec: RolloutSpec, build: BuildFinished) -> bool:
     if subs.get("_ENVIRONMENT") and subs["_ENVIRONMENT"] != spec.environment:
         return False
     match = spec.match
-    if match is None:  # a pipeline's environment: releases start its rollouts
+    if match is None or spec.pipeline:  # a pipeline's environment: releases start its rollouts
         return False
     if match.repo and match.repo != build.repo:
         return False

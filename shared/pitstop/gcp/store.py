@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable
 
 from pitstop.core import audit
-from pitstop.core.models import TERMINAL, WATCHED, Access, Artifact, AuditEvent, Rollout, RolloutSpec
+from pitstop.core.models import STORE_BOOKKEEPING, TERMINAL, WATCHED, Access, Artifact, AuditEvent, Rollout, RolloutSpec
 
 if TYPE_CHECKING:
     from google.cloud import firestore

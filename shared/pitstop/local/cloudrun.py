@@ -357,6 +357,7 @@ class LocalCloudRun(LocalServer):
 
     def _start_revision(self, state: _ServiceState, revision: _RevisionState) -> None:
         service_id = state.resource.name.rsplit("/", 1)[1]
+        project = state.resource.name.split("/", 2)[1]
         location = state.resource.name.split("/locations/", 1)[1].split("/", 1)[0]
         short_name = revision.resource.name.rsplit("/", 1)[1]
         container = revision.resource.containers[0]
@@ -373,7 +374,9 @@ class LocalCloudRun(LocalServer):
                               # service's location, so a local app can behave per region.
                               REGION_ENV: location},
             )
-            process = RevisionProcess(short_name, spec, self.state_dir / "revisions" / service_id, self.host)
+            # Per project and location too: one service name in several regions has revisions of the same names.
+            process = RevisionProcess(short_name, spec, self.state_dir / "revisions" / project / location / service_id,
+                                      self.host)
         except (ImageNotFound, RevisionFailed) as e:
             self._revision_failed(revision, str(e))
             raise
