@@ -126,13 +126,19 @@ class Engine:
             log("INFO", f"{r.service} {r.version}: {audit.decision} ({r.state}). " + " ".join(audit.reasons),
                 decision=audit.decision, state=r.state, input=audit.input, input_id=audit.id, actor=audit.actor,
                 traffic=audit.traffic_after, event_hash=event_hash, **rollout_fields(r))
-            if r.release_id:  # before its effects: their consequences report after it, in order
-                self._report(r, audit.id)
+        # A region of a release reports what it decided: a failure at once (every other region of the release
+        # rolls back on it), anything else once its Cloud Run update is out, so the updates of a wave are not
+        # held up by the reports' writes to the one release document (reports are ordered by `at`).
+        urgent = r.release_id and r.state in releases.FAILED_REGION
+        if urgent and audit is not None:
+            self._report(r, audit.id)
         for effect in decision.effects:
             if isinstance(effect, Notify):
                 self._notify(r, effect)
             elif isinstance(effect, ApplyTraffic):
                 self._apply(r, effect)
+        if r.release_id and not urgent and audit is not None:
+            self._report(r, audit.id)
 
     def _notify(self, r: Rollout, note: Notify) -> None:
         log(note.severity, note.message, state=r.state, **rollout_fields(r))

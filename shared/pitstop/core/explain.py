@@ -115,7 +115,7 @@ TEMPLATES.update({
     "wave_spread": "{environment} wave {wave} {step}: {regions} regions changed traffic within {spread} ms "
                    "({first} first, {last} last)",
     "region_reports": "{region} is {state} at {percent} % ({step})",
-    "region_reverted": "{region} is back on its earlier revision ({state}): {message}",
+    "region_reverted": "{region} is back on its earlier revision ({state})",
     "stage_succeeded": "{environment} succeeded in every region ({regions}); spread {spread}",
     "release_revert": "{environment} rolls back every region ({regions}): {why}; waves not started: {skipped}",
     "frozen": "{environment}: {what} waits: freeze window {cron} ({tz}) from {start} until {end}",

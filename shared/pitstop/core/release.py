@@ -410,12 +410,12 @@ def _report(p: _Plan, rep: RegionReport) -> ReleaseDecision:
         return p.nothing()  # an older report of the same rollout, overtaken by a newer one
     if known and known.rollout_id and rep.progress.rollout_id != known.rollout_id:
         # A revert (a rollback to the earlier revision) reports from its own rollout: keep the region's.
-        if rep.progress.state not in ("succeeded", "rolling_back", "failed"):
+        if rep.progress.state not in ("succeeded", "failed"):
             return p.nothing()
         p.stage(rep.environment, regions={**stage.regions, rep.region: known.model_copy(
-            update={"message": rep.progress.message, "percent": rep.progress.percent,
+            update={"message": rep.progress.message, "percent": 0,
                     "state": "rolled_back" if rep.progress.state == "succeeded" else rep.progress.state})})
-        p.why("region_reverted", region=rep.region, state=rep.progress.state, message=rep.progress.message)
+        p.why("region_reverted", region=rep.region, state=rep.progress.state)
         return p.done("region_reverted")
     p.stage(rep.environment, regions={**stage.regions, rep.region: rep.progress})
     p.detail = {"region": rep.region, "region_state": rep.progress.state, "position": rep.progress.position}
@@ -565,7 +565,8 @@ def _pooled(stage: Stage, progress: list[RegionProgress]) -> bool:
 
 def _record_spread(p: _Plan, name: str) -> None:
     stage = p.r.stages[name]
-    if stage.step < 0 or any(s.wave == stage.wave and s.step == stage.step for s in stage.spreads):
+    if stage.step < 0 or len(stage.wave_regions()) < 2 \
+            or any(s.wave == stage.wave and s.step == stage.step for s in stage.spreads):
         return
     times = {x: stage.regions[x].served_at for x in stage.wave_regions() if stage.regions[x].state != "succeeded"
              or stage.regions[x].position == stage.step}
