@@ -221,3 +221,54 @@ def summary_lines(report: ReleaseReport) -> list[str]:
     lines.append(f"requests sent {sent}; " + ", ".join(
         f"{place} {sum(1 for r in results if r.kind == APP_5XX)} 5xx" for place, results in report.results.items()))
     return lines
+
+
+def run_release_demo(rps: float = 80.0, console=None, health_lag: float = 1.0, tick: float = 0.5) -> int:
+    """`pitstop demo`: the scenario on a fresh local stack; 0 if every outcome was right."""
+    import shutil
+    import tempfile
+    from contextlib import ExitStack
+
+    from rich.console import Console
+
+    from pitstop.local.demo import _sigterm_as_interrupt, local_logs_to
+    from pitstop.local.emulators import MissingTool
+    from pitstop.local.stack import Stack
+
+    console = console or Console()
+    state_dir = Path(tempfile.mkdtemp(prefix="pitstop-demo-"))
+    started = time.monotonic()
+    try:
+        with ExitStack() as cleanup:
+            cleanup.enter_context(_sigterm_as_interrupt())
+            cleanup.enter_context(local_logs_to(state_dir / "local-cloud.log"))
+            console.print(f"starting the local stack (emulators, functions, Cloud Run in 4 places, Monitoring) in "
+                          f"{state_dir} …")
+            stack = cleanup.enter_context(Stack(state_dir, tick_interval=tick, health_lag=health_lag))
+            console.print(f"timing: a tick every {tick:g} s, Monitoring {health_lag:g} s behind (GCP: a minute, "
+                          f"up to 180 s)")
+            report = run_release_scenario(stack, rps, lambda line: console.print(line, highlight=False))
+            console.print("stopping the local stack …")
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted; the local stack is stopped. Logs kept in {state_dir}[/yellow]")
+        return 130
+    except MissingTool as err:
+        console.print(f"[red]{err}[/red]")
+        return 1
+    except Exception as err:  # a bug or a broken emulator: say what, after everything is stopped
+        console.print_exception(max_frames=8)
+        console.print(f"[bold red]FAILED:[/bold red] the demo stopped on {type(err).__name__}: {err}. "
+                      f"Everything is stopped; logs are in {state_dir}")
+        return 1
+    for line in summary_lines(report):
+        console.print(line, highlight=False)
+    for problem in report.problems:
+        console.print(f"[bold red]FAILED:[/bold red] {problem}")
+    if report.problems:
+        console.print(f"everything is stopped; logs of the functions and revisions are in {state_dir}")
+        return 1
+    console.print(f"[green]demo passed in {time.monotonic() - started:.0f} s (the release scenario "
+                  f"{report.seconds:.0f} s): v2 released to staging and three production regions in two waves, v3 "
+                  f"caught in wave 2 and every production region rolled back. Everything is stopped.[/green]")
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return 0
