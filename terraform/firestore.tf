@@ -35,6 +35,23 @@ resource "google_firestore_index" "rollouts_by_service" {
   }
 }
 
+# releases where service == S order by created_at desc (a service's releases, newest first). The
+# tick's `due_at <=` query has one field: Firestore's automatic single-field index serves it.
+resource "google_firestore_index" "releases_by_service" {
+  project    = var.project_id
+  database   = local.firestore_database
+  collection = "releases"
+
+  fields {
+    field_path = "service"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "created_at"
+    order      = "DESCENDING"
+  }
+}
+
 # Nobody but pitstop writes pitstop's state. IAM allow policies cannot take Editor's or Owner's
 # datastore.* away, so an IAM deny policy denies entity writes (and the bulk paths that rewrite or
 # erase entities) to every principal except pitstop's function identities. All of these permissions

@@ -37,7 +37,22 @@ resource "google_project_iam_member" "function_reads_metrics" {
   member  = google_service_account.function[each.key].member
 }
 
-# Cloud Run: get/update on the managed services only, one binding per service and function.
+# A service's metrics are read in its own project (timeSeries.list on projects/PROJECT): the same
+# grant in every other project of managed_services.
+resource "google_project_iam_member" "function_reads_metrics_in_service_projects" {
+  for_each = merge([
+    for fn, f in local.identities : {
+      for project in local.service_projects : "${fn}/${project}" => { function = fn, project = project }
+    } if f.reads_metrics
+  ]...)
+
+  project = each.value.project
+  role    = "roles/monitoring.viewer"
+  member  = google_service_account.function[each.value.function].member
+}
+
+# Cloud Run: get/update on the managed services only, one binding per service and function, in the
+# service's own project.
 resource "google_cloud_run_v2_service_iam_member" "function_manages_service" {
   for_each = merge([
     for fn in keys(local.identities) : {
@@ -45,7 +60,7 @@ resource "google_cloud_run_v2_service_iam_member" "function_manages_service" {
     }
   ]...)
 
-  project  = var.project_id
+  project  = each.value.service.project
   location = each.value.service.location
   name     = each.value.service.name
   role     = "roles/run.developer"
@@ -70,15 +85,42 @@ resource "google_project_iam_member" "function_reads_run_operations" {
   member  = google_service_account.function[each.key].member
 }
 
-# Deploying a revision that runs as a service account requires actAs on that account.
-resource "google_service_account_iam_member" "function_acts_as_runtime" {
+# The operation of an update lives in the service's project, so the role is needed there too. A
+# custom role belongs to one project (no organization needed): the same one-permission role is
+# defined in each other project of managed_services and granted there. (roles/run.viewer would
+# also do without a custom role, but it reads every service, revision and job of the project.)
+resource "google_project_iam_custom_role" "run_operations_reader_in_service_projects" {
+  for_each = local.service_projects
+
+  project     = each.key
+  role_id     = "pitstopRunOperationsReader"
+  title       = "pitstop: read Cloud Run operations"
+  description = "Lets pitstop wait for the Cloud Run service updates it starts."
+  permissions = ["run.operations.get"]
+}
+
+resource "google_project_iam_member" "function_reads_run_operations_in_service_projects" {
   for_each = merge([
     for fn in keys(local.identities) : {
-      for sa in local.runtime_service_accounts : "${fn}/${sa}" => { function = fn, service_account = sa }
+      for project in local.service_projects : "${fn}/${project}" => { function = fn, project = project }
     }
   ]...)
 
-  service_account_id = "projects/${var.project_id}/serviceAccounts/${each.value.service_account}"
+  project = each.value.project
+  role    = google_project_iam_custom_role.run_operations_reader_in_service_projects[each.value.project].name
+  member  = google_service_account.function[each.value.function].member
+}
+
+# Deploying a revision that runs as a service account requires actAs on that account, addressed in
+# the project of the service that runs as it.
+resource "google_service_account_iam_member" "function_acts_as_runtime" {
+  for_each = merge([
+    for fn in keys(local.identities) : {
+      for key, sa in local.runtime_service_accounts : "${fn}/${key}" => { function = fn, service_account = sa }
+    }
+  ]...)
+
+  service_account_id = "projects/${each.value.service_account.project}/serviceAccounts/${each.value.service_account.email}"
   role               = "roles/iam.serviceAccountUser"
   member             = google_service_account.function[each.value.function].member
 }

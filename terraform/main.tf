@@ -6,6 +6,13 @@ data "google_project" "build" {
   project_id = local.build_project
 }
 
+# Projects of managed services other than project_id: their numbers name their service agents.
+data "google_project" "service" {
+  for_each = local.service_projects
+
+  project_id = each.key
+}
+
 locals {
   # Topic names are part of the code's contract (functions/main.py and pitstop publish to them by name).
   pitstop_topics = {
@@ -60,14 +67,37 @@ locals {
     PITSTOP_BUILD_PROJECT    = local.build_project
   }
 
-  managed_services = { for s in var.managed_services : "${coalesce(s.location, var.region)}/${s.name}" => merge(s, { location = coalesce(s.location, var.region) }) }
+  # Managed services with their defaults filled in: project = project_id, location = region.
+  # A service in project_id keeps the key it had before services could live in other projects
+  # ("LOCATION/NAME"), so upgrading moves no binding and no alert policy; elsewhere the key is
+  # "PROJECT/LOCATION/NAME" (three parts, never equal to a two-part key).
+  managed_services = {
+    for s in var.managed_services : (
+      coalesce(s.project, var.project_id) == var.project_id
+      ? "${coalesce(s.location, var.region)}/${s.name}"
+      : "${s.project}/${coalesce(s.location, var.region)}/${s.name}"
+    ) => merge(s, { project = coalesce(s.project, var.project_id), location = coalesce(s.location, var.region) })
+  }
+
+  # Projects other than project_id that hold managed services (releases: an environment's project).
+  # pitstop's project-level grants (Cloud Run operations, Monitoring) are repeated in each of them.
+  service_projects = toset([for s in local.managed_services : s.project if s.project != var.project_id])
 
   # Every function may deploy a revision (a tick re-applies a desired state that was not applied),
-  # so each needs actAs on every runtime service account of the managed services.
-  runtime_service_accounts = toset([for s in var.managed_services : s.service_account])
+  # so each needs actAs on every runtime service account of the managed services. The account is
+  # addressed in its service's project (keyed by its email alone in project_id, as before).
+  runtime_service_accounts = {
+    for sa in distinct([for s in local.managed_services : { project = s.project, email = s.service_account }]) :
+    (sa.project == var.project_id ? sa.email : "${sa.project}/${sa.email}") => sa
+  }
 
   pubsub_agent     = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
   monitoring_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-monitoring-notification.iam.gserviceaccount.com"
+  # An alert policy notifies channels of its own project: each service project has a channel on
+  # pitstop-alerts, so its Monitoring notification agent publishes there too.
+  monitoring_agents = concat([local.monitoring_agent], [
+    for p in local.service_projects : "serviceAccount:service-${data.google_project.service[p].number}@gcp-sa-monitoring-notification.iam.gserviceaccount.com"
+  ])
   # Publishes build status changes to `cloud-builds` in the project where the build runs.
   cloudbuild_agent = "serviceAccount:service-${data.google_project.build.number}@gcp-sa-cloudbuild.iam.gserviceaccount.com"
 

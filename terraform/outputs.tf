@@ -28,6 +28,11 @@ output "notification_channel" {
   value       = google_monitoring_notification_channel.alerts.id
 }
 
+output "notification_channels" {
+  description = "pitstop's Monitoring notification channel in each project of managed_services (project_id included), by project: an alert policy can only use a channel of its own project."
+  value       = local.alert_channels
+}
+
 output "source_object" {
   description = "gs:// URL of the deployed functions source archive."
   value       = "gs://${google_storage_bucket.source.name}/${google_storage_bucket_object.source.name}"

@@ -1,5 +1,5 @@
 variable "project_id" {
-  description = "Project that runs pitstop and the Cloud Run services it manages."
+  description = "Project that runs pitstop, and the default project of the Cloud Run services it manages."
   type        = string
 
   validation {
@@ -30,13 +30,16 @@ variable "source_dir" {
 
 variable "managed_services" {
   description = <<-EOT
-    Cloud Run services pitstop may roll out, all in project_id. `name` is the service name,
+    Cloud Run services pitstop may roll out. `name` is the service name, `project` the project it
+    runs in (defaults to project_id; a release's environments usually have projects of their own),
     `location` its region (defaults to var.region), `service_account` the email of the service's
-    runtime service account (pitstop must act as it to create revisions), and `alert_on_5xx`
-    whether to create the example 5xx-ratio alert policy for it.
+    runtime service account, addressed in the service's project (pitstop must act as it to create
+    revisions), and `alert_on_5xx` whether to create the example 5xx-ratio alert policy for it (in
+    the service's project). List a service once per project and region it runs in.
   EOT
   type = list(object({
     name            = string
+    project         = optional(string)
     location        = optional(string)
     service_account = string
     alert_on_5xx    = optional(bool, true)
@@ -54,8 +57,13 @@ variable "managed_services" {
   }
 
   validation {
-    condition     = length(distinct([for s in var.managed_services : "${coalesce(s.location, "-")}/${s.name}"])) == length(var.managed_services)
-    error_message = "managed_services lists the same service (name and location) twice."
+    condition     = alltrue([for s in var.managed_services : s.project == null || can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", s.project))])
+    error_message = "Each managed service's project must be a project ID (6-30 lowercase letters, digits or hyphens), not a project number or name."
+  }
+
+  validation {
+    condition     = length(distinct([for s in var.managed_services : "${coalesce(s.project, "-")}/${coalesce(s.location, "-")}/${s.name}"])) == length(var.managed_services)
+    error_message = "managed_services lists the same service (project, location and name) twice."
   }
 }
 

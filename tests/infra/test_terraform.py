@@ -277,8 +277,13 @@ def test_monitoring_viewer_only_for_functions_that_read_metrics(tf: dict[str, An
     entry_points = _terraform_functions(tf)
     readers = {k for k, v in entry_points.items() if v["reads_metrics"] is True}
     assert readers == {"on_tick"}
-    grants = [b for b in _of_type(tf, "google_project_iam_member").values() if b["role"] == "roles/monitoring.viewer"]
-    assert len(grants) == 1 and "if f.reads_metrics" in grants[0]["for_each"]
+    grants = {n: b for n, b in _of_type(tf, "google_project_iam_member").items() if b["role"] == "roles/monitoring.viewer"}
+    # project_id, and every other project of managed_services (a service's metrics are read there).
+    assert {n: b["project"] for n, b in grants.items()} == {
+        "function_reads_metrics": "${var.project_id}",
+        "function_reads_metrics_in_service_projects": "${each.value.project}"}
+    assert all("if f.reads_metrics" in b["for_each"] for b in grants.values())
+    assert "for project in local.service_projects" in grants["function_reads_metrics_in_service_projects"]["for_each"]
 
 
 def test_every_subscription_retries_and_dead_letters(tf: dict[str, Any]) -> None:
@@ -493,6 +498,7 @@ def test_cloud_build_roles_follow_what_each_function_does(tf: dict[str, Any]) ->
         assert tf["resource"][(rtype, name)]["for_each"] == "${local.identities}", name
     for rtype, name in [("google_cloud_run_v2_service_iam_member", "function_manages_service"),
                         ("google_service_account_iam_member", "function_acts_as_runtime"),
+                        ("google_project_iam_member", "function_reads_run_operations_in_service_projects"),
                         ("google_pubsub_topic_iam_member", "function_publishes")]:
         assert "local.identities" in tf["resource"][(rtype, name)]["for_each"], name
     assert "pitstop-events" in _identities(tf)["api"]["publishes"]
@@ -603,6 +609,205 @@ def test_alerts_are_published_to_by_the_monitoring_agent_only(tf: dict[str, Any]
     """Incidents are unsigned (they can only roll back): the topic's publisher binding is authoritative."""
     binding = _of_type(tf, "google_pubsub_topic_iam_binding")["monitoring_publishes_alerts"]
     assert binding["role"] == "roles/pubsub.publisher"
-    assert binding["members"] == ["${local.monitoring_agent}"]
+    # The agent of project_id, and of every other project of managed_services (each has a channel).
+    assert binding["members"] == "${local.monitoring_agents}"
+    agent = "serviceAccount:service-${%s.number}@gcp-sa-monitoring-notification.iam.gserviceaccount.com"
+    assert tf["locals"]["monitoring_agent"] == agent % "data.google_project.this"
+    assert tf["locals"]["monitoring_agents"] == (
+        '${concat([local.monitoring_agent], [for p in local.service_projects : "%s"])}'
+        % agent % "data.google_project.service[p]")
+    assert _of_type(tf, "google_project", "data")["service"]["for_each"] == "${local.service_projects}"
+    assert binding["depends_on"] == ["${google_monitoring_notification_channel.alerts}",
+                                     "${google_monitoring_notification_channel.alerts_in_service_projects}"]
     assert "monitoring_publishes_alerts" not in _of_type(tf, "google_pubsub_topic_iam_member")
 
+
+
+# ---------------------------------------------------------------- Firestore indexes, managed services in other projects
+
+def test_firestore_composite_indexes_serve_the_store_queries(tf: dict[str, Any]) -> None:
+    """`where service == S order by created_at desc` needs a composite index per collection (rollouts,
+    releases); `releases where due_at <=` has one field and is served by the automatic index."""
+    indexes = _of_type(tf, "google_firestore_index")
+    assert set(indexes) == {"rollouts_by_service", "releases_by_service"}
+    for name, collection in [("rollouts_by_service", "rollouts"), ("releases_by_service", "releases")]:
+        index = indexes[name]
+        assert index["collection"] == collection, name
+        assert index["project"] == "${var.project_id}", name
+        assert index["database"] == "${local.firestore_database}", name
+        assert [(f["field_path"], f["order"]) for f in index["fields"]] == [
+            ("service", "ASCENDING"), ("created_at", "DESCENDING")], name
+
+
+def test_managed_services_take_an_optional_project(tf: dict[str, Any]) -> None:
+    variable = tf["variable"]["managed_services"]
+    assert "project = optional(string)" in variable["type"], "project is optional: old entries stay valid"
+    assert variable["default"] == []
+    conditions = [v["condition"] for v in variable["validation"]]
+    # Unique per (project, location, name): the same service name may run in several projects.
+    assert any('"${coalesce(s.project, "-")}/${coalesce(s.location, "-")}/${s.name}"' in c for c in conditions)
+    project_patterns = [p for c in conditions if "s.project == null" in c
+                        for p in re.findall(r'regex\("((?:[^"\\]|\\.)*)", s\.project\)', c)]
+    assert len(project_patterns) == 1
+    pattern = re.compile(project_patterns[0].replace("\\\\", "\\"))
+    assert pattern.search("acme-prod") and not pattern.search("123456789012"), "a project ID, not a number"
+    # Defaults filled in once; a service in project_id keeps its old key (LOCATION/NAME), so an
+    # upgrade moves no binding or alert policy.
+    local = tf["locals"]["managed_services"]
+    assert "project = coalesce(s.project, var.project_id)" in local
+    assert "location = coalesce(s.location, var.region)" in local
+    assert ('coalesce(s.project, var.project_id) == var.project_id ? "${coalesce(s.location, var.region)}/${s.name}"'
+            in local)
+    assert tf["locals"]["service_projects"] == (
+        "${toset([for s in local.managed_services : s.project if s.project != var.project_id])}")
+
+
+def test_per_service_grants_and_alerts_go_to_the_services_project(tf: dict[str, Any]) -> None:
+    run = _of_type(tf, "google_cloud_run_v2_service_iam_member")["function_manages_service"]
+    assert (run["project"], run["location"], run["name"]) == (
+        "${each.value.service.project}", "${each.value.service.location}", "${each.value.service.name}")
+    assert run["role"] == "roles/run.developer"
+    act_as = _of_type(tf, "google_service_account_iam_member")["function_acts_as_runtime"]
+    assert act_as["service_account_id"] == (
+        "projects/${each.value.service_account.project}/serviceAccounts/${each.value.service_account.email}")
+    assert "for key, sa in local.runtime_service_accounts" in act_as["for_each"]
+    runtime = tf["locals"]["runtime_service_accounts"]
+    assert "{project = s.project, email = s.service_account}" in runtime
+    assert '(sa.project == var.project_id ? sa.email : "${sa.project}/${sa.email}")' in runtime
+    policy = _of_type(tf, "google_monitoring_alert_policy")["run_5xx_ratio"]
+    assert policy["project"] == "${each.value.project}"
+    # A policy can only notify channels of its own project: every service project has one.
+    assert policy["notification_channels"] == ["${local.alert_channels[each.value.project]}"]
+    channels = _of_type(tf, "google_monitoring_notification_channel")
+    assert channels["alerts_in_service_projects"]["for_each"] == "${local.service_projects}"
+    assert channels["alerts_in_service_projects"]["project"] == "${each.key}"
+    assert {c["labels"]["topic"] for c in channels.values()} == {'${google_pubsub_topic.pitstop["alerts"].id}'}
+    assert "{(var.project_id) = google_monitoring_notification_channel.alerts.id}" in tf["locals"]["alert_channels"]
+    assert tf["output"]["notification_channels"]["value"] == "${local.alert_channels}"
+    # Nothing iterating over managed services (or their projects) is pinned to project_id.
+    for kind, rtype, name, body in _all_blocks(tf):
+        if re.search(r"local\.(managed_services|runtime_service_accounts|service_projects)\b", str(body.get("for_each", ""))):
+            pinned = [k for k in ("project", "project_id", "service_account_id", "parent")
+                      if "var.project_id" in str(body.get(k, ""))]
+            assert pinned == [], f"{kind} {rtype}.{name} puts a per-service resource in project_id: {pinned}"
+
+
+def test_run_operations_reader_is_defined_and_granted_in_every_service_project(tf: dict[str, Any]) -> None:
+    roles = _of_type(tf, "google_project_iam_custom_role")
+    own, others = roles["run_operations_reader"], roles["run_operations_reader_in_service_projects"]
+    assert own["project"] == "${var.project_id}"
+    assert (others["for_each"], others["project"]) == ("${local.service_projects}", "${each.key}")
+    for body in (own, others):
+        assert body["permissions"] == ["run.operations.get"], "the role holds that one permission"
+        assert body["role_id"] == "pitstopRunOperationsReader"
+    grants = _of_type(tf, "google_project_iam_member")
+    grant = grants["function_reads_run_operations_in_service_projects"]
+    assert grant["project"] == "${each.value.project}"
+    assert grant["role"] == "${google_project_iam_custom_role.run_operations_reader_in_service_projects[each.value.project].name}"
+    assert "for fn in keys(local.identities)" in grant["for_each"]
+    assert "for project in local.service_projects" in grant["for_each"]
+    assert grants["function_reads_run_operations"]["role"] == "${google_project_iam_custom_role.run_operations_reader.name}"
+
+
+def _block_source(text: str, header: str) -> str:
+    """A top-level block of a formatted .tf file, from its header line to its closing brace."""
+    match = re.search(rf"^{re.escape(header)} \{{\n.*?^\}}\n", text, re.M | re.S)
+    assert match, f"no {header} block"
+    return match.group(0)
+
+
+def _attribute_source(text: str, name: str) -> str:
+    """`name = <expression>` as written (over several lines until its brackets balance)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(rf"\s*{name}\s*=", line))
+    depth, out = 0, []
+    for line in lines[start:]:
+        out.append(line)
+        depth += sum(line.count(c) for c in "([{") - sum(line.count(c) for c in ")]}")
+        if depth <= 0:
+            break
+    return "\n".join(out).strip()
+
+
+def _evaluate(tmp: Path, variables: dict[str, Any], expression: str) -> tuple[int, str]:
+    """Evaluate `expression` with `terraform console` (no provider needed) in the module in `tmp`."""
+    (tmp / "in.tfvars.json").write_text(json.dumps(variables))
+    result = subprocess.run([shutil.which("terraform"), "console", "-var-file=in.tfvars.json"],
+                            input=f"jsonencode({expression})\n", capture_output=True, text=True, cwd=tmp,
+                            timeout=120, env={**os.environ, "TF_IN_AUTOMATION": "1", "NO_COLOR": "1"})
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_managed_service_keys_and_projects_evaluate_as_documented(tf: dict[str, Any], tmp_path: Path) -> None:
+    """The variable, its validations, the locals and the per-service for_each maps, copied as written
+    into a provider-free module and evaluated: old entries keep their keys, projects fan out."""
+    if shutil.which("terraform") is None:
+        pytest.skip("terraform binary not on PATH; install Terraform >= 1.5 to evaluate the expressions")
+    variables_tf, main_tf, iam_tf, monitoring_tf = (
+        (TF_DIR / f).read_text() for f in ("variables.tf", "main.tf", "iam.tf", "monitoring.tf"))
+    for_each = {
+        "manages": (iam_tf, 'resource "google_cloud_run_v2_service_iam_member" "function_manages_service"'),
+        "acts_as": (iam_tf, 'resource "google_service_account_iam_member" "function_acts_as_runtime"'),
+        "operations": (iam_tf, 'resource "google_project_iam_member" "function_reads_run_operations_in_service_projects"'),
+        "roles": (iam_tf, 'resource "google_project_iam_custom_role" "run_operations_reader_in_service_projects"'),
+        "metrics": (iam_tf, 'resource "google_project_iam_member" "function_reads_metrics_in_service_projects"'),
+        "alerts": (monitoring_tf, 'resource "google_monitoring_alert_policy" "run_5xx_ratio"'),
+        "channels": (monitoring_tf, 'resource "google_monitoring_notification_channel" "alerts_in_service_projects"'),
+    }
+    locals_ = [_attribute_source(main_tf, name) for name in (
+        "functions", "http_functions", "identities", "managed_services", "service_projects", "runtime_service_accounts")]
+    for key, (text, header) in for_each.items():
+        expr = _attribute_source(_block_source(text, header), "for_each").split("=", 1)[1].strip()
+        locals_.append(f"keys_{key} = try(keys({expr}), sort({expr}))")  # each.key: a map's keys, a set's elements
+    variables = [_block_source(variables_tf, f'variable "{v}"') for v in ("project_id", "region", "managed_services")]
+    (tmp_path / "main.tf").write_text("\n".join(variables) + "\nlocals {\n" + "\n".join(locals_) + "\n}\n")
+    probe = "{services = local.managed_services, projects = local.service_projects, " + ", ".join(
+        f"{k} = local.keys_{k}" for k in for_each) + ", accounts = local.runtime_service_accounts}"
+
+    def evaluate(services: list[dict[str, Any]]) -> dict[str, Any]:
+        rc, out = _evaluate(tmp_path, {"project_id": "acme-pitstop", "region": "us-central1",
+                                       "managed_services": services}, probe)
+        assert rc == 0, out
+        line = next(line for line in out.splitlines() if line.startswith('"'))
+        return json.loads(json.loads(line))
+
+    fns = sorted(_identities(tf))
+    # An entry without project: exactly the keys and projects it had before.
+    legacy = evaluate([{"name": "web", "service_account": "web-run@acme-pitstop.iam.gserviceaccount.com"}])
+    assert legacy["services"] == {"us-central1/web": {
+        "name": "web", "project": "acme-pitstop", "location": "us-central1",
+        "service_account": "web-run@acme-pitstop.iam.gserviceaccount.com", "alert_on_5xx": True}}
+    assert legacy["projects"] == []
+    assert legacy["manages"] == [f"{fn}/us-central1/web" for fn in fns]
+    assert legacy["acts_as"] == [f"{fn}/web-run@acme-pitstop.iam.gserviceaccount.com" for fn in fns]
+    assert legacy["alerts"] == ["us-central1/web"]
+    assert legacy["operations"] == legacy["roles"] == legacy["metrics"] == legacy["channels"] == []
+
+    # The README's pipeline: staging in acme-staging, production in acme-prod in three regions.
+    prod_sa = "web-run@acme-prod.iam.gserviceaccount.com"
+    release = evaluate(
+        [{"name": "web", "project": "acme-staging", "location": "us-central1",
+          "service_account": "web-run@acme-staging.iam.gserviceaccount.com"}]
+        + [{"name": "web", "project": "acme-prod", "location": r, "service_account": prod_sa}
+           for r in ("us-central1", "europe-west1", "asia-northeast1")])
+    assert sorted(release["services"]) == ["acme-prod/asia-northeast1/web", "acme-prod/europe-west1/web",
+                                           "acme-prod/us-central1/web", "acme-staging/us-central1/web"]
+    assert {k: s["project"] for k, s in release["services"].items()} == {
+        k: k.split("/")[0] for k in release["services"]}
+    assert release["projects"] == ["acme-prod", "acme-staging"]
+    assert release["roles"] == release["channels"] == ["acme-prod", "acme-staging"]
+    assert release["operations"] == sorted(f"{fn}/{p}" for fn in fns for p in ("acme-prod", "acme-staging"))
+    assert release["metrics"] == ["on_tick/acme-prod", "on_tick/acme-staging"]
+    # One actAs per function and (project, account), however many regions share the account.
+    assert release["accounts"][f"acme-prod/{prod_sa}"] == {"project": "acme-prod", "email": prod_sa}
+    assert len(release["acts_as"]) == 2 * len(fns)
+    assert len(release["manages"]) == 4 * len(fns) and len(release["alerts"]) == 4
+
+    # Unique per (project, location, name): the same name and region in two projects is fine, twice
+    # in one project is not.
+    twice = [{"name": "web", "project": "acme-prod", "service_account": prod_sa}] * 2
+    rc, out = _evaluate(tmp_path, {"project_id": "acme-pitstop", "region": "us-central1", "managed_services": twice}, probe)
+    assert rc != 0 and "lists the same service (project, location and name) twice" in out
+    rc, out = _evaluate(tmp_path, {"project_id": "acme-pitstop", "region": "us-central1", "managed_services": [
+        {"name": "web", "project": "123456789012", "service_account": prod_sa}]}, probe)
+    assert rc != 0 and "must be a project ID" in out

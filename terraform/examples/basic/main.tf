@@ -1,5 +1,6 @@
 # Installs pitstop into one project and lets it roll out one existing Cloud Run service.
-# Prerequisites: the service (`managed_service`) and its runtime service account exist in the project.
+# Prerequisites: the service (`managed_service`) and its runtime service account exist in the project
+# (or in `managed_service.project`, if you set it: then you need IAM rights there too).
 #
 #   pitstop package build/functions        # from the repository root (or python -m pitstop.package)
 #   cd terraform/examples/basic
@@ -43,10 +44,12 @@ variable "source_dir" {
 }
 
 variable "managed_service" {
-  description = "An existing Cloud Run service in the project that pitstop rolls out, and its runtime service account."
+  description = "An existing Cloud Run service pitstop rolls out, its runtime service account, and optionally its project (default: project_id) and region (default: region)."
   type = object({
     name            = string
     service_account = string
+    project         = optional(string)
+    location        = optional(string)
   })
 }
 
@@ -81,6 +84,15 @@ module "pitstop" {
   source_dir = var.source_dir
 
   managed_services = [var.managed_service]
+
+  # Releases run a service through environments in projects of their own: list it once per project
+  # and region. Staging in acme-staging, production in acme-prod in three regions:
+  #
+  # managed_services = concat(
+  #   [{ name = "web", project = "acme-staging", location = "us-central1", service_account = "web-run@acme-staging.iam.gserviceaccount.com" }],
+  #   [for region in ["us-central1", "europe-west1", "asia-northeast1"] :
+  #     { name = "web", project = "acme-prod", location = region, service_account = "web-run@acme-prod.iam.gserviceaccount.com" }],
+  # )
 
   # Who may run `pitstop promote/pause/abort/...` (they publish to pitstop-commands).
   command_publishers = var.command_publishers
