@@ -10,12 +10,17 @@
     POST /api/v1/deploy                    run the service's build trigger at a ref
     GET  /api/v1/specs                     the specs the caller may read
     PUT  /api/v1/specs/{key}               apply a spec (YAML or JSON); admin
+    PUT  /api/v1/pipelines/{service}       apply a pipeline (YAML or JSON); admin of each environment
+    GET  /api/v1/releases?service=&limit=  recent releases the caller may read
+    GET  /api/v1/releases/{id}             one release: route, each stage, wave, step, regions
+    GET  /api/v1/releases/{id}/audit       its whole story: its events and its region rollouts', by time
+    POST /api/v1/releases/{id}:{action}    approve | abort | rollback | pause | resume | promote | unfreeze
     PUT  /api/v1/access                    replace the project access document; project admin
 
 Every request carries the caller's Google-signed ID token; the actor of whatever it does is
 the token's verified email. Commands take the road of a `pitstop-commands` message: their
 body is parsed first, then `Engine.on_command` verifies the token, checks the permission,
-decides and stores one audit event per rollout, or records the refusal in commands/{id}
+decides and stores one audit event per rollout (or release), or records the refusal in commands/{id}
 (unverified senders included, with the email they claimed). Every other route verifies the
 token before it reads anything.
 
@@ -44,12 +49,14 @@ from pitstop.core.models import DOC_ID, Access, Command, Rollout
 from pitstop.log import log
 
 if TYPE_CHECKING:
+    from pitstop.core.release import Release
     from pitstop.engine import Engine, Reply
     from pitstop.gcp.identity import Identity
 
 MAX_BODY = 512 * 1024  # bytes; the largest valid access document (5 roles x 200 members) is about 260 KB
 DEFAULT_LIMIT, MAX_LIMIT = 20, 200
 ACTIONS = ("promote", "pause", "resume", "abort", "approve", "rollback")
+RELEASE_ACTIONS = ("approve", "abort", "rollback", "pause", "resume", "promote", "unfreeze")
 OPENAPI = Path(__file__).with_name("openapi.json")
 HTTP_STATUS = {"invalid_request": 400, "unauthenticated": 401, "insufficient_permissions": 403, "not_found": 404,
                "method_not_allowed": 405, "conflict": 409, "internal": 500, "upstream": 502, "unavailable": 503}
@@ -74,11 +81,17 @@ ROUTES = Map([
     Rule("/api/v1/deploy", methods=["POST"], endpoint="deploy"),
     Rule("/api/v1/specs", methods=["GET"], endpoint="list_specs"),
     Rule("/api/v1/specs/<key>", methods=["PUT"], endpoint="put_spec"),
+    Rule("/api/v1/pipelines/<service>", methods=["PUT"], endpoint="put_pipeline"),
+    Rule("/api/v1/releases", methods=["GET"], endpoint="list_releases"),
+    Rule("/api/v1/releases/<segment:release_id>", methods=["GET"], endpoint="get_release"),
+    Rule("/api/v1/releases/<segment:release_id>/audit", methods=["GET"], endpoint="get_release_audit"),
+    Rule("/api/v1/releases/<segment:release_id>:<action>", methods=["POST"], endpoint="release_command"),
     Rule("/api/v1/access", methods=["PUT"], endpoint="put_access"),
 ], converters={"segment": _Segment}, strict_slashes=False, merge_slashes=False)
 
 PUBLIC = {"openapi"}
-VERIFIED_BY_THE_ENGINE = {"command", "rollback_to", "deploy"}  # so that a refused command is recorded
+# So that a refused command is recorded.
+VERIFIED_BY_THE_ENGINE = {"command", "rollback_to", "deploy", "release_command"}
 
 
 class ApiError(Exception):
@@ -233,6 +246,35 @@ def get_audit(call: Call, rollout_id: str) -> tuple[int, Any]:
                            "problems": report.problems}}
 
 
+def list_releases(call: Call) -> tuple[int, Any]:
+    from pitstop.surfaces.releases import release_row
+
+    service = call.request.args.get("service") or None
+    limit = _limit(call.request.args.get("limit"))
+    recent = call.engine.store.releases(service, MAX_LIMIT if limit < MAX_LIMIT else limit)  # as list_rollouts
+    readable = [r for r in recent if call.may("rollout:read", r.service, _where(r)) is None][:limit]
+    return 200, {"releases": [release_row(r) for r in readable]}
+
+
+def get_release(call: Call, release_id: str) -> tuple[int, Any]:
+    from pitstop.surfaces.releases import release_detail
+
+    return 200, release_detail(_readable_release(call, release_id))
+
+
+def get_release_audit(call: Call, release_id: str) -> tuple[int, Any]:
+    from pitstop.surfaces.releases import release_story
+
+    rel = _readable_release(call, release_id)
+    events, report = release_story(call.engine.store, rel)
+    # A release crosses environments: a region's events are shown only to those who may read its environment.
+    events = [e for e in events if e["region"] is None or call.may("rollout:read", rel.service,
+                                                                   e["environment"]) is None]
+    return 200, {"release_id": rel.id, "events": events,
+                 "chain": {"intact": report.ok, "checked": report.checked, "head": report.head,
+                           "problems": report.problems}}
+
+
 def list_specs(call: Call) -> tuple[int, Any]:
     specs = [s for s in call.engine.store.specs() if call.may("rollout:read", s.service, s.environment) is None]
     return 200, {"specs": [{"key": s.key, **s.model_dump(mode="json", exclude_none=True)} for s in specs]}
@@ -246,6 +288,15 @@ def command(call: Call, rollout_id: str, action: str) -> tuple[int, Any]:
                                           f"{', '.join(ACTIONS)}; nothing changed")
     fields = _fields(call, {"reason", "full"} if action == "promote" else {"reason"}, action)
     return _decide(call, _command(action=action, rollout_id=rollout_id, **fields))
+
+
+def release_command(call: Call, release_id: str, action: str) -> tuple[int, Any]:
+    if action not in RELEASE_ACTIONS:
+        raise ApiError("invalid_request", f"there is no action {action!r}; a release takes "
+                                          f"{', '.join(RELEASE_ACTIONS)}; nothing changed")
+    allowed = {"environment", "region", "reason"} | ({"to_environment"} if action == "promote" else set())
+    fields = _fields(call, allowed, action)
+    return _decide(call, _command(action=action, release_id=release_id, **fields))
 
 
 def rollback_to(call: Call) -> tuple[int, Any]:
@@ -273,10 +324,12 @@ def deploy(call: Call) -> tuple[int, Any]:
 def _decide(call: Call, cmd: Command) -> tuple[int, Any]:
     """One Engine.on_command; the decision for each rollout it reached (409 if none changed anything)."""
     done = _reply(call, cmd)
-    results = [_result(rollout_id, outcome) for rollout_id, outcome in done.outcomes]
+    results = [_release_result(target, outcome) if cmd.release_id else _result(target, outcome)
+               for target, outcome in done.outcomes]
     body = {"command_id": cmd.id, "actor": call.who().email, "results": results}
     if results and all(r["decision"] == "ignored" for r in results):
-        reasons = "; ".join(reason for r in results for reason in r["reasons"]) or "the rollout did not change"
+        what = "release" if cmd.release_id else "rollout"
+        reasons = "; ".join(reason for r in results for reason in r["reasons"]) or f"the {what} did not change"
         raise ApiError("conflict", f"{cmd.action} changed nothing: {reasons}", command_id=cmd.id, results=results)
     return 200, body
 
@@ -293,8 +346,7 @@ def _reply(call: Call, cmd: Command) -> Reply:
 
 def _result(rollout_id: str, outcome: Any) -> dict[str, Any]:
     if outcome.stored:
-        audit = outcome.decision.audit
-        after = getattr(outcome.decision, "rollout", None) or outcome.decision.release  # a rollout or a release
+        audit, after = outcome.decision.audit, outcome.decision.rollout
         return {"rollout_id": rollout_id, "decision": audit.decision, "state": after.state,
                 "reasons": list(audit.reasons), "traffic": audit.traffic_after}
     if outcome.missing:
@@ -303,6 +355,18 @@ def _result(rollout_id: str, outcome: Any) -> dict[str, Any]:
     before = outcome.rollout or (outcome.decision.rollout if outcome.decision else None)
     return {"rollout_id": rollout_id, "decision": "duplicate" if outcome.duplicate else "unchanged",
             "state": before.state if before else None, "reasons": [], "traffic": None}
+
+
+def _release_result(release_id: str, outcome: Any) -> dict[str, Any]:
+    """A release's decision: its state and where it is (the environment it is in or waits for)."""
+    if outcome.stored:
+        audit, after = outcome.decision.audit, outcome.decision.release
+        return {"release_id": release_id, "decision": audit.decision, "state": after.state,
+                "environment": after.current, "reasons": list(audit.reasons), "traffic": None}
+    decision = "duplicate" if outcome.duplicate else "unchanged"
+    after = outcome.decision.release if outcome.decision is not None else None
+    return {"release_id": release_id, "decision": decision, "state": after.state if after else None,
+            "environment": after.current if after else None, "reasons": [], "traffic": None}
 
 
 # ---------------------------------------------------------------- specs and access: admins
@@ -329,6 +393,45 @@ def put_spec(call: Call, key: str) -> tuple[int, Any]:
     engine.store.put_spec(spec, me.email, engine.clock())
     log("NOTICE", f"{me.email} applied spec {spec.key}", service=spec.service, actor=me.email)
     return 200, {"key": spec.key, "applied_by": me.email}
+
+
+def put_pipeline(call: Call, service: str) -> tuple[int, Any]:
+    """A pipeline and a spec per environment (`Store.put_pipeline`): spec:write on each, as `put_spec`."""
+    from pitstop.core.pipeline import Pipeline
+    from pitstop.core.routing import spec_collisions
+    from pitstop.core.spec import SpecError, validation_lines
+
+    me, engine = call.who(), call.engine
+    what = f"pipeline {service}"
+    unchanged = "Nothing was applied; the stored pipeline and specs are unchanged."
+    try:
+        doc = _document(call, what)
+    except SpecError as err:
+        raise ApiError("invalid_request", f"{err}\n{unchanged}") from None
+    if not isinstance(doc, dict):
+        raise ApiError("invalid_request", f"{what}: expected a mapping with service and environments. {unchanged}")
+    try:
+        pipeline = Pipeline.model_validate(doc, strict=False)
+    except ValidationError as err:
+        raise ApiError("invalid_request", f"{what}: invalid pipeline\n" + "\n".join(validation_lines(err))
+                       + f"\n{unchanged}") from None
+    if pipeline.service != service:
+        raise ApiError("invalid_request", f"the body is the pipeline of {pipeline.service} but the URL names "
+                                          f"{service}; nothing was applied")
+    for environment in pipeline.environments:  # each is a spec: its grants in force, never the body's
+        call.must("spec:write", pipeline.service, environment)
+    # Its own earlier environments are replaced (or left unused), never a collision; anything else is.
+    derived = pipeline.specs()
+    others = [s for s in engine.store.specs() if not (s.service == pipeline.service and s.pipeline)]
+    clashes = list(dict.fromkeys(c for spec in derived
+                                 for c in spec_collisions(spec, others + derived, engine.config.project)))
+    if clashes:
+        raise ApiError("conflict", f"pipeline {pipeline.service} was not applied: " + "; ".join(clashes)
+                       + ". Two specs must not roll out the same Cloud Run service; the stored specs are unchanged.")
+    engine.store.put_pipeline(pipeline, me.email, engine.clock())
+    log("NOTICE", f"{me.email} applied the pipeline of {pipeline.service} ({', '.join(pipeline.environments)})",
+        service=pipeline.service, actor=me.email)
+    return 200, {"service": pipeline.service, "environments": list(pipeline.environments), "applied_by": me.email}
 
 
 def put_access(call: Call) -> tuple[int, Any]:
@@ -360,7 +463,9 @@ def put_access(call: Call) -> tuple[int, Any]:
 HANDLERS: dict[str, Callable[..., tuple[int, Any]]] = {
     "openapi": openapi, "whoami": whoami, "list_rollouts": list_rollouts, "get_rollout": get_rollout,
     "get_audit": get_audit, "command": command, "rollback_to": rollback_to, "deploy": deploy,
-    "list_specs": list_specs, "put_spec": put_spec, "put_access": put_access,
+    "list_specs": list_specs, "put_spec": put_spec, "put_access": put_access, "put_pipeline": put_pipeline,
+    "list_releases": list_releases, "get_release": get_release, "get_release_audit": get_release_audit,
+    "release_command": release_command,
 }
 
 
@@ -372,6 +477,19 @@ def _readable_rollout(call: Call, rollout_id: str) -> Rollout:
         raise ApiError("not_found", f"there is no rollout {rollout_id}")
     call.must("rollout:read", r.service, r.environment)
     return r
+
+
+def _readable_release(call: Call, release_id: str) -> Release:
+    rel = call.engine.store.release(release_id) if re.fullmatch(DOC_ID, release_id) else None
+    if rel is None:
+        raise ApiError("not_found", f"there is no release {release_id}")
+    call.must("rollout:read", rel.service, _where(rel))
+    return rel
+
+
+def _where(rel: Release) -> str:
+    """The environment whose grants decide who reads a release: the one it is in or waits for."""
+    return rel.current or rel.route[0]
 
 
 def _limit(value: str | None) -> int:

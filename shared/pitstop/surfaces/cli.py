@@ -1,4 +1,5 @@
-"""The `pitstop` command: register specs, watch rollouts, steer them, run the local stack.
+"""The `pitstop` command: register specs and pipelines, watch rollouts and releases, steer them, run the
+local stack.
 
 Operator commands travel the same road as on GCP: they are published to
 `pitstop-commands`, the `on_command` function decides, and the CLI waits for
@@ -103,11 +104,19 @@ def _require_api(what: str) -> None:
 # ---------------------------------------------------------------- specs
 
 @app.command()
-def apply(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="rollout spec (YAML)"),
+def apply(file: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                      help="rollout spec, or a pipeline (top-level `environments:`) (YAML)"),
           dry_run: bool = typer.Option(False, "--dry-run", help="validate only")) -> None:
-    """Register (or replace) a rollout spec."""
-    from pitstop.core.spec import SpecError, load_spec_file
+    """Register (or replace) a rollout spec or a service's pipeline."""
+    from pitstop.core.spec import SpecError, load_spec_file, load_yaml
 
+    try:
+        doc = load_yaml(file.read_text(), str(file))
+    except SpecError as e:
+        _fail(str(e))
+    if isinstance(doc, dict) and "environments" in doc:
+        _apply_pipeline(file, dry_run)
+        return
     try:
         spec = load_spec_file(file)
     except SpecError as e:
@@ -123,6 +132,29 @@ def apply(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="ro
     # The API validates again, checks collisions and the caller's admin role, and records who applied it.
     reply = _api("PUT", f"/api/v1/specs/{spec.key}", content=file.read_text(), content_type="application/yaml")
     console.print(f"applied spec [bold]{spec.key}[/bold] as {reply['applied_by']}: {summary}")
+
+
+def _apply_pipeline(file: Path, dry_run: bool) -> None:
+    from rich.markup import escape
+
+    from pitstop.core.pipeline import load_pipeline
+    from pitstop.core.spec import SpecError
+    from pitstop.surfaces.releases import pipeline_lines
+
+    try:
+        pipeline = load_pipeline(file.read_text(), str(file))
+    except SpecError as e:
+        _fail(str(e))
+    summary = escape("\n".join(pipeline_lines(pipeline)))  # globs and cron fields are not rich markup
+    if dry_run:
+        console.print(f"valid: {summary}", highlight=False)
+        return
+    _require_api("pitstop apply")
+    # The API validates again, checks collisions and spec:write on each environment, and records who applied it.
+    reply = _api("PUT", f"/api/v1/pipelines/{pipeline.service}", content=file.read_text(),
+                 content_type="application/yaml")
+    console.print(f"applied the pipeline of [bold]{pipeline.service}[/bold] as {reply['applied_by']}: {summary}",
+                  highlight=False)
 
 
 access_app = typer.Typer(help="The project-wide access document: roles granted in every service.",
@@ -210,20 +242,23 @@ def _publish(caller, payload: dict) -> None:
 def status(service: Optional[str] = typer.Argument(None, help="only this service"),
            as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
            watch: bool = typer.Option(False, "--watch", "-w", help="live view until Ctrl-C"),
-           limit: int = typer.Option(10, help="how many recent rollouts")) -> None:
-    """Active and recent rollouts: service, version, state, step, split."""
+           limit: int = typer.Option(10, help="how many recent rollouts (and releases)")) -> None:
+    """Recent releases (route, regions, what they wait for) and rollouts: service, version, state, step, split."""
     from pitstop.surfaces import render
 
     store = _store()
-    if as_json:
+    if as_json:  # rollouts only, as ever: GET /api/v1/releases lists releases
         print(json.dumps([render.rollout_row(r) for r in store.recent(service, limit)], indent=2))
         return
     if not watch:
-        rollouts = store.recent(service, limit)
-        if not rollouts:
+        rollouts, releases = store.recent(service, limit), store.releases(service, limit)
+        if not rollouts and not releases:
             console.print("no rollouts yet" + (f" for {service}" if service else ""))
             return
-        console.print(render.rollouts_table(rollouts))
+        if releases:
+            console.print(render.releases_table(releases))
+        if rollouts:
+            console.print(render.rollouts_table(rollouts))
         return
     _watch(store, service, limit)
 
@@ -240,7 +275,9 @@ def _watch(store, service: Optional[str], limit: int) -> None:
                      rollouts[0] if rollouts else None)
         if focus is None:
             return render.rollouts_table([], "no rollouts yet")
-        return Group(render.rollout_detail(focus, store.events(focus.id)), render.rollouts_table(rollouts))
+        releases = store.releases(service, limit)
+        return Group(render.rollout_detail(focus, store.events(focus.id)),
+                     *([render.releases_table(releases)] if releases else []), render.rollouts_table(rollouts))
 
     try:
         with Live(frame(), console=console, refresh_per_second=2, screen=False) as live:
@@ -252,14 +289,18 @@ def _watch(store, service: Optional[str], limit: int) -> None:
 
 
 @app.command()
-def history(service: str = typer.Argument(..., help="service name"),
+def history(service: str = typer.Argument(..., help="service name, or a release id for its whole story"),
             rollout: Optional[str] = typer.Option(None, help="one rollout id (default: the latest)"),
             as_json: bool = typer.Option(False, "--json"),
             all_rollouts: bool = typer.Option(False, "--all", help="every recent rollout of the service")) -> None:
-    """The audit trail: every input, decision, reason and traffic change."""
+    """The audit trail: every input, decision, reason and traffic change (of a release: across environments)."""
     from pitstop.surfaces import render
 
     store = _store()
+    release = _release(store, service) if rollout is None else None
+    if release is not None:
+        _release_history(store, release, as_json)
+        return
     rollouts = [store.rollout(rollout)] if rollout else store.recent(service, 10 if all_rollouts else 1)
     rollouts = [r for r in rollouts if r is not None]
     if not rollouts:
@@ -278,6 +319,26 @@ def history(service: str = typer.Argument(..., help="service name"),
             console.print(f"[dim]{r.message}[/dim]\n")
     if as_json:
         print(json.dumps(out, indent=2))
+
+
+def _release_history(store, rel, as_json: bool) -> None:
+    """The release's events and every region rollout's, merged by time (as GET /releases/{id}/audit)."""
+    from rich.text import Text
+
+    from pitstop.surfaces import render
+    from pitstop.surfaces.releases import release_row, release_story
+
+    events, chain = release_story(store, rel)
+    if as_json:
+        print(json.dumps({"release": release_row(rel), "events": events, "chain_intact": chain.ok}, indent=2,
+                         default=str))
+        return
+    console.print(render.timeline_table(events, title=f"{rel.id}: {rel.service} {rel.version}"
+                                                      f"{' (hotfix)' if rel.hotfix else ''} — {rel.state}"))
+    if not chain.ok:
+        console.print("[bold red]the release's audit chain is broken:[/bold red] " + "; ".join(chain.problems))
+    if rel.message:
+        console.print(Text(rel.message + "\n", style="dim"))
 
 
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
@@ -314,6 +375,10 @@ def _command(action: str, target: str, wait: float, environment: Optional[str] =
     store = _store()
     command = {"id": f"cmd-{uuid.uuid4().hex[:16]}", "action": action, **fields}
     rollout = store.rollout(target)
+    release = None if rollout else _release(store, target)
+    if release is not None:
+        _release_command(store, action, release, wait, environment, region, **fields)
+        return
     if rollout:
         command["rollout_id"] = rollout.id
         records = [store.service(rollout.service, rollout.region, rollout.environment) or {}]
@@ -368,6 +433,56 @@ def _command(action: str, target: str, wait: float, environment: Optional[str] =
               f"on pitstop-commands and will be handled when on_command runs. Check `pitstop history {target}`.", 2)
 
 
+def _release(store, target: str):
+    """The release `target` names, if it is a release id (SERVICE-DIGEST16) that exists."""
+    from pitstop.surfaces.releases import looks_like_release
+
+    return store.release(target) if looks_like_release(target) else None
+
+
+def _release_command(store, action: str, rel, wait: float, environment: Optional[str] = None,
+                     region: Optional[str] = None, reason: Optional[str] = None, to_environment: Optional[str] = None,
+                     full: bool = False, to_version: Optional[str] = None) -> None:
+    """A command to a release: through the API when configured, else a signed pitstop-commands message whose
+    decision the CLI reads back from the release's audit trail (its event id is the command id)."""
+    if full or to_version:
+        _fail(f"{rel.id} is a release: {'--full' if full else '--to'} is for a rollout or a service (a release "
+              f"moves a wave one step at a time, and rolls back to what each region served before); nothing sent")
+    command = {"id": f"cmd-{uuid.uuid4().hex[:16]}", "action": action, "release_id": rel.id,
+               "environment": environment, "region": region, "reason": reason, "to_environment": to_environment}
+    command = {k: v for k, v in command.items() if v is not None}
+    caller = _caller()
+    if caller.api:
+        body = {k: command[k] for k in ("environment", "region", "reason", "to_environment") if k in command}
+        _print_results(_api("POST", f"/api/v1/releases/{rel.id}:{action}", body))
+        return
+    _publish(caller, command)
+    console.print(f"sent {action} ({command['id']}) for release {rel.id}")
+    if wait <= 0:
+        return
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        refused = store.command(command["id"])
+        if refused and refused.get("outcome") == "refused":
+            _fail(f"refused ({refused.get('code')}): {refused.get('reason')}", 3)
+        event = next((e for e in store.release_events(rel.id) if e.id == command["id"]), None)
+        if event:
+            style = "yellow" if event.decision == "ignored" else "green"
+            console.print(f"[{style}]{rel.id}: {event.decision}[/{style}] (now {event.state_after}). "
+                          + "; ".join(event.reasons))
+            return
+        time.sleep(0.3)
+    _fail(f"no decision recorded within {wait:.0f}s for release {rel.id}; the command is queued on pitstop-commands "
+          f"and will be handled when on_command runs. Check `pitstop history {rel.id}`.", 2)
+
+
+def _print_results(reply: dict) -> None:
+    for result in reply["results"]:
+        style = "yellow" if result["decision"] == "ignored" else "green"
+        console.print(f"[{style}]{result.get('release_id') or result['rollout_id']}: {result['decision']}[/{style}] "
+                      f"(now {result['state']}) by {reply['actor']}. " + "; ".join(result["reasons"]))
+
+
 def _command_by_api(action: str, command: dict, rollouts: list[str], fields: dict) -> None:
     body = {k: v for k, v in fields.items() if v is not None}
     if action == "rollback" and fields.get("to_version"):
@@ -376,16 +491,16 @@ def _command_by_api(action: str, command: dict, rollouts: list[str], fields: dic
     else:
         replies = [_api("POST", f"/api/v1/rollouts/{rollout_id}:{action}", body) for rollout_id in rollouts]
     for reply in replies:
-        for result in reply["results"]:
-            style = "yellow" if result["decision"] == "ignored" else "green"
-            console.print(f"[{style}]{result['rollout_id']}: {result['decision']}[/{style}] (now {result['state']}) "
-                          f"by {reply['actor']}. " + "; ".join(result["reasons"]))
+        _print_results(reply)
 
 
-TARGET = typer.Argument(..., help="rollout id, or a service name for its rollout in progress (with --environment "
-                                   "and --region when it has several)")
-ENVIRONMENT = typer.Option(None, "--environment", "-e", help="with a service name: the environment of the rollout")
-REGION = typer.Option(None, "--region", help="with a service name: the region of the rollout")
+TARGET = typer.Argument(..., help="rollout id, release id, or a service name for its rollout in progress (with "
+                                   "--environment and --region when it has several)")
+ENVIRONMENT = typer.Option(None, "--environment", "--env", "-e",
+                           help="with a service name: the environment of the rollout; with a release: the "
+                                "environment to act on (default: the one it is in or waits for)")
+REGION = typer.Option(None, "--region", help="with a service name: the region of the rollout (with a release: "
+                                             "recorded; the whole environment acts)")
 WAIT = typer.Option(30.0, help="seconds to wait for the decision (0: don't wait)")
 REASON = typer.Option(None, "--reason", "-m", help="recorded in the audit trail")
 
@@ -396,6 +511,32 @@ def promote(target: str = TARGET, environment: Optional[str] = ENVIRONMENT,
             reason: Optional[str] = REASON, wait: float = WAIT) -> None:
     """Go to the next step now (or to 100 % with --full)."""
     _command("promote", target, wait, environment, region, full=full, reason=reason)
+
+
+@app.command("promote-release")
+def promote_release(release: str = typer.Argument(..., help="release id (`pitstop status` lists them)"),
+                    to: str = typer.Option(..., "--to", help="the environment to send it on to"),
+                    reason: Optional[str] = REASON, wait: float = WAIT) -> None:
+    """Send a release on to another environment; its gates there still apply (promote_from, approval, freeze)."""
+    store = _store()
+    rel = _release(store, release)
+    if rel is None:
+        _fail(f"there is no release {release}; `pitstop status` lists releases")
+    _release_command(store, "promote", rel, wait, reason=reason, to_environment=to)
+
+
+@app.command()
+def unfreeze(release: str = typer.Argument(..., help="release id"),
+             environment: str = typer.Option(..., "--env", "--environment", "-e", help="the environment to let go "
+                                                                                       "ahead"),
+             reason: str = typer.Option(..., "--reason", "-m", help="why (recorded in the audit trail)"),
+             wait: float = WAIT) -> None:
+    """Let a release go ahead in one environment inside a freeze window (admin; audited with your reason)."""
+    store = _store()
+    rel = _release(store, release)
+    if rel is None:
+        _fail(f"there is no release {release}; `pitstop status` lists releases")
+    _release_command(store, "unfreeze", rel, wait, environment, reason=reason)
 
 
 def _simple(action: str, doc: str) -> None:
@@ -410,7 +551,7 @@ def _simple(action: str, doc: str) -> None:
 for _action, _doc in (("pause", "Hold at the current step (rolls back if left paused past the spec's max_hold)."),
                       ("resume", "Continue a paused rollout."),
                       ("abort", "Roll back now: all traffic to the stable revision."),
-                      ("approve", "Let a rollout waiting at an approval gate continue.")):
+                      ("approve", "Let a rollout (or a release) waiting at an approval gate continue.")):
     _simple(_action, _doc)
 
 

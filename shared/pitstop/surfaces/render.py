@@ -1,5 +1,6 @@
-"""How rollouts and their audit trail look in a terminal (rich). The JSON rows and plain labels live in
-rows.py (no rich: the `api` function ships it); they are imported here so every caller keeps finding them."""
+"""How rollouts, releases and their audit trails look in a terminal (rich). The JSON rows and plain labels live
+in rows.py and releases.py (no rich: the `api` function ships them); rows.py's are imported here so every caller
+keeps finding them."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from rich.table import Table
 from rich.text import Text
 
 from pitstop.core.models import AuditEvent, Rollout, Verdict
+from pitstop.core.release import Release
 from pitstop.surfaces.rows import event_row, rollout_row, split_label, step_label  # noqa: F401 (re-exported)
 
 STATE_STYLE = {
     "succeeded": "green", "rolled_back": "yellow", "rolling_back": "yellow", "failed": "bold red",
     "paused": "magenta", "awaiting_approval": "magenta", "superseded": "dim",
+    "cancelled": "dim", "planned": "dim", "pending": "dim", "soaking": "magenta", "waiting": "magenta",
 }
 
 
@@ -27,6 +30,46 @@ def rollouts_table(rollouts: list[Rollout], title: str = "Rollouts") -> Table:
         split = split_label(r) + ("" if r.applied else " (applying)")
         table.add_row(r.id, r.service, r.region, r.version, Text(r.state, style=STATE_STYLE.get(r.state, "cyan")),
                       step_label(r), split, _ago(r.updated_at))
+    return table
+
+
+def releases_table(releases: list[Release], title: str = "Releases") -> Table:
+    """One row per release: its route with each environment's state, the current environment's regions, and
+    what it waits for."""
+    from pitstop.surfaces.releases import region_labels
+
+    table = Table(title=title, title_justify="left", expand=False)
+    for col in ("release", "version", "route", "regions", "waiting for", "updated"):
+        table.add_column(col)
+    for rel in releases:
+        version = Text(rel.version)
+        if rel.hotfix:
+            version.append(" hotfix", style="bold magenta")
+        route = Text()
+        for i, env in enumerate(e for e in rel.route if e in rel.stages):
+            state = rel.stages[env].state
+            route.append(" → " if i else "")
+            route.append(f"{env} ")
+            route.append(state, style=STATE_STYLE.get(state, "cyan"))
+        stage = rel.stage
+        regions = "\n".join(region_labels(stage)) if stage else ""
+        waiting = stage.waiting_for if stage and rel.state in ("running", "waiting") else None
+        table.add_row(rel.id, version, route, regions, waiting or "-", _ago(rel.updated_at))
+    return table
+
+
+def timeline_table(rows: list[dict[str, Any]], title: str = "Release timeline") -> Table:
+    """A release's whole story (`releases.timeline` rows): where each decision happened, who, what, why."""
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for col in ("at (UTC)", "where", "actor", "decision", "state", "why"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        before, after = row.get("state_before"), row["state_after"]
+        state = after if before == after else f"{before or '-'} → {after}"
+        where = Text(row["where"], style="bold" if row["where"] == "release" else "")
+        at = datetime.fromisoformat(row["at"].replace("Z", "+00:00"))
+        table.add_row(f"{at:%Y-%m-%d %H:%M:%S}", where, row["actor"], row["decision"], state,
+                      "; ".join(row["reasons"]))
     return table
 
 
