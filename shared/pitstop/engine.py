@@ -669,7 +669,8 @@ class Engine:
         self.store.record_command(command.id, {
             "action": command.action, "actor": actor, "verified": verified, "service": command.service,
             "environment": command.environment, "region": command.region,
-            "rollout_id": rollout_id or command.rollout_id, "outcome": "refused", "code": refusal.code,
+            "rollout_id": rollout_id or command.rollout_id, "release_id": command.release_id,
+            "outcome": "refused", "code": refusal.code,
             "reason": refusal.reason, "permission": refusal.permission, "candidates": list(refusal.candidates),
             "at": self.clock()})
         return refusal

@@ -203,3 +203,28 @@ def test_an_approver_cannot_approve_what_they_started_with_four_eyes(stack, stor
     refused = wait_for("refusal", lambda: store.command(f"command-{command_id}"))
     assert refused["outcome"] == "refused" and refused["code"] == "insufficient_permissions"
     assert "rollout:approve" in refused["reason"]
+
+
+def test_a_freeze_holds_a_release_until_an_admin_lifts_it(stack, store):
+    frozen = ("service: cart\nenvironments:\n  staging:\n    project: pitstop-staging\n    regions: [us-central1]\n"
+              "    on: {branch: main}\n    strategy: {canary: {steps: [{weight: 50, pause: 1s}]}}\n"
+              "freeze: [{cron: '* * * * *', duration: 1h, tz: Europe/Berlin}]\n")  # always inside a window
+    store.put_pipeline(load_pipeline(frozen), "test", datetime.now(timezone.utc))
+    ship(stack.state_dir, stack.project, "cart", "v1", branch="main")
+    from pitstop.local.build import build_image
+
+    rid = release_id("cart", build_image(stack.state_dir, stack.project, "cart", "v1")[1])
+    rel = wait_for("the release waits", lambda: (x := store.release(rid)) and x.stage.waiting_for and x)
+    assert rel.state == "waiting" and "freeze window" in rel.stage.waiting_for
+    assert rel.stage.regions == {} and rel.due_at is not None  # nothing deployed; a tick looks again
+    time.sleep(1.5)  # ticks come and go: still frozen
+    assert store.release(rid).stage.state == "planned"
+    refused = stack.command({"action": "unfreeze", "release_id": rid, "environment": "staging",
+                             "reason": "hotfix for the outage"}, email=APPROVER)  # not an admin
+    assert wait_for("refusal", lambda: store.command(f"command-{refused}"))["code"] == "insufficient_permissions"
+    stack.command({"action": "unfreeze", "release_id": rid, "environment": "staging",
+                   "reason": "payment outage, approved by the CTO"})  # alice, the stack's admin
+    rel = wait_for("released after the override", lambda: (x := store.release(rid)).state == "succeeded" and x)
+    assert rel.stages["staging"].unfrozen_by == "alice@example.com"
+    reasons = [line for e in store.release_events(rid) for line in e.reasons]
+    assert any("lifted the freeze" in line and "payment outage" in line for line in reasons), reasons

@@ -484,7 +484,8 @@ def _stage_step(p: _Plan, name: str) -> str | None:
         wave = stage.waves[0]
         p.stage(name, state="running", wave=0, step=-1, waiting_for=None, hold_until=None, frozen_until=None,
                 not_before=None, entered_at=now, regions={x: RegionProgress() for w in stage.waves for x in w})
-        p.set(state="running")
+        p.set(state="running", message=f"Release of {r.version} entering {name}: wave 1 of {len(stage.waves)} "
+                                       f"({', '.join(wave)}) deploys at 0 %.")
         p.why("stage_entered", environment=name, regions=", ".join(x for w in stage.waves for x in w),
               waves=len(stage.waves))
         p.why("wave_started", environment=name, wave=1, waves=len(stage.waves), regions=", ".join(wave))
@@ -511,11 +512,14 @@ def _wave(p: _Plan, name: str) -> str | None:
                 return "frozen" if p.changes else None
             nxt = stage.waves[stage.wave + 1]
             p.stage(name, wave=stage.wave + 1, step=-1, waiting_for=None, frozen_until=None)
+            p.set(message=f"Release of {r.version} in {name}: wave {stage.wave + 2} of {len(stage.waves)} "
+                          f"({', '.join(nxt)}) deploys at 0 %.")
             p.why("wave_started", environment=name, wave=stage.wave + 2, waves=len(stage.waves),
                   regions=", ".join(nxt))
             p.effects.append(StartRegions(environment=name, regions=nxt))
             return "wave_started"
         p.stage(name, state="succeeded", finished_at=now, waiting_for=None)
+        p.set(message=f"Release of {r.version} succeeded in {name}.")
         p.why("stage_succeeded", environment=name, regions=", ".join(stage.regions),
               spread=_worst_spread(stage))
         _schedule_soaks(p, name)
@@ -550,7 +554,8 @@ def _wave(p: _Plan, name: str) -> str | None:
         return "frozen" if p.changes else None
     step = stage.step + 1
     p.stage(name, step=step, waiting_for=None, hold_until=None, frozen_until=None)
-    p.set(state="running")
+    p.set(state="running", message=f"Release of {r.version} in {name}: wave {stage.wave + 1} of {len(stage.waves)} "
+                                   f"({', '.join(regions)}) at {_step_name(stage, step)}.")
     p.why("wave_step", environment=name, wave=stage.wave + 1, step=_step_name(stage, step),
           regions=", ".join(regions))
     p.effects.append(ProceedWave(environment=name, rollouts=stage.rollouts(regions), step=step, forced_by=forced))
@@ -622,7 +627,8 @@ def _frozen(p: _Plan, name: str, what: str) -> bool:
     if stage.frozen_until != end:
         p.stage(name, frozen_until=end.astimezone(now.tzinfo),
                 waiting_for=f"freeze window until {end:%Y-%m-%d %H:%M} {freeze.tz}")
-        p.set(state="waiting")
+        p.set(state="waiting", message=f"Release of {r.version}: {what} in {name} waits for the end of a freeze "
+                                       f"window ({end:%Y-%m-%d %H:%M} {freeze.tz}).")
         p.why("frozen", environment=name, what=what, cron=freeze.cron, tz=freeze.tz,
               start=start.astimezone(now.tzinfo), end=end.astimezone(now.tzinfo))
     return True
@@ -662,7 +668,7 @@ def _wait(p: _Plan, name: str, state: str, what: str) -> str | None:
     if stage.state == state and stage.waiting_for == what:
         return None
     p.stage(name, state=state, waiting_for=what)
-    p.set(state="waiting")
+    p.set(state="waiting", message=f"Release of {p.r.version} waits to enter {name}: {what}.")
     p.why("release_waits", environment=name, what=what)
     return state
 

@@ -168,6 +168,13 @@ class Store:
         doc = pipeline.model_dump(mode="json", exclude_none=True, by_alias=True)
         doc.update(applied_at=now, applied_by=actor, match_keys=pipeline.match_keys())
         batch.set(self.db.collection("pipelines").document(pipeline.service), doc)
+        from google.cloud.firestore_v1 import FieldFilter
+
+        kept = {spec.key for spec in pipeline.specs()}
+        earlier = self.db.collection("specs").where(filter=FieldFilter("service", "==", pipeline.service))
+        for snap in earlier.stream():  # an environment the pipeline no longer has: its spec goes too
+            if snap.id not in kept and (snap.to_dict() or {}).get("pipeline"):
+                batch.delete(snap.reference)
         for spec in pipeline.specs():
             spec_doc = spec.model_dump(mode="json", exclude_none=True)
             spec_doc.update(applied_at=now, applied_by=actor, match_keys=match_keys(spec))

@@ -748,12 +748,24 @@ def _alive(pid: int) -> bool:
 
 
 @app.command()
-def demo(rps: float = typer.Option(50.0, help="steady load on the service, requests per second"),
-         health_lag: float = HEALTH_LAG) -> None:
-    """Run a real rollout on this machine: v1, then v2 promoted, then a bad v3 rolled back."""
-    from pitstop.local.demo import run_demo
+def demo(rps: Optional[float] = typer.Option(None, help="steady load, requests per second (default: 80 over the "
+                                                         "release's four places; 50 with --single)"),
+         health_lag: Optional[float] = typer.Option(None, "--health-lag", min=0.0, metavar="SECONDS",
+                                                    help="Monitoring's ingestion lag (default 1 s for the release, "
+                                                         "3 s with --single; GCP: up to 180 s)"),
+         single: bool = typer.Option(False, "--single", help="one service in one region: v1, v2 promoted through "
+                                                             "every canary step, v3 rolled back")) -> None:
+    """Run a real release on this machine: staging → three production regions in two waves, then a v3 that
+    fails in the second wave rolled back in every region."""
+    if single:
+        from pitstop.local.demo import run_demo
 
-    raise typer.Exit(run_demo(rps=rps, health_lag=health_lag, console=console))
+        raise typer.Exit(run_demo(rps=rps or 50.0, health_lag=3.0 if health_lag is None else health_lag,
+                                  console=console))
+    from pitstop.local.release_demo import run_release_demo
+
+    raise typer.Exit(run_release_demo(rps=rps or 80.0, console=console,
+                                      health_lag=1.0 if health_lag is None else health_lag))
 
 
 @app.command()
