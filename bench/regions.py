@@ -1,6 +1,6 @@
 """Multi-region consistency on the local stack: a 3-region, 2-wave production release under load.
 
-    .venv/bin/python bench/regions.py [--runs 3] [--rps 80] [--lag 1] [--tick 0.5]
+    .venv/bin/python bench/regions.py [--runs 3] [--rps 80] [--lag 1.5] [--tick 0.5]
 
 Each run is `pitstop demo`'s scenario on a fresh stack (local/release_demo.py): v1 everywhere, v2 released
 staging → production (us-central1, then europe-west1 + asia-northeast1), v3 failing in wave 2. Figures:
@@ -34,7 +34,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rps", type=float, default=80.0)
-    parser.add_argument("--lag", type=float, default=1.0, help="local Monitoring's lag, seconds")
+    parser.add_argument("--lag", type=float, default=1.5, help="local Monitoring's lag, seconds (GCP's 180 s "
+                        "scaled like the 0.5 s tick to Cloud Scheduler's minute)")
     parser.add_argument("--tick", type=float, default=0.5, help="seconds between ticks")
     parser.add_argument("--verbose", action="store_true", help="print the releases' audit as they go")
     args = parser.parse_args()

@@ -20,7 +20,7 @@ def demo(emulators, tmp_path_factory):
     wipe_firestore(emulators.firestore.host, emulators.project)
     lines: list[str] = []
     with Stack(tmp_path_factory.mktemp("release-demo"), emulators=emulators, tick_interval=0.5,
-               health_lag=1.0) as stack:
+               health_lag=1.5) as stack:
         report = run_release_scenario(stack, rps=80, say=lines.append)
         yield stack, report
         print("\n".join(lines + summary_lines(report)))
@@ -50,6 +50,6 @@ def test_v3_failed_in_wave_two_and_wave_one_went_back_too(demo):
 def test_every_wave_two_step_was_measured_in_both_regions(demo):
     _, report = demo
     v2 = report.v2.stages["production"]
-    assert {(s.wave, s.step) for s in v2.spreads} == {(1, 0), (1, 1), (1, 2)}  # 20 %, 50 %, 100 %
+    assert {(s.wave, s.step) for s in v2.spreads} == {(1, 0), (1, 1)}  # 25 % and 100 %
     assert all(s.first != s.last for s in v2.spreads)
-    assert len(report.spreads_routed_ms) >= 3
+    assert len(report.spreads_routed_ms) >= 2

@@ -223,7 +223,7 @@ def summary_lines(report: ReleaseReport) -> list[str]:
     return lines
 
 
-def run_release_demo(rps: float = 80.0, console=None, health_lag: float = 1.0, tick: float = 0.5) -> int:
+def run_release_demo(rps: float = 80.0, console=None, health_lag: float = 1.5, tick: float = 0.5) -> int:
     """`pitstop demo`: the scenario on a fresh local stack; 0 if every outcome was right."""
     import shutil
     import tempfile

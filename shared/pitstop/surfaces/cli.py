@@ -751,7 +751,7 @@ def _alive(pid: int) -> bool:
 def demo(rps: Optional[float] = typer.Option(None, help="steady load, requests per second (default: 80 over the "
                                                          "release's four places; 50 with --single)"),
          health_lag: Optional[float] = typer.Option(None, "--health-lag", min=0.0, metavar="SECONDS",
-                                                    help="Monitoring's ingestion lag (default 1 s for the release, "
+                                                    help="Monitoring's ingestion lag (default 1.5 s for the release, "
                                                          "3 s with --single; GCP: up to 180 s)"),
          single: bool = typer.Option(False, "--single", help="one service in one region: v1, v2 promoted through "
                                                              "every canary step, v3 rolled back")) -> None:
@@ -765,7 +765,7 @@ def demo(rps: Optional[float] = typer.Option(None, help="steady load, requests p
     from pitstop.local.release_demo import run_release_demo
 
     raise typer.Exit(run_release_demo(rps=rps or 80.0, console=console,
-                                      health_lag=1.0 if health_lag is None else health_lag))
+                                      health_lag=1.5 if health_lag is None else health_lag))
 
 
 @app.command()
