@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 IGNORED_BUILD_STATES = {"STATUS_UNKNOWN", "PENDING", "QUEUED", "WORKING"}
 TICK_CONCURRENCY = 8  # due rollouts handled at once by one tick (each mostly waits on I/O)
+RELEASES_PER_TICK = 100  # due releases one tick looks at; the rest wait for the next (oldest due first)
 RECENTLY_FINISHED = (timedelta(seconds=120), timedelta(seconds=60))  # checked for drift once, about a minute after
 
 
@@ -422,26 +423,29 @@ class Engine:
                     + " ".join(audit.reasons), release_id=rel.id, service=rel.service, decision=audit.decision,
             input=audit.input, input_id=audit.id, actor=audit.actor, event_hash=event_hash)
         for effect in decision.effects:
-            if isinstance(effect, Notify):
-                log(effect.severity, effect.message, release_id=rel.id, service=rel.service)
-                self._publish_event({
-                    "release_id": rel.id, "service": rel.service, "environment": rel.current, "version": rel.version,
-                    "state": rel.state, "hotfix": rel.hotfix, "severity": effect.severity, "message": effect.message,
-                    "reason": effect.reason.code, "values": effect.reason.values, "at": self.clock().isoformat(),
-                }, release_id=rel.id, severity=effect.severity)
-            elif isinstance(effect, releases.StartRegions):
-                self._fan_out(effect.regions, lambda region: self._start_region(rel, effect.environment, region))
-            elif isinstance(effect, releases.ProceedWave):
-                stage = rel.stages[effect.environment]
-                proceed = Proceed(id=f"proceed-w{stage.wave}-s{effect.step}", step=effect.step,
-                                  actor=f"release {rel.id}", forced_by=effect.forced_by)
-                self._fan_out(list(effect.rollouts.values()), lambda rid: self.handle(rid, proceed))
-            elif isinstance(effect, releases.RevertRegions):
-                self._fan_out(list(effect.rollouts.values()), lambda rid: self._revert_region(rel, rid, effect.why))
-            elif isinstance(effect, releases.ForwardCommand):
-                self._fan_out(list(effect.rollouts.values()), lambda rid: self.handle(rid, Command(
-                    id=f"{audit.id}-{effect.action}"[:500], action=effect.action, rollout_id=rid,
-                    actor=audit.actor)))
+            self._carry_out(rel, effect, audit.id, audit.actor)
+
+    def _carry_out(self, rel: releases.Release, effect: Any, input_id: str, actor: str) -> None:
+        """One effect of a release decision; each is idempotent, so a tick may send it again (`releases.owed`)."""
+        if isinstance(effect, Notify):
+            log(effect.severity, effect.message, release_id=rel.id, service=rel.service)
+            self._publish_event({
+                "release_id": rel.id, "service": rel.service, "environment": rel.current, "version": rel.version,
+                "state": rel.state, "hotfix": rel.hotfix, "severity": effect.severity, "message": effect.message,
+                "reason": effect.reason.code, "values": effect.reason.values, "at": self.clock().isoformat(),
+            }, release_id=rel.id, severity=effect.severity)
+        elif isinstance(effect, releases.StartRegions):
+            self._fan_out(effect.regions, lambda region: self._start_region(rel, effect.environment, region))
+        elif isinstance(effect, releases.ProceedWave):
+            stage = rel.stages[effect.environment]
+            proceed = Proceed(id=f"proceed-w{stage.wave}-s{effect.step}", step=effect.step,
+                              actor=f"release {rel.id}", forced_by=effect.forced_by)
+            self._fan_out(list(effect.rollouts.values()), lambda rid: self.handle(rid, proceed))
+        elif isinstance(effect, releases.RevertRegions):
+            self._fan_out(list(effect.rollouts.values()), lambda rid: self._revert_region(rel, rid, effect.why))
+        elif isinstance(effect, releases.ForwardCommand):
+            self._fan_out(list(effect.rollouts.values()), lambda rid: self.handle(rid, Command(
+                id=f"{input_id}-{effect.action}"[:500], action=effect.action, rollout_id=rid, actor=actor)))
 
     def _fan_out(self, items: list[Any], work: Callable[[Any], Any]) -> None:
         """A wave's Cloud Run updates go out together, one thread per region."""
@@ -481,6 +485,12 @@ class Engine:
         if not r.stable_revision:
             log("WARNING", f"release {rel.id}: {r.region} had no earlier revision to go back to", **rollout_fields(r))
             return
+        record = self.store.service(r.service, r.region, r.environment) or {}
+        if record.get("last_rollout") != r.id or record.get("active_rollout") not in (None, r.id):
+            # A newer rollout (another release, a rollback) owns the region now: this release's revert would undo it.
+            owner = record.get("active_rollout") or record.get("last_rollout")
+            log("NOTICE", f"release {rel.id}: {r.region} is left as it is: {owner} owns it now", **rollout_fields(r))
+            return
         revert_id = rollout_key(r.service, r.environment, r.region, f"revert{rel.id[-12:]}")
         prior = self.store.find_version(r.service, r.region, r.environment, r.stable_version or "")
         now = self.clock()
@@ -500,17 +510,29 @@ class Engine:
         self._act_started(self.store.start(revert_id, r.service, r.region, r.environment, begin))
 
     def _sync_releases(self, now: datetime) -> None:
-        """Releases due: a soak, approval or freeze ending, or a wave whose reports may have been lost."""
-        for rel in self.store.due_releases(now):
-            try:
-                stage = rel.stage
-                if stage is not None and stage.state == "running":
-                    ids = [g.rollout_id for g in stage.regions.values() if g.rollout_id]
-                    for r in self.store.rollouts(ids):
-                        self._report(r, f"sync-{int(r.updated_at.timestamp() * 1000)}")
-                self.release_input(rel.id, Tick(id=f"tick-{int(now.timestamp())}"))
-            except Exception as err:
-                log("ERROR", f"tick could not handle release {rel.id}: {err!r}", release_id=rel.id)
+        """Releases due: a soak, approval or freeze ending, or a wave in flight looked at again (RESYNC)."""
+        due = self.store.due_releases(now, limit=RELEASES_PER_TICK)
+        with ThreadPoolExecutor(TICK_CONCURRENCY) as pool:
+            list(pool.map(lambda rel: self._sync_release(rel, now), due))
+
+    def _sync_release(self, rel: releases.Release, now: datetime) -> None:
+        """Hear every region again (a report may have been lost), resend what the release still owes its regions
+        (a function may have died between the release's write and its effects), then let time pass."""
+        try:
+            stage = rel.stage
+            if stage is not None:
+                ids = [g.rollout_id for g in stage.regions.values() if g.rollout_id]
+                for r in self.store.rollouts(ids):
+                    self._report(r, f"sync-{int(r.updated_at.timestamp() * 1000)}")
+                rel = self.store.release(rel.id) or rel
+            for effect in releases.owed(rel):
+                log("NOTICE", f"release {rel.id}: resending {effect.kind} for {effect.environment}", release_id=rel.id)
+                self._carry_out(rel, effect, f"sync-{int(now.timestamp())}", "scheduler")
+            outcome = self.release_input(rel.id, Tick(id=f"tick-{int(now.timestamp() * 1000)}"))
+            if not outcome.stored:
+                self.store.synced_release(rel.id, now)  # nothing changed: not due again before RESYNC
+        except Exception as err:  # one stuck release must not stop the others; the next tick retries it
+            log("ERROR", f"tick could not handle release {rel.id}: {err!r}", release_id=rel.id)
 
     def _release_command(self, command: Command, sender: Identity) -> Reply:
         rel = self.store.release(command.release_id)
@@ -525,7 +547,10 @@ class Engine:
         denial = self.authorize(sender.email, access.PERMISSION_OF_ACTION[action], rel.service, environment,
                                 sender.hosted_domain)
         if denial is None and command.action == "approve":
-            denial = access.four_eyes(sender.email, rel.started_by, self.store.spec(rel.service, environment))
+            spec = self.store.spec(rel.service, environment)
+            stage = rel.stages.get(environment)
+            for starter in dict.fromkeys([rel.started_by, stage.sent_by if stage else None]):
+                denial = denial or access.four_eyes(sender.email, starter, spec)
         if denial is not None:
             return self._denied(command, denial)
         if command.to_environment:

@@ -51,6 +51,8 @@ class World:
         self.moves: list[tuple[datetime, str, str, int]] = []  # (when, env, region, new revision's percent)
         self.audit: list = []
         self.seq = 0
+        self.lossy = False
+        self.lost: list = []
         for env, e in self.pipeline.environments.items():  # v1 already serves everywhere
             for region in e.regions:
                 self.stable[(env, region)] = (f"web-v1-{env[:4]}", "v1")
@@ -112,7 +114,19 @@ class World:
             self.audit.append(decision.audit)
         self.release = decision.release
         for effect in decision.effects:
+            if self.lossy:  # the function died after the release's write, before its effects
+                self.lost.append(effect)
+                continue
             self._effect(effect)
+
+    def resend_owed(self) -> list:
+        """What a tick does after a loss: resend what the release still owes its regions."""
+        from pitstop.core.release import owed
+
+        effects = owed(self.release)
+        for effect in effects:
+            self._effect(effect)
+        return effects
 
     def _spec(self, env: str) -> RolloutSpec:
         stage = self.release.stages[env]

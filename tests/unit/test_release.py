@@ -191,10 +191,67 @@ def test_abort_of_a_release_rolls_back_its_environment():
     assert w.serving("staging", "us-central1") == "web-v1-stag"
 
 
+def test_effects_lost_after_the_release_write_are_resent_by_a_tick():
+    w = World()
+    _through_staging(w)
+    w.build("v2", tag="v2.0.0", branch=None)
+    w.lossy = True
+    w.command("approve", environment="production", actor="boss@example.com")  # decided; StartRegions lost
+    w.lossy = False
+    assert w.release.stages["production"].state == "running" and not any(k[0] == "production" for k in w.rollouts)
+    resent = w.resend_owed()
+    assert [e.kind for e in resent] == ["start_regions"] and ("production", "us-central1") in w.rollouts
+    assert w.resend_owed() == []  # nothing owed any more
+    w.wait(40)
+    w.lossy = True  # a wave step decided, its Proceed lost: the region sits at its step
+    w.wait(40)
+    w.lossy = False
+    stage = w.release.stages["production"]
+    assert any(e.kind == "proceed_wave" for e in w.lost)
+    assert stage.regions["us-central1"].cleared < stage.step  # the region never heard of it
+    assert [e.kind for e in w.resend_owed()] == ["proceed_wave"]
+    assert w.rollouts[("production", "us-central1")].cleared_step == stage.step
+    w.wait(400)
+    assert w.release.state == "succeeded", w.release.message
+
+
+def test_a_region_taken_over_by_a_newer_release_stops_this_one():
+    w = World()
+    w.build("v2", branch="main")
+    w.wait(20)
+    first = w.release
+    key = ("staging", "us-central1")
+    from pitstop.core.models import Superseded
+    w._rollout(key, Superseded(id="sup", by_rollout="web-staging-us-central1-v3", by_version="v3"))
+    assert w.release.id == first.id and w.release.state == "superseded"
+    assert w.release.stages["staging"].state == "superseded" and "superseded" in w.release.stages["staging"].reason
+
+
+def test_a_cancelled_environment_opens_again_on_a_new_tag():
+    w = World()
+    _through_staging(w)
+    w.build("v2", tag="v2.0.0", branch=None)
+    w.now += timedelta(days=2)
+    w.wait(10)
+    assert w.release.state == "cancelled"
+    w.build("v2", tag="v2.0.1", branch=None)  # the same digest tagged again
+    assert w.release.stages["production"].state == "awaiting_approval" and w.release.state == "waiting"
+
+
+def test_an_operator_cannot_hurry_a_wave_into_a_freeze():
+    friday = datetime(2026, 11, 27, 14, 59, 30, tzinfo=timezone.utc)
+    w = World(now=friday)
+    w.build("v2", branch="main")
+    w.now = datetime(2026, 11, 27, 15, 0, 5, tzinfo=timezone.utc)  # inside the window now
+    w.command("promote", environment="staging")
+    assert w.percent("staging", "us-central1") == 50  # held at its step
+    assert w.release.stages["staging"].waiting_for.startswith("freeze")
+
+
 # ---------------------------------------------------------------- properties
 
 ACTIONS = st.lists(st.tuples(st.sampled_from(["wait", "fail", "quiet", "approve", "pause", "resume", "promote",
-                                              "abort", "tag"]),
+                                              "abort", "tag", "lose"]),
                              st.sampled_from(PROD + ["us-central1"]), st.integers(10, 120)),
                    min_size=1, max_size=30)
 
@@ -211,6 +268,11 @@ def test_release_invariants_under_any_inputs(actions, friday):
             w.wait(seconds)
         elif action == "quiet":
             w.wait(seconds, healthy=False)
+        elif action == "lose":  # effects lost after the release's writes, then a tick resends what is owed
+            w.lossy = True
+            w.wait(seconds)
+            w.lossy = False
+            w.resend_owed()
         elif action == "fail":
             live = [k for k, r in w.rollouts.items() if r.state in ("progressing", "baking") and k[1] == region]
             for key in live:

@@ -105,7 +105,7 @@ TRANSITIONS: dict[str, dict[str, set[str]]] = {
         "tick": {"paused", "rolling_back"},
         "applied": {"paused"}, "observed": {"paused"},
         "apply_failed": {"paused", "rolling_back"},
-        "proceed": {"paused"},  # cleared while paused: it moves on once resumed
+        "proceed": {"paused", "progressing", "switching"},  # cleared while paused: moves on once resumed (or forced)
         **_LIVE,
     },
     "awaiting_approval": {  # healthy, held for `pitstop approve` until `max_hold`
@@ -572,6 +572,8 @@ def _command(p: _Plan, c: Command) -> Decision:
         return p.ignore("promote_refused", state=r.state)
     if r.state == "awaiting_approval":
         return p.ignore("promote_at_gate")
+    if c.full and r.cleared_step is not None:  # its wave moves together: promote the release instead
+        return p.ignore("promote_full_in_release", release=r.release_id)
     gate = _gate_ahead(r)
     if c.full and gate:  # an operator may hurry a rollout, not take an approver's decision
         return p.ignore("promote_past_gate", gate=gate)
@@ -750,6 +752,11 @@ def _proceed(p: _Plan, inp: Proceed) -> Decision:
     if inp.step <= r.cleared_step:
         return p.ignore("already_cleared", step=inp.step + 1)
     p.set(cleared_step=inp.step)
+    if r.state == "paused" and inp.forced_by and r.paused_from in ("progressing", "verifying") and r.applied:
+        # Paused for want of its own data, while its wave's pooled traffic (or a person) moves the wave on.
+        _release(p)
+        p.why("resumed_by_wave", actor=inp.forced_by)
+        r = p.r
     moving = r.applied and r.state in ("deploying", "progressing", "verifying") and (r.wave_hold or inp.forced_by)
     position = -1 if r.state == "deploying" else (0 if r.state == "verifying" else r.step)
     if not moving or inp.step != position + 1:

@@ -56,6 +56,7 @@ class RegionProgress(Model):
     position: int = -1  # the step it serves (-1: not yet; last_step: all traffic decided for the new revision)
     percent: int = 0  # the new revision's share of its traffic
     holding: bool = False  # its step is done; it waits for its wave
+    cleared: int = -1  # the step its release cleared it for (the rollout's own record)
     due: bool = False  # its step's deadline passed without enough evidence
     served_at: datetime | None = None  # when its traffic for `position` became real
     requests: int = 0  # its latest verdict in this step
@@ -75,7 +76,7 @@ class Spread(Model):
 
 
 StageState = Literal["planned", "soaking", "awaiting_approval", "running", "succeeded", "rolled_back", "failed",
-                     "cancelled"]
+                     "cancelled", "superseded"]
 
 
 class Stage(Model):
@@ -101,7 +102,9 @@ class Stage(Model):
     frozen_until: datetime | None = None
     unfrozen_by: str | None = None
     approved_by: str | None = None
+    sent_by: str | None = None  # the verified person who sent the release here (four eyes: not its approver)
     approved_steps: list[int] = Field(default_factory=list)
+    cleared_by: str | None = None  # who forced the current step, if it was forced (the pooled rule, a person)
     spreads: list[Spread] = Field(default_factory=list)
     entered_at: datetime | None = None
     finished_at: datetime | None = None
@@ -119,8 +122,8 @@ class Stage(Model):
         return {r: self.regions[r].rollout_id for r in regions if r in self.regions and self.regions[r].rollout_id}
 
 
-ReleaseState = Literal["running", "waiting", "succeeded", "rolled_back", "failed", "cancelled"]
-RELEASE_DONE = frozenset({"succeeded", "rolled_back", "failed", "cancelled"})
+ReleaseState = Literal["running", "waiting", "succeeded", "rolled_back", "failed", "cancelled", "superseded"]
+RELEASE_DONE = frozenset({"succeeded", "rolled_back", "failed", "cancelled", "superseded"})
 
 
 class Release(Model):
@@ -145,17 +148,23 @@ class Release(Model):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None = None
+    synced_at: datetime | None = None  # the last tick that checked its regions (engine._sync_releases)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def due_at(self) -> datetime | None:
-        """When a tick must look at it: a soak, approval or freeze ending, or a resync of a running wave."""
+        """When a tick must look at it: a soak, approval or freeze ending, or a resync of a wave in flight (or of
+        one rolling back) in case a region's report or one of the release's own effects was lost."""
         stage = self.stages.get(self.current) if self.current else None
-        if self.state in RELEASE_DONE or stage is None:
+        if stage is None:
             return None
+        resync = max(self.updated_at, self.synced_at or self.updated_at) + timedelta(seconds=RESYNC)
+        if self.state in RELEASE_DONE:
+            live = any(g.state in LIVE_REGION for g in stage.regions.values())
+            return resync if live and stage.state in ("rolled_back", "superseded") else None
         times = [t for t in (stage.not_before, stage.hold_until, stage.frozen_until) if t]
         if stage.state == "running":
-            times.append(self.updated_at + timedelta(seconds=RESYNC))
+            times.append(resync)
         return min(times) if times else None
 
     @property
@@ -240,6 +249,7 @@ def progress_of(rollout: Any) -> RegionProgress:
     return RegionProgress(
         rollout_id=rollout.id, state=rollout.state, position=rollout.position, percent=percent,
         holding=rollout.wave_hold, due=rollout.step_due, served_at=rollout.step_started_at,
+        cleared=rollout.cleared_step if rollout.cleared_step is not None else -1,
         requests=verdict.request_count if verdict else 0,
         errors=round((rate or 0) * verdict.request_count) if verdict else 0,
         message=rollout.message if rollout.state in FAILED_REGION else "", at=rollout.updated_at,
@@ -279,9 +289,10 @@ def stage_of(pipeline: Pipeline, environment: str, path: str | None, max_hold: i
                  promote_from=None if path else env.promote_from, gates=gates)
 
 
-def _stages(pipeline: Pipeline, route: list[str], path: str | None, max_hold: int) -> dict[str, Stage]:
+def _stages(pipeline: Pipeline, route: list[str], path: str | None, max_hold: int,
+            sent_by: str | None = None) -> dict[str, Stage]:
     """The route's stages, and those that follow one of them by themselves after a soak (not routed yet)."""
-    stages = {e: stage_of(pipeline, e, path, max_hold) for e in route}
+    stages = {e: stage_of(pipeline, e, path, max_hold).model_copy(update={"sent_by": sent_by}) for e in route}
     names = list(route)
     for name in names:
         for other, env in pipeline.environments.items():
@@ -301,8 +312,8 @@ def begin(pipeline: Pipeline, rid: str, artifact: Any, environment: str, path: s
         id=rid, service=pipeline.service, digest=artifact.digest, image=artifact.image_by_digest,
         version=artifact.version, build_id=artifact.build_id, commit=artifact.commit, branch=artifact.branch,
         tag=artifact.tag, path=path, hotfix=path is not None, started_by=started_by, route=route,
-        stages=_stages(pipeline, route, path, max_hold), freeze=pipeline.freeze, current=route[0],
-        created_at=now, updated_at=now,
+        stages=_stages(pipeline, route, path, max_hold, sent_by=started_by or (actor if "@" in actor else None)),
+        freeze=pipeline.freeze, current=route[0], created_at=now, updated_at=now,
     )
     p = _Plan(release, Enter(id=input_id, environment=environment, actor=actor, why=why), now, actor)
     p.why("release_started", version=artifact.version, digest=artifact.digest[:19], route=" → ".join(route),
@@ -314,12 +325,21 @@ def extend(pipeline: Pipeline, release: Release, environment: str, path: str | N
            now: datetime, input_id: str, max_hold: int = 86400) -> ReleaseDecision:
     """An existing release (the same digest) is sent on to another environment."""
     p = _Plan(release, Enter(id=input_id, environment=environment, actor=actor, why=why), now, actor)
+    person = actor if "@" in actor else None
+    if environment in release.route and release.stages[environment].state == "cancelled":
+        # Nobody approved it in time (or someone cancelled it): a new tag or promote-release opens it again.
+        fresh = stage_of(pipeline, environment, path, max_hold).model_copy(update={"sent_by": person})
+        p.set(stages={**release.stages, environment: fresh})
+        p.set(state="running", finished_at=None)
+        p.why("release_reopened", environment=environment, why=why)
+        return _progress(p, "extended", keep=True)
     if environment in release.route:
         stage = release.stages[environment]
         return p.ignore("release_already_routed", environment=environment, state=stage.state)
     added = [e for e in route_to(pipeline, environment, path) if e not in release.route]
     stages = dict(release.stages)
     stages.update({e: stage_of(pipeline, e, path, max_hold) for e in added if e not in stages or path})
+    stages[environment] = stages[environment].model_copy(update={"sent_by": person})
     p.set(route=release.route + added, stages=stages)
     if release.state in RELEASE_DONE and release.state != "succeeded":
         return p.ignore("release_finished", state=release.state)
@@ -329,6 +349,31 @@ def extend(pipeline: Pipeline, release: Release, environment: str, path: str | N
         p.set(state="running", finished_at=None)
     p.why("release_extended", environment=environment, route=" → ".join(added), why=why)
     return _progress(p, "extended", keep=True)
+
+
+def owed(release: Release) -> list[ReleaseEffect]:
+    """What the release decided and its regions do not show yet: the effects a lost delivery (a function that
+    died after the release's write, before its effects) would leave undone. Each is idempotent: a tick resends
+    them (`Engine._sync_releases`)."""
+    stage = release.stage
+    if stage is None:
+        return []
+    if stage.state in ("rolled_back", "superseded"):
+        live = {x: g.rollout_id for x, g in stage.regions.items() if g.rollout_id and g.state in LIVE_REGION}
+        return [RevertRegions(environment=stage.environment, rollouts=live, why=stage.reason)] if live else []
+    if stage.state != "running" or release.state in RELEASE_DONE:
+        return []
+    wave = stage.wave_regions()
+    effects: list[ReleaseEffect] = []
+    missing = [x for x in wave if not (stage.regions.get(x) and stage.regions[x].rollout_id)]
+    if missing:
+        effects.append(StartRegions(environment=stage.environment, regions=missing))
+    behind = {x: g.rollout_id for x in wave if (g := stage.regions.get(x)) and g.rollout_id
+              and g.state in LIVE_REGION and g.cleared < stage.step}
+    if behind and stage.step >= 0:
+        effects.append(ProceedWave(environment=stage.environment, rollouts=behind, step=stage.step,
+                                   forced_by=stage.cleared_by))
+    return effects
 
 
 # ---------------------------------------------------------------- deciding
@@ -419,6 +464,13 @@ def _report(p: _Plan, rep: RegionReport) -> ReleaseDecision:
         return p.done("region_reverted")
     p.stage(rep.environment, regions={**stage.regions, rep.region: rep.progress})
     p.detail = {"region": rep.region, "region_state": rep.progress.state, "position": rep.progress.position}
+    if stage.state in ("rolled_back", "superseded") and rep.progress.state in LIVE_REGION and rep.progress.rollout_id \
+            and (known is None or known.rollout_id != rep.progress.rollout_id or known.state not in LIVE_REGION):
+        # It was still deploying (unknown to the release) when the stage was rolled back: it goes back too.
+        p.effects.append(RevertRegions(environment=rep.environment, rollouts={rep.region: rep.progress.rollout_id},
+                                       why=stage.reason or f"{rep.environment} was rolled back"))
+        p.why("region_late_revert", region=rep.region, environment=rep.environment)
+        return p.done("region_reverted")
     p.why("region_reports", region=rep.region, state=rep.progress.state, percent=rep.progress.percent,
           step=_step_name(stage, rep.progress.position))
     return _progress(p, "region_update")
@@ -502,6 +554,9 @@ def _wave(p: _Plan, name: str) -> str | None:
     failed = [x for x, g in stage.regions.items() if g.state in FAILED_REGION]
     if failed:
         return _revert(p, name, failed[0])
+    superseded = [x for x, g in stage.regions.items() if g.state == "superseded"]
+    if superseded:
+        return _superseded(p, name, superseded[0])
     regions = stage.wave_regions()
     progress = [stage.regions[x] for x in regions]
     _record_spread(p, name)
@@ -511,7 +566,7 @@ def _wave(p: _Plan, name: str) -> str | None:
             if _frozen(p, name, f"wave {stage.wave + 2}"):
                 return "frozen" if p.changes else None
             nxt = stage.waves[stage.wave + 1]
-            p.stage(name, wave=stage.wave + 1, step=-1, waiting_for=None, frozen_until=None)
+            p.stage(name, wave=stage.wave + 1, step=-1, waiting_for=None, frozen_until=None, approved_steps=[])
             p.set(message=f"Release of {r.version} in {name}: wave {stage.wave + 2} of {len(stage.waves)} "
                           f"({', '.join(nxt)}) deploys at 0 %.")
             p.why("wave_started", environment=name, wave=stage.wave + 2, waves=len(stage.waves),
@@ -553,7 +608,7 @@ def _wave(p: _Plan, name: str) -> str | None:
     if _frozen(p, name, _step_name(stage, stage.step + 1)):
         return "frozen" if p.changes else None
     step = stage.step + 1
-    p.stage(name, step=step, waiting_for=None, hold_until=None, frozen_until=None)
+    p.stage(name, step=step, waiting_for=None, hold_until=None, frozen_until=None, cleared_by=forced)
     p.set(state="running", message=f"Release of {r.version} in {name}: wave {stage.wave + 1} of {len(stage.waves)} "
                                    f"({', '.join(regions)}) at {_step_name(stage, step)}.")
     p.why("wave_step", environment=name, wave=stage.wave + 1, step=_step_name(stage, step),
@@ -606,6 +661,21 @@ def _revert(p: _Plan, name: str, region: str | None, why: str | None = None) -> 
     p.notify("ERROR", "note_release_rolled_back", service=r.service, version=r.version, environment=name, why=why,
              regions=", ".join(stage.regions))
     return "rolled_back"
+
+
+def _superseded(p: _Plan, name: str, region: str) -> str:
+    """A newer release (or a person's `rollback --to`) took over a region: this stage stops, and its regions still
+    rolling out go back to what they served (regions that finished stay: they are the newer owner's now)."""
+    r = p.r
+    stage = r.stages[name]
+    live = {x: g.rollout_id for x, g in stage.regions.items() if g.rollout_id and g.state in LIVE_REGION}
+    why = f"{region}'s rollout was superseded (a newer release or a rollback took over)"
+    p.stage(name, state="superseded", finished_at=p.now, waiting_for=None, hold_until=None, reason=why)
+    p.set(state="superseded", message=f"Release of {r.version} stopped in {name}: {why}.")
+    p.why("release_superseded", environment=name, why=why, regions=", ".join(live) or "none")
+    if live:
+        p.effects.append(RevertRegions(environment=name, rollouts=live, why=why))
+    return "superseded"
 
 
 def _frozen(p: _Plan, name: str, what: str) -> bool:
@@ -725,8 +795,10 @@ def _command(p: _Plan, c: Command) -> ReleaseDecision:
     regions = stage.wave_regions()
     if any(not stage.regions[x].rollout_id or stage.regions[x].position < stage.step for x in regions):
         return p.ignore("release_wave_not_there", environment=name, step=_step_name(stage, stage.step))
+    if _frozen(p, name, _step_name(stage, stage.step + 1)):  # an operator hurries a wave, never past a freeze
+        return p.done("frozen") if p.changes else p.ignore("release_frozen", environment=name)
     step = stage.step + 1
-    p.stage(name, step=step, waiting_for=None)
+    p.stage(name, step=step, waiting_for=None, cleared_by=c.actor)
     p.why("wave_promoted", actor=c.actor, environment=name, step=_step_name(stage, step))
     p.effects.append(ProceedWave(environment=name, rollouts=stage.rollouts(regions), step=step, forced_by=c.actor))
     return p.done("promoted")

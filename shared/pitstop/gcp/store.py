@@ -228,11 +228,26 @@ class Store:
         ref = self.db.collection("releases").document(release_id)
         return [AuditEvent.model_validate(s.to_dict()) for s in ref.collection("events").order_by("at").stream()]
 
-    def due_releases(self, now: datetime) -> list[Release]:
+    def due_releases(self, now: datetime, limit: int = 100) -> list[Release]:
         from google.cloud.firestore_v1 import FieldFilter
 
-        query = self.db.collection("releases").where(filter=FieldFilter("due_at", "<=", now))
-        return [_release(s.to_dict()) for s in query.stream()]
+        query = self.db.collection("releases").where(filter=FieldFilter("due_at", "<=", now)).order_by("due_at")
+        return [_release(s.to_dict()) for s in query.limit(limit).stream()]
+
+    def synced_release(self, release_id: str, now: datetime) -> None:
+        """A tick looked at a release and nothing changed: bookkeeping only (no audit event), so that it is due
+        again in RESYNC seconds, not on every tick."""
+        from google.api_core import exceptions
+
+        ref = self.db.collection("releases").document(release_id)
+        snap = ref.get()
+        if snap.exists:
+            due = _release(snap.to_dict()).model_copy(update={"synced_at": now}).due_at
+            try:
+                ref.update({"synced_at": now, "due_at": due},
+                           option=self.db.write_option(last_update_time=snap.update_time))
+            except exceptions.FailedPrecondition:
+                pass  # it changed meanwhile: that write set its due time
 
     def apply_release(self, release_id: str, input_id: str,
                       decide: Callable[[Release | None], ReleaseDecision | None]) -> Outcome:
