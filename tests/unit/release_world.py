@@ -11,8 +11,8 @@ from pitstop.core.models import (
 )
 from pitstop.core.pipeline import load_pipeline
 from pitstop.core.release import (
-    ForwardCommand, ProceedWave, RegionReport, Release, RevertRegions, StartRegions, begin, decide_release, extend,
-    progress_of, release_id,
+    CheckUpdate, ForwardCommand, ProceedWave, RegionReport, Release, RevertRegions, RunCheck, StartRegions, begin,
+    decide_release, extend, progress_of, release_id,
 )
 
 PIPELINE = """
@@ -53,6 +53,9 @@ class World:
         self.seq = 0
         self.lossy = False
         self.lost: list = []
+        # What each check's run reports, in turn, whenever the shell carries it a step ("running" keeps it going).
+        self.check_results: dict[str, list[str]] = {}
+        self.check_calls: list[str] = []
         for env, e in self.pipeline.environments.items():  # v1 already serves everywhere
             for region in e.regions:
                 self.stable[(env, region)] = (f"web-v1-{env[:4]}", "v1")
@@ -157,6 +160,16 @@ class World:
                 else:
                     self._rollout((env, region), Command(id=self._id("abort"), action="abort", actor="release",
                                                          rollout_id=r.id))
+        elif isinstance(effect, RunCheck):
+            name = effect.run.name
+            self.check_calls.append(effect.key)
+            plan = self.check_results.get(name) or ["passed"]
+            state = plan.pop(0) if len(plan) > 1 else plan[0]
+            update = CheckUpdate(id=self._id("check"), environment=env, key=effect.key, attempt=effect.run.attempt,
+                                 state=state, execution=f"exec-{effect.key}-{effect.run.attempt}",
+                                 reason=f"{name} {state} (test)", next_at=self.now + timedelta(seconds=10)
+                                 if state == "running" else None)
+            self._commit(decide_release(self.release, update, self.now))
         elif isinstance(effect, ForwardCommand):
             for region in effect.rollouts:
                 self._rollout((env, region), Command(id=self._id("fwd"), action=effect.action, actor="ops",

@@ -306,3 +306,101 @@ def _check(w: World) -> None:
         if frozen and percent > 0:
             earlier = [m[3] for m in w.moves if m[1:3] == (env, region) and m[0] < when]
             assert earlier and percent <= max(earlier), (when, env, region, percent)
+
+
+# ---------------------------------------------------------------- checks (issue #10)
+
+
+def _checked(staging_checks: str, production_checks: str = "") -> World:
+    from release_world import PIPELINE
+
+    text = PIPELINE.replace("    on: {branch: main}\n", "    on: {branch: main}\n" + staging_checks, 1)
+    text = text.replace("    approve: true\n", "    approve: true\n" + production_checks, 1)
+    return World(text)
+
+
+def test_a_failing_scan_refuses_the_release_before_anything_is_deployed():
+    w = _checked("    checks: {scan: {severity: HIGH}}\n")
+    w.check_results["scan"] = ["failed"]
+    w.build("v2", branch="main")
+    assert w.release.state == "failed" and w.release.stages["staging"].state == "failed"
+    assert "scan failed" in w.release.stages["staging"].reason and not w.rollouts
+
+
+def test_an_informing_scan_records_and_goes_on():
+    w = _checked("    checks: {scan: {on_fail: inform}}\n")
+    w.check_results["scan"] = ["failed"]
+    w.build("v2", branch="main")
+    w.wait(200)
+    assert w.release.state == "succeeded" and w.release.stages["staging"].checks["scan"].state == "failed"
+
+
+def test_a_migration_runs_once_before_any_traffic_and_a_failed_one_leaves_traffic_untouched():
+    w = _checked("    checks: {migrate: {args: [python, migrate.py], timeout: 5m}}\n")
+    w.check_results["migrate"] = ["running", "running", "passed"]
+    w.build("v2", branch="main")
+    assert w.release.stages["staging"].state == "checking" and not w.rollouts  # nothing deployed while it runs
+    w.wait(30)
+    assert w.check_calls.count("migrate") >= 3 and w.release.stages["staging"].checks["migrate"].state == "passed"
+    assert w.rollouts  # deployed once the migration passed
+    w2 = _checked("    checks: {migrate: {args: [python, migrate.py]}}\n")
+    w2.check_results["migrate"] = ["failed"]
+    w2.build("v2", branch="main")
+    assert w2.release.state == "failed" and not w2.rollouts
+    assert "Traffic is untouched" in w2.release.message or "stopped before staging" in w2.release.message
+
+
+def test_a_job_that_never_finishes_times_out_at_its_deadline():
+    w = _checked("    checks: {migrate: {args: [python, migrate.py], timeout: 1m}}\n")
+    w.check_results["migrate"] = ["running"]
+    w.build("v2", branch="main")
+    w.wait(50)
+    assert w.release.state == "running"
+    w.wait(20)
+    run = w.release.stages["staging"].checks["migrate"]
+    assert run.state == "timed_out" and "did not finish within its 60s deadline" in run.reason
+    assert w.release.state == "failed" and not w.rollouts
+
+
+def test_a_failed_check_is_retried_with_backoff():
+    w = _checked("    checks: {migrate: {args: [python, migrate.py], retries: 2, backoff: 10s}}\n")
+    w.check_results["migrate"] = ["failed", "failed", "passed"]
+    w.build("v2", branch="main")
+    run = w.release.stages["staging"].checks["migrate"]
+    assert run.attempt == 2 and run.state == "running" and run.next_at == w.now + timedelta(seconds=10)
+    w.wait(60)
+    assert w.release.stages["staging"].checks["migrate"].attempt == 3
+    assert w.release.stages["staging"].checks["migrate"].state == "passed" and w.rollouts
+
+
+def test_a_failing_smoke_check_at_zero_percent_rolls_back_before_any_user_traffic():
+    w = _checked("    checks: {smoke: {path: /healthz, failure_threshold: 2}}\n")
+    w.check_results["smoke"] = ["failed"]
+    w.build("v2", branch="main")
+    assert w.release.state == "rolled_back"
+    assert [m[3] for m in w.moves if m[1] == "staging"] == [0, 0]  # deployed at 0 %, back: never served users
+
+
+def test_staging_e2e_informs_there_and_blocks_production():
+    w = _checked("    checks: {e2e: {args: [python, e2e.py]}}\n")
+    w.check_results["e2e"] = ["running", "failed"]
+    w.build("v2", branch="main")
+    w.wait(200)
+    assert w.release.state == "succeeded"  # staging is not blocked by its E2E
+    assert w.release.stages["staging"].checks["e2e"].state == "failed"
+    w.build("v2", tag="v2.0.0", branch=None)
+    prod = w.release.stages["production"]
+    assert prod.state == "failed" and "E2E in staging did not pass" in prod.reason
+    assert not any(k[0] == "production" for k in w.rollouts)
+
+
+def test_production_waits_for_the_staging_e2e_to_pass():
+    w = _checked("    checks: {e2e: {args: [python, e2e.py]}}\n")
+    w.check_results["e2e"] = ["running"]
+    w.build("v2", branch="main")
+    w.wait(200)
+    w.build("v2", tag="v2.0.0", branch=None)
+    assert w.release.stages["production"].waiting_for == "E2E in staging to pass"
+    w.check_results["e2e"] = ["passed"]
+    w.wait(20)
+    assert w.release.stages["production"].state == "awaiting_approval"

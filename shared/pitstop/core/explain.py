@@ -124,6 +124,13 @@ TEMPLATES.update({
     "release_superseded": "{environment} stops: {why}; regions still rolling out go back: {regions}",
     "release_frozen": "{environment} is inside a freeze window",
     "release_resync": "a tick resent what {environment} still owed: {what}",
+    "check_started": "{environment}: {check} starts (deadline {deadline})",
+    "check_execution": "{check}: job execution {execution} started",
+    "check_progress": "{check}: {what}",
+    "check_result": "{check} {state}: {why}",
+    "check_retry": "{check} runs again (attempt {attempt}) at {at}",
+    "check_stale": "an update of {check} attempt {attempt}, which is no longer running",
+    "release_check_failed": "{environment} stops before any traffic: {why}",
     "release_revert": "{environment} rolls back every region ({regions}): {why}; waves not started: {skipped}",
     "frozen": "{environment}: {what} waits: freeze window {cron} ({tz}) from {start} until {end}",
     "release_waits": "{environment} waits: {what}",
@@ -141,6 +148,10 @@ TEMPLATES.update({
     "release_nothing_live": "{environment} has no region in progress ({state})",
     "release_nothing_to_promote": "{environment} has no step left to promote ({state})",
     "release_wave_not_there": "the wave of {environment} has not reached {step} in every region yet",
+    "note_release_check_failed": "Release of {service} {version} stopped before {environment}: {why}. Traffic is "
+                                 "untouched.",
+    "note_check_failed": "Release of {service} {version} in {environment}: check {check} failed: {why}; "
+                         "{consequence}.",
     "note_release_succeeded": "Release of {service} {version}{hotfix} succeeded: {route}.",
     "note_release_gate": "Release of {service} {version} waits for an approver to start {environment} "
                          "(`pitstop approve {id} --env {environment}`) until {until}.",

@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, PlainSerializer, field_validator, model_validator
 
+from pitstop.core.checks import Checks
 from pitstop.core.models import Access, Duration, Health, Match, Model, RolloutSpec, SERVICE_NAME, Strategy
 
 ENVIRONMENT_NAME = r"^[a-z0-9][-a-z0-9]*$"
@@ -75,6 +76,7 @@ class Environment(Model):
     strategy: Strategy = Field(default_factory=lambda: Strategy.model_validate({"canary": {}}))
     health: Health = Field(default_factory=Health)
     access: Access = Field(default_factory=Access)
+    checks: Checks = Field(default_factory=Checks)  # scan, migrate, smoke, verify, e2e (core/checks.py)
 
     @model_validator(mode="after")
     def _waves_cover_regions(self) -> Environment:

@@ -34,6 +34,8 @@ from typing import Any, Literal
 
 from pydantic import Field, computed_field
 
+from pitstop.core import checks as checking
+from pitstop.core.checks import CheckRun, Checks
 from pitstop.core.explain import render, render_all
 from pitstop.core.models import (
     AuditEvent, Command, Health, Model, Notify, Reason, Strategy, Tick, last_step,
@@ -75,8 +77,8 @@ class Spread(Model):
     last: str
 
 
-StageState = Literal["planned", "soaking", "awaiting_approval", "running", "succeeded", "rolled_back", "failed",
-                     "cancelled", "superseded"]
+StageState = Literal["planned", "soaking", "awaiting_approval", "checking", "running", "succeeded", "rolled_back",
+                     "failed", "cancelled", "superseded"]
 
 
 class Stage(Model):
@@ -93,6 +95,8 @@ class Stage(Model):
     promote_from: str | None = None
     soak: int | None = None  # follows promote_from by itself, this long after it succeeded
     gates: list[int] = Field(default_factory=list)  # steps after which an approver must clear the wave
+    check_spec: Checks = Field(default_factory=Checks)  # its checks as configured (core/checks.py)
+    checks: dict[str, CheckRun] = Field(default_factory=dict)  # each run: state, measured values, reason
     wave: int = 0
     step: int = -1  # the step the current wave is cleared to enter (-1: deployed at 0 %, waiting)
     regions: dict[str, RegionProgress] = Field(default_factory=dict)
@@ -159,6 +163,11 @@ class Release(Model):
         if stage is None:
             return None
         resync = max(self.updated_at, self.synced_at or self.updated_at) + timedelta(seconds=RESYNC)
+        # A running check anywhere (a staging E2E while production goes on) is looked at when it is due or overdue.
+        polls = [t for st in self.stages.values() for run in st.checks.values() if not run.done
+                 for t in (run.next_at, run.deadline) if t]
+        if polls:
+            return min(polls + [resync])
         if self.state in RELEASE_DONE:
             live = any(g.state in LIVE_REGION for g in stage.regions.values())
             return resync if live and stage.state in ("rolled_back", "superseded") else None
@@ -193,7 +202,22 @@ class RegionReport(Model):
     progress: RegionProgress
 
 
-ReleaseInput = Enter | RegionReport | Tick | Command
+class CheckUpdate(Model):
+    """The engine carried a check a step further (a job started or polled, a scan read, probes run)."""
+
+    kind: Literal["check"] = "check"
+    id: str
+    environment: str
+    key: str  # checks.check_key
+    attempt: int
+    state: checking.CheckState
+    execution: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+    reason: str = ""
+    next_at: datetime | None = None
+
+
+ReleaseInput = Enter | RegionReport | Tick | Command | CheckUpdate
 
 
 class StartRegions(Model):
@@ -230,7 +254,17 @@ class ForwardCommand(Model):
     action: str
 
 
-ReleaseEffect = StartRegions | ProceedWave | RevertRegions | ForwardCommand | Notify
+class RunCheck(Model):
+    """Carry a check one step further: start or poll a job, read a scan, probe the wave's tag URLs."""
+
+    kind: Literal["run_check"] = "run_check"
+    environment: str
+    key: str
+    run: CheckRun
+    rollouts: dict[str, str] = Field(default_factory=dict)  # smoke/verify: the wave's regions
+
+
+ReleaseEffect = StartRegions | ProceedWave | RevertRegions | ForwardCommand | RunCheck | Notify
 
 
 @dataclass(frozen=True)
@@ -286,7 +320,7 @@ def stage_of(pipeline: Pipeline, environment: str, path: str | None, max_hold: i
         gates = [0] if strategy.blue_green.approve else []
     return Stage(environment=environment, project=env.project, waves=env.wave_list, strategy=strategy,
                  health=env.health, max_hold=max_hold, approve=approve, soak=env.soak,
-                 promote_from=None if path else env.promote_from, gates=gates)
+                 promote_from=None if path else env.promote_from, gates=gates, check_spec=env.checks)
 
 
 def _stages(pipeline: Pipeline, route: list[str], path: str | None, max_hold: int,
@@ -437,7 +471,10 @@ def decide_release(release: Release, inp: Any, now: datetime) -> ReleaseDecision
         return _report(p, inp)
     if isinstance(inp, Command):
         return _command(p, inp)
+    if isinstance(inp, CheckUpdate):
+        return _check_update(p, inp)
     if isinstance(inp, Tick):
+        _tick_checks(p)
         return _progress(p, "progressed", quiet=True)
     raise TypeError(f"a release does not take {inp.kind} inputs here (enter goes through begin/extend)")
 
@@ -509,10 +546,19 @@ def _stage_step(p: _Plan, name: str) -> str | None:
     """One move of the current stage; None if it waits."""
     r, now = p.r, p.now
     stage = r.stages[name]
-    if stage.state in ("planned", "soaking", "awaiting_approval"):
-        if stage.promote_from and r.stages.get(stage.promote_from, None) is not None \
-                and r.stages[stage.promote_from].state != "succeeded":
+    if stage.state in ("planned", "soaking", "awaiting_approval", "checking"):
+        before = r.stages.get(stage.promote_from) if stage.promote_from else None
+        if before is not None and before.state != "succeeded":
             return None  # not yet: the route passes promote_from first
+        if before is not None and before.check_spec.e2e is not None:
+            e2e = before.checks.get("e2e")
+            if e2e is None or not e2e.done:
+                return _wait(p, name, "planned", f"E2E in {stage.promote_from} to pass")
+            if e2e.state != "passed":  # informing there, required here (the seed's rule)
+                return _fail_stage(p, name, f"E2E in {stage.promote_from} did not pass: {e2e.reason}")
+        gate = _pre_check(p, name, "scan")  # before anything else: nobody approves a refused image
+        if gate is not None:
+            return gate or None
         if stage.not_before and now < stage.not_before:
             return _wait(p, name, "soaking", f"soak in {stage.promote_from} until {stage.not_before:%H:%M:%S} UTC")
         if stage.approve and not stage.approved_by:
@@ -533,9 +579,14 @@ def _stage_step(p: _Plan, name: str) -> str | None:
             return None
         if _frozen(p, name, "start"):
             return "frozen" if p.changes else None
+        gate = _pre_check(p, name, "migrate")  # once, before any traffic; a failure leaves traffic untouched
+        if gate is not None:
+            return gate or None
+        stage = p.r.stages[name]
         wave = stage.waves[0]
         p.stage(name, state="running", wave=0, step=-1, waiting_for=None, hold_until=None, frozen_until=None,
-                not_before=None, entered_at=now, regions={x: RegionProgress() for w in stage.waves for x in w})
+                not_before=None, entered_at=stage.entered_at or now,
+                regions={x: RegionProgress() for w in stage.waves for x in w})
         p.set(state="running", message=f"Release of {r.version} entering {name}: wave 1 of {len(stage.waves)} "
                                        f"({', '.join(wave)}) deploys at 0 %.")
         p.why("stage_entered", environment=name, regions=", ".join(x for w in stage.waves for x in w),
@@ -577,6 +628,8 @@ def _wave(p: _Plan, name: str) -> str | None:
         p.set(message=f"Release of {r.version} succeeded in {name}.")
         p.why("stage_succeeded", environment=name, regions=", ".join(stage.regions),
               spread=_worst_spread(stage))
+        if stage.check_spec.e2e is not None and "e2e" not in stage.checks:
+            _start_check(p, name, "e2e")
         _schedule_soaks(p, name)
         return "stage_succeeded"
     if stage.step >= stage.last:
@@ -605,6 +658,10 @@ def _wave(p: _Plan, name: str) -> str | None:
             return _revert(p, name, None, f"nobody approved {name} past {_step_name(stage, stage.step)} within "
                                           f"{stage.max_hold}s")
         return None
+    gate = _wave_checks(p, name)
+    if gate is not None:
+        return gate or None
+    stage = p.r.stages[name]
     if _frozen(p, name, _step_name(stage, stage.step + 1)):
         return "frozen" if p.changes else None
     step = stage.step + 1
@@ -615,6 +672,141 @@ def _wave(p: _Plan, name: str) -> str | None:
           regions=", ".join(regions))
     p.effects.append(ProceedWave(environment=name, rollouts=stage.rollouts(regions), step=step, forced_by=forced))
     return "wave_step"
+
+
+# ---------------------------------------------------------------- checks (core/checks.py)
+
+
+def _start_check(p: _Plan, name: str, check: str, wave: int | None = None, step: int | None = None) -> CheckRun:
+    stage = p.r.stages[name]
+    key = checking.check_key(check, wave, step)
+    run = checking.begin(stage.check_spec, check, p.now, wave, step)
+    p.stage(name, checks={**stage.checks, key: run})
+    p.why("check_started", environment=name, check=key, deadline=run.deadline)
+    rollouts = stage.rollouts(stage.wave_regions()) if wave is not None else {}
+    p.effects.append(RunCheck(environment=name, key=key, run=run, rollouts=rollouts))
+    return run
+
+
+def _pre_check(p: _Plan, name: str, check: str) -> str | None:
+    """A check before the stage deploys: None when passed (or not configured); "" while it runs (waits);
+    a decision when it started one or stopped the release."""
+    stage = p.r.stages[name]
+    if getattr(stage.check_spec, check) is None:
+        return None
+    run = stage.checks.get(check)
+    if run is None:
+        _start_check(p, name, check)
+        p.stage(name, state="checking", waiting_for=f"{check} (until {p.r.stages[name].checks[check].deadline:%H:%M:%S} UTC)")
+        if p.r.state != "running":
+            p.set(state="running")
+        return "checking"
+    if not run.done:
+        return ""
+    if run.ok:
+        return None
+    return _fail_stage(p, name, run.reason)
+
+
+def _wave_checks(p: _Plan, name: str) -> str | None:
+    """Smoke (and verify, at 0 %) of the wave before it leaves its step: None when passed or none configured."""
+    stage = p.r.stages[name]
+    spec = stage.check_spec
+    wanted = []
+    if spec.smoke is not None and (stage.step == -1 or spec.smoke.at_steps) and stage.step < stage.last:
+        wanted.append("smoke")
+    if spec.verify is not None and stage.step == -1:
+        wanted.append("verify")
+    for check in wanted:
+        key = checking.check_key(check, stage.wave, stage.step)
+        run = p.r.stages[name].checks.get(key)
+        if run is None:
+            _start_check(p, name, check, stage.wave, stage.step)
+            p.stage(name, waiting_for=f"{check} of wave {stage.wave + 1} at {_step_name(stage, stage.step)}")
+            return "checking"
+        if not run.done:
+            return ""
+        if not run.ok:
+            return _revert(p, name, None, run.reason)
+    return None
+
+
+def _fail_stage(p: _Plan, name: str, why: str) -> str:
+    """A blocking check failed before the stage deployed anything: the release stops, traffic untouched."""
+    r = p.r
+    p.stage(name, state="failed", finished_at=p.now, waiting_for=None, hold_until=None, reason=why)
+    p.set(state="failed", message=f"Release of {r.version} stopped before {name}: {why}.")
+    p.why("release_check_failed", environment=name, why=why)
+    p.notify("ERROR", "note_release_check_failed", service=r.service, version=r.version, environment=name, why=why)
+    return "failed"
+
+
+def _check_update(p: _Plan, u: CheckUpdate) -> ReleaseDecision:
+    stage = p.r.stages.get(u.environment)
+    run = stage.checks.get(u.key) if stage else None
+    p.detail = {"check": u.key, "attempt": u.attempt, "state": u.state}
+    if run is None or run.attempt != u.attempt or run.done:
+        return p.ignore("check_stale", check=u.key, attempt=u.attempt)
+    if u.state == "running":
+        if u.execution == run.execution and u.detail == run.detail and u.next_at == run.next_at:
+            return p.nothing()
+        p.stage(u.environment, checks={**stage.checks, u.key: run.model_copy(update={
+            "execution": u.execution or run.execution, "detail": u.detail or run.detail, "next_at": u.next_at,
+            "reason": u.reason or run.reason})})
+        if u.execution and u.execution != run.execution:
+            p.why("check_execution", check=u.key, execution=u.execution)
+        else:
+            p.why("check_progress", check=u.key, what=u.reason or "still running")
+        return p.done("check_running")
+    finished = run.model_copy(update={"state": u.state, "detail": u.detail or run.detail, "reason": u.reason,
+                                      "finished_at": p.now, "next_at": None,
+                                      "execution": u.execution or run.execution})
+    p.stage(u.environment, checks={**stage.checks, u.key: finished})
+    decided = _check_finished(p, u.environment, u.key)
+    return p.done(decided) if decided else _progress(p, "check_" + u.state)
+
+
+def _check_finished(p: _Plan, name: str, key: str) -> str | None:
+    """What a finished run leads to by itself (a retry, or a rollback after the stage), else None: the
+    release's next move then follows from its checks (`_progress`)."""
+    r = p.r
+    stage = r.stages[name]
+    run = stage.checks[key]
+    p.why("check_result", check=key, state=run.state.replace("_", " "), why=run.reason,
+          on_fail=run.on_fail if run.state != "passed" else "")
+    if run.state != "passed":
+        retry = checking.retry_of(stage.check_spec, run, p.now)
+        if retry is not None:
+            p.stage(name, checks={**stage.checks, key: retry})
+            p.why("check_retry", check=key, attempt=retry.attempt, at=retry.next_at)
+            return "check_retry"
+        severity = "WARNING" if run.on_fail == "inform" else "ERROR"
+        p.notify(severity, "note_check_failed", service=r.service, version=r.version, environment=name, check=key,
+                 why=run.reason, consequence="recorded only (on_fail: inform)" if run.on_fail == "inform"
+                 else "the release stops here")
+        if run.on_fail == "block" and run.name == "e2e" and stage.state == "succeeded":
+            return _revert(p, name, None, run.reason)
+    return None
+
+
+def _tick_checks(p: _Plan) -> None:
+    """Deadlines of running checks, and polls that are due (a job's execution, a pending scan)."""
+    for name, stage in p.r.stages.items():
+        for key, run in stage.checks.items():
+            if run.done:
+                continue
+            if p.now >= run.deadline:
+                why = (f"{key} did not finish within its {checking.timeout_of(stage.check_spec, run.name)}s deadline"
+                       + (f" (execution {run.execution} still running)" if run.execution else ""))
+                p.stage(name, checks={**p.r.stages[name].checks, key: run.model_copy(update={
+                    "state": "timed_out", "reason": why, "finished_at": p.now, "next_at": None})})
+                _check_finished(p, name, key)
+            elif run.next_at is not None and p.now >= run.next_at:
+                polled = run.model_copy(update={"next_at": p.now + timedelta(seconds=checking.POLL)})
+                p.stage(name, checks={**p.r.stages[name].checks, key: polled})
+                st = p.r.stages[name]
+                rollouts = st.rollouts(st.waves[run.wave]) if run.wave is not None else {}
+                p.effects.append(RunCheck(environment=name, key=key, run=polled, rollouts=rollouts))
 
 
 def _pooled(stage: Stage, progress: list[RegionProgress]) -> bool:
