@@ -37,5 +37,15 @@ def build_engine(config: Config | None = None) -> Engine:
 
         return lambda audience: TokenSource(audience).token()
 
+    def jobs():
+        from pitstop.gcp.jobs import Jobs
+
+        return Jobs.from_endpoint(config.run_endpoint)  # Cloud Run jobs: the same API as services
+
+    def scanner():
+        from pitstop.gcp.scan import Scanner
+
+        return Scanner.from_endpoint(config.analysis_endpoint)
+
     return Engine(config, Store.from_env(config.project), cloudrun, Bus(config.project), metrics,
-                  verifier=verifier, cloudbuild=cloudbuild, tokens=tokens)
+                  verifier=verifier, cloudbuild=cloudbuild, tokens=tokens, jobs=jobs, scanner=scanner)

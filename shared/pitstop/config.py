@@ -4,7 +4,7 @@ Only endpoints and credentials differ between the two worlds:
 FIRESTORE_EMULATOR_HOST and PUBSUB_EMULATOR_HOST (read by the Google clients
 themselves), GCE_METADATA_HOST (google-auth's metadata server, which mints the
 functions' own ID tokens), PITSTOP_RUN_ENDPOINT, PITSTOP_MONITORING_ENDPOINT,
-PITSTOP_BUILD_ENDPOINT and PITSTOP_TOKEN_CERTS / PITSTOP_TOKEN_ISSUERS (whose
+PITSTOP_BUILD_ENDPOINT, PITSTOP_ANALYSIS_ENDPOINT and PITSTOP_TOKEN_CERTS / PITSTOP_TOKEN_ISSUERS (whose
 ID tokens are trusted).
 """
 
@@ -23,6 +23,7 @@ class Config:
     run_endpoint: str | None = None  # e.g. http://127.0.0.1:8181 for the local Cloud Run
     monitoring_endpoint: str | None = None  # e.g. 127.0.0.1:8282 for the local Monitoring
     build_endpoint: str | None = None  # e.g. http://127.0.0.1:8383 for the local Cloud Build
+    analysis_endpoint: str | None = None  # Artifact Analysis (Grafeas); the local stand-in's URL
     build_project: str = ""  # where Cloud Build runs (builds are confirmed there); default: `project`
     # Who is who (gcp/identity.py): the audiences an ID token may carry (the first is what pitstop's own
     # tokens and the CLI ask for), the bootstrap admins, and the identity of pitstop's own sampler.
@@ -49,6 +50,7 @@ class Config:
             run_endpoint=os.environ.get("PITSTOP_RUN_ENDPOINT") or None,
             monitoring_endpoint=os.environ.get("PITSTOP_MONITORING_ENDPOINT") or None,
             build_endpoint=os.environ.get("PITSTOP_BUILD_ENDPOINT") or None,
+            analysis_endpoint=os.environ.get("PITSTOP_ANALYSIS_ENDPOINT") or None,
             build_project=os.environ.get("PITSTOP_BUILD_PROJECT", ""),
             audiences=_list(os.environ.get("PITSTOP_AUDIENCE")),
             admins=tuple(a.lower() for a in _list(os.environ.get("PITSTOP_ADMINS"))),

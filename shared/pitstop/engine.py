@@ -76,10 +76,13 @@ class Engine:
     def __init__(self, config: Config, store: Store, cloudrun: Callable[[], CloudRun], bus: Bus,
                  metrics: Callable[[], Metrics] | None = None, clock: Callable[[], datetime] = utcnow, *,
                  verifier: Callable[[], Verifier], cloudbuild: Callable[[], CloudBuild],
-                 tokens: Callable[[], Callable[[str], str]] | None = None) -> None:
+                 tokens: Callable[[], Callable[[str], str]] | None = None, jobs: Callable[[], Any] | None = None,
+                 scanner: Callable[[], Any] | None = None) -> None:
         self.config, self.store, self.bus, self.clock = config, store, bus, clock
         self._cloudrun_factory, self._metrics_factory = cloudrun, metrics
-        self._factories = {"verifier": verifier, "cloudbuild": cloudbuild, "tokens": tokens}
+        # jobs (gcp/jobs.py) and scanner (gcp/scan.py) carry out a release's checks (checkrun.py).
+        self._factories = {"verifier": verifier, "cloudbuild": cloudbuild, "tokens": tokens, "jobs": jobs,
+                           "scanner": scanner}
         self._cloudrun: CloudRun | None = None
         self._metrics: Metrics | None = None
         self._made: dict[str, Any] = {}
@@ -446,6 +449,26 @@ class Engine:
         elif isinstance(effect, releases.ForwardCommand):
             self._fan_out(list(effect.rollouts.values()), lambda rid: self.handle(rid, Command(
                 id=f"{input_id}-{effect.action}"[:500], action=effect.action, rollout_id=rid, actor=actor)))
+        elif isinstance(effect, releases.RunCheck):
+            self._run_check(rel, effect)
+
+    def _run_check(self, rel: releases.Release, effect: releases.RunCheck) -> None:
+        """One step of a check (checkrun.py); what it found goes back to the release as a CheckUpdate."""
+        from pitstop import checkrun
+        from pitstop.core.checks import POLL
+
+        try:
+            fields = checkrun.run(self, rel, effect)
+        except Exception as err:  # an API fault is no verdict: again at the next poll, within the check's deadline
+            why = f"{effect.key} could not be carried out: {type(err).__name__}: {err}"[:500]
+            log("ERROR", f"release {rel.id}: {why}", release_id=rel.id, check=effect.key)
+            fields = ({"state": "failed", "reason": why} if getattr(err, "permanent", False) else
+                      {"state": "running", "reason": why + "; tried again at the next poll",
+                       "next_at": self.clock() + timedelta(seconds=POLL)})
+        update = releases.CheckUpdate(id=f"check-{effect.key}-a{effect.run.attempt}-{int(self.clock().timestamp() * 1e6)}",
+                                      environment=effect.environment, key=effect.key, attempt=effect.run.attempt,
+                                      **fields)
+        self.release_input(rel.id, update)
 
     def _fan_out(self, items: list[Any], work: Callable[[Any], Any]) -> None:
         """A wave's Cloud Run updates go out together, one thread per region."""

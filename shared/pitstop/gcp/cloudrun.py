@@ -87,6 +87,15 @@ class CloudRun:
         svc = self._read(service_path(project, region, service), f"service {service} in {project}/{region}")
         return None if svc is None else _traffic(svc)
 
+    def urls(self, project: str, region: str, service: str) -> dict[str, str]:
+        """The service's URL (key "") and each traffic tag's URL (key: the tag), as Cloud Run reports them;
+        empty if the service does not exist. A check probes the new revision at 0 % on its tag's URL."""
+        svc = self._read(service_path(project, region, service), f"service {service} in {project}/{region}")
+        if svc is None:
+            return {}
+        found = {t.tag: t.uri for t in svc.traffic_statuses if t.tag and t.uri}
+        return {"": svc.uri, **found} if svc.uri else found
+
     def serving(self, project: str, region: str, service: str) -> str | None:
         """The revision taking most traffic now, or None if the service does not exist."""
         now = self.traffic(project, region, service)

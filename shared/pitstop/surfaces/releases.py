@@ -75,7 +75,25 @@ def stage_row(stage: Stage) -> dict[str, Any]:
         "regions": {region: {"state": g.state, "percent": g.percent, "position": g.position,
                              "rollout_id": g.rollout_id} for region, g in stage.regions.items()},
         "spreads": [{**s.model_dump(mode="json"), "wave": s.wave + 1} for s in stage.spreads],
+        "checks": check_rows(stage),
     }
+
+
+def check_labels(rel: Release) -> list[str]:
+    """Each check run of the release, e.g. "staging migrate passed", "production smoke-w1-s-1 running (3 probes)"."""
+    out = []
+    for env in [e for e in rel.route if e in rel.stages] + [e for e in rel.stages if e not in rel.route]:
+        for key, run in rel.stages[env].checks.items():
+            extra = f" (attempt {run.attempt})" if run.attempt > 1 else ""
+            out.append(f"{env} {key} {run.state.replace('_', ' ')}{extra}")
+    return out
+
+
+def check_rows(stage: Stage) -> dict[str, Any]:
+    return {key: {"state": run.state, "on_fail": run.on_fail, "attempt": run.attempt, "reason": run.reason,
+                  "execution": run.execution, "started_at": _iso(run.started_at), "deadline": _iso(run.deadline),
+                  "finished_at": _iso(run.finished_at), "detail": run.detail}
+            for key, run in stage.checks.items()}
 
 
 def release_row(rel: Release) -> dict[str, Any]:
@@ -87,6 +105,7 @@ def release_row(rel: Release) -> dict[str, Any]:
         "route": [{"environment": env, "state": rel.stages[env].state} for env in rel.route if env in rel.stages],
         "regions": stage_row(stage)["regions"] if stage else {},
         "waiting_for": stage.waiting_for if stage and rel.state not in RELEASE_DONE else None,
+        "checks": check_labels(rel),
         "message": rel.message, "created_at": _iso(rel.created_at), "updated_at": _iso(rel.updated_at),
     }
 

@@ -36,10 +36,10 @@ def rollouts_table(rollouts: list[Rollout], title: str = "Rollouts") -> Table:
 def releases_table(releases: list[Release], title: str = "Releases") -> Table:
     """One row per release: its route with each environment's state, the current environment's regions, and
     what it waits for."""
-    from pitstop.surfaces.releases import region_labels
+    from pitstop.surfaces.releases import check_labels, region_labels
 
     table = Table(title=title, title_justify="left", expand=False)
-    for col in ("release", "version", "route", "regions", "waiting for", "updated"):
+    for col in ("release", "version", "route", "regions", "checks", "waiting for", "updated"):
         table.add_column(col)
     for rel in releases:
         version = Text(rel.version)
@@ -54,7 +54,8 @@ def releases_table(releases: list[Release], title: str = "Releases") -> Table:
         stage = rel.stage
         regions = "\n".join(region_labels(stage)) if stage else ""
         waiting = stage.waiting_for if stage and rel.state in ("running", "waiting") else None
-        table.add_row(rel.id, version, route, regions, waiting or "-", _ago(rel.updated_at))
+        table.add_row(rel.id, version, route, regions, "\n".join(check_labels(rel)) or "-", waiting or "-",
+                      _ago(rel.updated_at))
     return table
 
 
