@@ -5,6 +5,9 @@ directory: the entrypoint (`command`), its default `args` and `env`. Its digest
 is a well-formed `sha256:<64 hex>` computed from that content, so the same
 content always gets the same digest, as a registry would. A manifest resolves by
 `repo[:tag]` (no tag means `latest`) and by `repo@sha256:...`.
+
+What a scanner would find in an image is recorded next to its manifest
+(`record_analysis`), for the local Artifact Analysis (analysis.py) to report.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +80,33 @@ def resolve_image(state_dir: Path | str, image_ref: str) -> ImageManifest:
     if manifest is None:
         raise ImageNotFound(image_ref)
     return manifest
+
+
+def record_analysis(state_dir: Path | str, digest: str, vulnerabilities: list[dict], attested: bool = False,
+                    now: float | None = None) -> None:
+    """Record what scanning `digest` finds (`vulnerabilities`, as analysis.vulnerability makes them) and
+    whether it is attested, each since `now` (epoch seconds). Recording the same findings again keeps
+    their time, as a registry does not rescan a digest it has; an attestation keeps its first time."""
+    now = time.time() if now is None else now
+    previous = read_analysis(state_dir, digest) or {}
+    same = previous.get("vulnerabilities") == vulnerabilities
+    record = {"scannedSince": previous["scannedSince"] if same else now, "vulnerabilities": vulnerabilities,
+              "attestedSince": (previous.get("attestedSince") or now) if attested else None}
+    _write_atomically(_images_dir(state_dir) / _analysis_file(digest), json.dumps(record))
+
+
+def read_analysis(state_dir: Path | str, digest: str) -> dict | None:
+    """The recorded analysis of `digest` ({scannedSince, vulnerabilities, attestedSince}), or None."""
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        return None
+    try:
+        return json.loads((_images_dir(state_dir) / _analysis_file(digest)).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _analysis_file(digest: str) -> str:
+    return _digest_file(digest).removesuffix(".json") + ".analysis.json"
 
 
 def _split_name(name: str) -> tuple[str, str]:

@@ -660,8 +660,14 @@ def dev_ship(version: str = typer.Argument(..., help="version to build, e.g. v2"
              branch: Optional[str] = typer.Option(None, "--branch", help="the branch built (BRANCH_NAME); default main"),
              tag: Optional[str] = typer.Option(None, "--tag", help="build a tag instead (TAG_NAME, no BRANCH_NAME), "
                                                                 "as a tag trigger does"),
-             fail: bool = typer.Option(False, "--fail", help="the build itself fails")) -> None:
+             fail: bool = typer.Option(False, "--fail", help="the build itself fails"),
+             vuln: list[str] = typer.Option([], "--vuln", metavar="SEVERITY[:CVE-ID[:PACKAGE]]",
+                                            help="the image's scan finds this vulnerability (repeatable), e.g. "
+                                                 "CRITICAL or HIGH:CVE-2024-1234; without it the image scans clean"),
+             attest: bool = typer.Option(False, "--attest", help="the image gets a Binary Authorization "
+                                                                  "attestation")) -> None:
     """Build a version of the example app locally and publish its Cloud Build messages."""
+    from pitstop.local.analysis import vulnerability
     from pitstop.local.build import ship
 
     if branch is not None and tag is not None:
@@ -676,10 +682,17 @@ def dev_ship(version: str = typer.Argument(..., help="version to build, e.g. v2"
     if malformed:
         _fail(f"--env takes NAME=VALUE, got {malformed[0]!r}")
     behaviour = dict(item.split("=", 1) for item in env)
-    build_id = ship(Path(state), config.project, repo, version, behaviour, branch=branch or "main", tag=tag, fail=fail)
+    try:
+        findings = [vulnerability(spec, i) for i, spec in enumerate(vuln)]
+    except ValueError as e:
+        _fail(f"--vuln: {e}")
+    build_id = ship(Path(state), config.project, repo, version, behaviour, branch=branch or "main", tag=tag, fail=fail,
+                    vulns=vuln, attest=attest)
     ref = f"tag {tag}" if tag else f"branch {branch or 'main'}"
     console.print(f"build {build_id}: {repo} {version} ({ref}) published QUEUED, WORKING, "
                   f"{'FAILURE' if fail else 'SUCCESS'}")
+    scanned = ", ".join(f"{f['cve']} ({f['severity']}, {f['package']})" for f in findings) or "clean"
+    console.print(f"its scan finds: {scanned}{'; attested' if attest else ''}")
 
 
 @dev.command("load")
