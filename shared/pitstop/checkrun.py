@@ -45,21 +45,17 @@ def _scan(engine: Any, rel: Release, stage: Stage, effect: RunCheck) -> dict[str
     from pitstop.core.scanpolicy import verdict
 
     spec = stage.check_spec.scan
-    scan = engine._adapter("scanner").scan(_registry_project(rel.image, engine.config.project), rel.image)
-    if not scan.finished:
-        return _later(engine, reason=f"scan: Artifact Analysis has not finished scanning {rel.image} yet")
+    scan = engine._adapter("scanner").scan(None, rel.image, attestation=spec.attestation)  # the registry's project
+    if scan.pending:
+        return _later(engine, reason=f"scan: Artifact Analysis has not finished scanning {rel.image} yet "
+                                     f"({scan.status or 'no discovery occurrence yet'})")
     ok, reason, blocking, allowed, expired = verdict(
-        scan, spec.severity, [(a.cve, a.until) for a in spec.allow], engine.clock().date(), spec.attestation)
+        scan, today=engine.clock().date(), severity=spec.severity, allow=[(a.cve, a.until) for a in spec.allow],
+        require_attestation=spec.attestation)
     detail = {"findings": len(scan.findings), "blocking": [f"{f.cve} ({f.severity})" for f in blocking][:20],
               "allowed": [str(a) for a in allowed][:20], "expired": [str(e) for e in expired][:20],
               "limit": spec.severity}
     return {"state": "passed" if ok else "failed", "reason": f"scan: {reason}", "detail": detail}
-
-
-def _registry_project(image: str, default: str) -> str:
-    """Artifact Registry images are LOCATION-docker.pkg.dev/PROJECT/REPO/NAME: occurrences live in PROJECT."""
-    parts = image.split("/")
-    return parts[1] if len(parts) > 2 and parts[0].endswith(".pkg.dev") else default
 
 
 # ---------------------------------------------------------------- jobs: migrate, verify, e2e
@@ -137,30 +133,36 @@ def _smoke(engine: Any, rel: Release, stage: Stage, effect: RunCheck) -> dict[st
 
 
 def _probe_region(spec: checking.SmokeCheck, url: str | None, budget: float) -> tuple[str, str, list[dict]]:
-    import httpx
-
     if not url:
         return "failed", "the new revision has no tag URL (is it deployed?)", []
     probes: list[dict[str, Any]] = []
     end = time.monotonic() + budget
-    with httpx.Client(timeout=spec.timeout + 1, follow_redirects=False) as client:
-        while True:
-            began = time.monotonic()
-            status, body, error = None, "", None
-            try:
-                response = client.get(url.rstrip("/") + spec.path)
-                status, body = response.status_code, response.text[:65536]
-            except httpx.HTTPError as err:
-                error = f"{type(err).__name__}: {err}"[:200]
-            ms = (time.monotonic() - began) * 1000
-            ok, why = checking.probe_ok(spec, status, body, ms, error)
-            probes.append({"status": status, "ms": round(ms, 1), "ok": ok, "why": why})
-            state, sentence = checking.smoke_verdict(spec, probes)
-            if state != "running":
-                return state, sentence, probes
-            if time.monotonic() + spec.interval > end:
-                return "running", sentence, probes
-            time.sleep(max(0.0, spec.interval - (time.monotonic() - began)))
+    while True:
+        began = time.monotonic()
+        status, body, error = _get(url.rstrip("/") + spec.path, spec.timeout + 1)
+        ms = (time.monotonic() - began) * 1000
+        ok, why = checking.probe_ok(spec, status, body, ms, error)
+        probes.append({"status": status, "ms": round(ms, 1), "ok": ok, "why": why})
+        state, sentence = checking.smoke_verdict(spec, probes)
+        if state != "running":
+            return state, sentence, probes
+        if time.monotonic() + spec.interval > end:
+            return "running", sentence, probes
+        time.sleep(max(0.0, spec.interval - (time.monotonic() - began)))
+
+
+def _get(url: str, timeout: float) -> tuple[int | None, str, str | None]:
+    """(status, body, error) of one GET; the standard library keeps the functions' bundle small."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout) as response:
+            return response.status, response.read(65536).decode(errors="replace"), None
+    except urllib.error.HTTPError as err:  # an answer, just not a 2xx
+        return err.code, err.read(65536).decode(errors="replace"), None
+    except (urllib.error.URLError, OSError) as err:
+        return None, "", f"{type(err).__name__}: {getattr(err, 'reason', err)}"[:200]
 
 
 def _as_sample(engine: Any, rel: Release, region: str, rollout_id: str, probes: list[dict], started: datetime) -> None:

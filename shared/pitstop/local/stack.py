@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from pitstop.local.analysis import start_analysis
 from pitstop.local.cloudbuild import register_trigger, start_cloudbuild
 from pitstop.local.emulators import Emulators, check_prerequisites, start_emulators
 from pitstop.local.functions import FunctionProcess, start_functions
@@ -51,6 +52,8 @@ class Stack:
     monitoring: Any = None
     issuer: Any = None  # Google's ID-token issuer and the metadata server's identity endpoint
     cloud_build: Any = None
+    analysis: Any = None  # Artifact Analysis (Grafeas occurrences of the images `dev ship` built)
+    scan_delay: float = 1.0  # seconds before a new image's scan has finished (GCP: a minute or two)
     # Who the person at this laptop is (PITSTOP_IDENTITY, else `git config user.email`): the project admin.
     identity: str = ""
     _exit: ExitStack = field(default_factory=ExitStack)
@@ -80,6 +83,8 @@ class Stack:
             self.cloud_build = start_cloudbuild(self.state_dir, self.project)
             self._exit.callback(self.cloud_build.stop)
             register_trigger(self.state_dir, "build-web", "web")
+            self.analysis = start_analysis(self.state_dir, scan_delay=self.scan_delay)
+            self._exit.callback(self.analysis.stop)
             self.identity = self.identity or local_identity()
             self.functions = start_functions(list(ROUTES.values()) + ["api"], FUNCTIONS_SOURCE, self.function_env,
                                              log_dir=self.state_dir / "logs")
@@ -129,6 +134,7 @@ class Stack:
         """What a shell (or the CLI) exports to talk to this stack."""
         env = {**self.emulators.env, "PITSTOP_RUN_ENDPOINT": self.run_endpoint,
                "PITSTOP_MONITORING_ENDPOINT": self.monitoring_endpoint, "PITSTOP_BUILD_ENDPOINT": self.cloud_build.url,
+               "PITSTOP_ANALYSIS_ENDPOINT": self.analysis.url,
                "PITSTOP_AUDIENCE": f"pitstop:{self.project}", "PITSTOP_LOCAL_ISSUER": self.issuer.url}
         if "api" in self.functions:
             env["PITSTOP_API"] = self.api_url
