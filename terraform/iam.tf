@@ -135,3 +135,78 @@ resource "google_project_iam_member" "function_cloud_build" {
   role    = each.value.build_role
   member  = google_service_account.function[each.key].member
 }
+
+# ---------------------------------------------------------------- release checks (issue #10)
+
+# migrate, verify and e2e run as Cloud Run jobs in the environment's project and region, one job per
+# release, check and attempt (`<service>-<check>-<hash>`, made while the release runs): there is no
+# job to bind to beforehand, so the grant is project-level, in every project holding managed
+# services. A custom role keeps it to the jobs calls pitstop makes (pitstop.gcp.jobs) instead of
+# roles/run.developer on the project, which would also reach every service there. Job permissions:
+# get/create/update (ensure the job's template), run (start its one execution), list and delete
+# (find and clean up pitstop's per-release jobs), runWithOverrides (a run with per-run arguments);
+# executions: list/get (the execution a job has, where it is), cancel (a second execution started by
+# a racing caller is cancelled, so a migration runs once); run.operations.get polls the create,
+# update and run operations. A job runs as the account its template names, and creating or
+# updating it needs actAs on that account: function_acts_as_runtime grants it on the managed
+# services' runtime accounts only, so a check job runs as its service's account or not at all.
+resource "google_project_iam_custom_role" "check_jobs_runner" {
+  for_each = local.check_projects
+
+  project     = each.key
+  role_id     = "pitstopCheckJobsRunner"
+  title       = "pitstop: run release check jobs"
+  description = "Lets pitstop create, run and follow the Cloud Run jobs of release checks (migrate, verify, e2e)."
+  permissions = [
+    "run.executions.cancel",
+    "run.executions.get",
+    "run.executions.list",
+    "run.jobs.create",
+    "run.jobs.delete",
+    "run.jobs.get",
+    "run.jobs.list",
+    "run.jobs.run",
+    "run.jobs.runWithOverrides",
+    "run.jobs.update",
+    "run.operations.get",
+  ]
+}
+
+resource "google_project_iam_member" "function_runs_check_jobs" {
+  for_each = merge([
+    for fn, f in local.identities : {
+      for project in local.check_projects : "${fn}/${project}" => { function = fn, project = project }
+    } if f.runs_checks
+  ]...)
+
+  project = each.value.project
+  role    = google_project_iam_custom_role.check_jobs_runner[each.value.project].name
+  member  = google_service_account.function[each.value.function].member
+}
+
+# A job's output (what E2E tests print, their summary line) is read from Cloud Logging in the job's
+# project (entries:list on projects/PROJECT, pitstop.gcp.jobs.ExecutionLogs). Log entries have no
+# finer IAM than their project's log views: roles/logging.viewer there (not privateLogViewer: no
+# Data Access audit logs).
+resource "google_project_iam_member" "function_reads_check_logs" {
+  for_each = merge([
+    for fn, f in local.identities : {
+      for project in local.check_projects : "${fn}/${project}" => { function = fn, project = project }
+    } if f.runs_checks
+  ]...)
+
+  project = each.value.project
+  role    = "roles/logging.viewer"
+  member  = google_service_account.function[each.value.function].member
+}
+
+# The scan check reads the image's Artifact Analysis occurrences (discovery, vulnerabilities,
+# attestations) in the project of its Artifact Registry repository. Occurrences are readable per
+# project only; this role reads them and nothing else (not the notes' or the images' contents).
+resource "google_project_iam_member" "function_reads_occurrences" {
+  for_each = { for fn, f in local.identities : fn => f if f.runs_checks }
+
+  project = local.registry_project
+  role    = "roles/containeranalysis.occurrences.viewer"
+  member  = google_service_account.function[each.key].member
+}

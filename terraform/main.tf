@@ -25,21 +25,25 @@ locals {
   }
 
   # One entry per entry point in functions/main.py and everything per-function derives from it:
-  # the topic that feeds it, the topics it publishes to, whether it reads Cloud Monitoring, and its
+  # the topic that feeds it, the topics it publishes to, whether it reads Cloud Monitoring, its
   # Cloud Build role in build_project (on_build confirms builds with get_build; on_command deploys
-  # by running the service's build trigger).
+  # by running the service's build trigger), and whether it carries out release checks
+  # (runs_checks: Cloud Run jobs and their output in the services' projects, Artifact Analysis in
+  # registry_project). The release engine runs in every function: each input may advance a release
+  # (a build starts one, a health sample or a tick ends a wave, a command or API call approves a
+  # stage) and the next step may be a check, so all six carry checks out, as all six may deploy.
   functions = {
-    on_build   = { topic = "cloud-builds", publishes = ["pitstop-events"], reads_metrics = false, build_role = "roles/cloudbuild.builds.viewer" }
-    on_health  = { topic = "pitstop-health", publishes = ["pitstop-events"], reads_metrics = false, build_role = null }
-    on_tick    = { topic = "pitstop-ticks", publishes = ["pitstop-events", "pitstop-health"], reads_metrics = true, build_role = null }
-    on_alert   = { topic = "pitstop-alerts", publishes = ["pitstop-events"], reads_metrics = false, build_role = null }
-    on_command = { topic = "pitstop-commands", publishes = ["pitstop-events"], reads_metrics = false, build_role = "roles/cloudbuild.builds.editor" }
+    on_build   = { topic = "cloud-builds", publishes = ["pitstop-events"], reads_metrics = false, build_role = "roles/cloudbuild.builds.viewer", runs_checks = true }
+    on_health  = { topic = "pitstop-health", publishes = ["pitstop-events"], reads_metrics = false, build_role = null, runs_checks = true }
+    on_tick    = { topic = "pitstop-ticks", publishes = ["pitstop-events", "pitstop-health"], reads_metrics = true, build_role = null, runs_checks = true }
+    on_alert   = { topic = "pitstop-alerts", publishes = ["pitstop-events"], reads_metrics = false, build_role = null, runs_checks = true }
+    on_command = { topic = "pitstop-commands", publishes = ["pitstop-events"], reads_metrics = false, build_role = "roles/cloudbuild.builds.editor", runs_checks = true }
   }
 
   # HTTP entry points (@functions_framework.http): no topic feeds them; callers need run.invoker.
   # `api` does what on_command does over HTTP, including POST /api/v1/deploy (a build trigger run).
   http_functions = {
-    api = { topic = null, publishes = ["pitstop-events"], reads_metrics = false, build_role = "roles/cloudbuild.builds.editor" }
+    api = { topic = null, publishes = ["pitstop-events"], reads_metrics = false, build_role = "roles/cloudbuild.builds.editor", runs_checks = true }
   }
 
   # Every function, event-driven or HTTP: one runtime identity each, and the grants that go with it.
@@ -50,6 +54,8 @@ locals {
   # its Cloud Build service agent is the only publisher of its `cloud-builds` topic.
   build_project = coalesce(var.build_project, var.project_id)
   audience      = coalesce(var.audience, "pitstop:${var.project_id}")
+  # Where Artifact Registry keeps the images, and Artifact Analysis their occurrences (the scan check).
+  registry_project = coalesce(var.registry_project, var.project_id)
 
   # The same environment for every function: who may act is decided in the code from these.
   function_environment = {
@@ -83,6 +89,11 @@ locals {
   # pitstop's project-level grants (Cloud Run operations, Monitoring) are repeated in each of them.
   service_projects = toset([for s in local.managed_services : s.project if s.project != var.project_id])
 
+  # Every project holding managed services, project_id included when a service runs there: a
+  # release's checks run their Cloud Run jobs in the environment's project and read the jobs'
+  # output from its Cloud Logging.
+  check_projects = toset([for s in local.managed_services : s.project])
+
   # Every function may deploy a revision (a tick re-applies a desired state that was not applied),
   # so each needs actAs on every runtime service account of the managed services. The account is
   # addressed in its service's project (keyed by its email alone in project_id, as before).
@@ -106,6 +117,7 @@ locals {
     "cloudbuild.googleapis.com",
     "cloudfunctions.googleapis.com",
     "cloudscheduler.googleapis.com",
+    "containeranalysis.googleapis.com",
     "firestore.googleapis.com",
     "iam.googleapis.com",
     "logging.googleapis.com",

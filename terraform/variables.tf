@@ -247,6 +247,17 @@ variable "build_project" {
   }
 }
 
+variable "registry_project" {
+  description = "Project of the Artifact Registry repositories holding the managed services' images (the PROJECT of LOCATION-docker.pkg.dev/PROJECT/…): Artifact Analysis keeps their vulnerability and attestation occurrences there, which the scan check reads. null means project_id."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.registry_project == null || can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.registry_project))
+    error_message = "registry_project must be a project ID (6-30 lowercase letters, digits or hyphens)."
+  }
+}
+
 variable "deny_firestore_writes" {
   description = "Attach an IAM deny policy to the project so that only pitstop's function service accounts can create, update or delete Firestore documents (every database in the project). Needs roles/iam.denyAdmin, which Google grants on an organization only."
   type        = bool

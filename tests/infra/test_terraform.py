@@ -499,6 +499,9 @@ def test_cloud_build_roles_follow_what_each_function_does(tf: dict[str, Any]) ->
     for rtype, name in [("google_cloud_run_v2_service_iam_member", "function_manages_service"),
                         ("google_service_account_iam_member", "function_acts_as_runtime"),
                         ("google_project_iam_member", "function_reads_run_operations_in_service_projects"),
+                        ("google_project_iam_member", "function_runs_check_jobs"),
+                        ("google_project_iam_member", "function_reads_check_logs"),
+                        ("google_project_iam_member", "function_reads_occurrences"),
                         ("google_pubsub_topic_iam_member", "function_publishes")]:
         assert "local.identities" in tf["resource"][(rtype, name)]["for_each"], name
     assert "pitstop-events" in _identities(tf)["api"]["publishes"]
@@ -686,7 +689,8 @@ def test_per_service_grants_and_alerts_go_to_the_services_project(tf: dict[str, 
     assert tf["output"]["notification_channels"]["value"] == "${local.alert_channels}"
     # Nothing iterating over managed services (or their projects) is pinned to project_id.
     for kind, rtype, name, body in _all_blocks(tf):
-        if re.search(r"local\.(managed_services|runtime_service_accounts|service_projects)\b", str(body.get("for_each", ""))):
+        if re.search(r"local\.(managed_services|runtime_service_accounts|service_projects|check_projects)\b",
+                     str(body.get("for_each", ""))):
             pinned = [k for k in ("project", "project_id", "service_account_id", "parent")
                       if "var.project_id" in str(body.get(k, ""))]
             assert pinned == [], f"{kind} {rtype}.{name} puts a per-service resource in project_id: {pinned}"
@@ -753,20 +757,28 @@ def test_managed_service_keys_and_projects_evaluate_as_documented(tf: dict[str, 
         "metrics": (iam_tf, 'resource "google_project_iam_member" "function_reads_metrics_in_service_projects"'),
         "alerts": (monitoring_tf, 'resource "google_monitoring_alert_policy" "run_5xx_ratio"'),
         "channels": (monitoring_tf, 'resource "google_monitoring_notification_channel" "alerts_in_service_projects"'),
+        "job_roles": (iam_tf, 'resource "google_project_iam_custom_role" "check_jobs_runner"'),
+        "jobs": (iam_tf, 'resource "google_project_iam_member" "function_runs_check_jobs"'),
+        "logs": (iam_tf, 'resource "google_project_iam_member" "function_reads_check_logs"'),
+        "occurrences": (iam_tf, 'resource "google_project_iam_member" "function_reads_occurrences"'),
     }
     locals_ = [_attribute_source(main_tf, name) for name in (
-        "functions", "http_functions", "identities", "managed_services", "service_projects", "runtime_service_accounts")]
+        "functions", "http_functions", "identities", "managed_services", "service_projects", "runtime_service_accounts",
+        "check_projects", "registry_project")]
     for key, (text, header) in for_each.items():
         expr = _attribute_source(_block_source(text, header), "for_each").split("=", 1)[1].strip()
         locals_.append(f"keys_{key} = try(keys({expr}), sort({expr}))")  # each.key: a map's keys, a set's elements
-    variables = [_block_source(variables_tf, f'variable "{v}"') for v in ("project_id", "region", "managed_services")]
+    variables = [_block_source(variables_tf, f'variable "{v}"')
+                 for v in ("project_id", "region", "managed_services", "registry_project")]
     (tmp_path / "main.tf").write_text("\n".join(variables) + "\nlocals {\n" + "\n".join(locals_) + "\n}\n")
     probe = "{services = local.managed_services, projects = local.service_projects, " + ", ".join(
-        f"{k} = local.keys_{k}" for k in for_each) + ", accounts = local.runtime_service_accounts}"
+        f"{k} = local.keys_{k}" for k in for_each) + (", accounts = local.runtime_service_accounts, "
+                                                     "check_projects = local.check_projects, "
+                                                     "registry = local.registry_project}")
 
-    def evaluate(services: list[dict[str, Any]]) -> dict[str, Any]:
+    def evaluate(services: list[dict[str, Any]], **more: Any) -> dict[str, Any]:
         rc, out = _evaluate(tmp_path, {"project_id": "acme-pitstop", "region": "us-central1",
-                                       "managed_services": services}, probe)
+                                       "managed_services": services, **more}, probe)
         assert rc == 0, out
         line = next(line for line in out.splitlines() if line.startswith('"'))
         return json.loads(json.loads(line))
@@ -782,6 +794,18 @@ def test_managed_service_keys_and_projects_evaluate_as_documented(tf: dict[str, 
     assert legacy["acts_as"] == [f"{fn}/web-run@acme-pitstop.iam.gserviceaccount.com" for fn in fns]
     assert legacy["alerts"] == ["us-central1/web"]
     assert legacy["operations"] == legacy["roles"] == legacy["metrics"] == legacy["channels"] == []
+    # Checks (issue #10) add resources of their own and rename none: a service in project_id gets its
+    # jobs role and grants there; occurrences are read in project_id unless registry_project says.
+    assert legacy["check_projects"] == legacy["job_roles"] == ["acme-pitstop"]
+    assert legacy["jobs"] == legacy["logs"] == [f"{fn}/acme-pitstop" for fn in fns]
+    assert legacy["occurrences"] == fns
+    assert legacy["registry"] == "acme-pitstop"
+    elsewhere = evaluate([{"name": "web", "service_account": "web-run@acme-pitstop.iam.gserviceaccount.com"}],
+                         registry_project="acme-artifacts")
+    assert elsewhere["registry"] == "acme-artifacts"
+    assert {k: elsewhere[k] for k in for_each} == {k: legacy[k] for k in for_each}, "only the project moves"
+    nothing = evaluate([])
+    assert nothing["check_projects"] == nothing["job_roles"] == nothing["jobs"] == nothing["logs"] == []
 
     # The README's pipeline: staging in acme-staging, production in acme-prod in three regions.
     prod_sa = "web-run@acme-prod.iam.gserviceaccount.com"
@@ -798,6 +822,9 @@ def test_managed_service_keys_and_projects_evaluate_as_documented(tf: dict[str, 
     assert release["roles"] == release["channels"] == ["acme-prod", "acme-staging"]
     assert release["operations"] == sorted(f"{fn}/{p}" for fn in fns for p in ("acme-prod", "acme-staging"))
     assert release["metrics"] == ["on_tick/acme-prod", "on_tick/acme-staging"]
+    # Check jobs run where the environments are, not in acme-pitstop (no service there).
+    assert release["check_projects"] == release["job_roles"] == ["acme-prod", "acme-staging"]
+    assert release["jobs"] == release["logs"] == sorted(f"{fn}/{p}" for fn in fns for p in ("acme-prod", "acme-staging"))
     # One actAs per function and (project, account), however many regions share the account.
     assert release["accounts"][f"acme-prod/{prod_sa}"] == {"project": "acme-prod", "email": prod_sa}
     assert len(release["acts_as"]) == 2 * len(fns)
@@ -811,3 +838,82 @@ def test_managed_service_keys_and_projects_evaluate_as_documented(tf: dict[str, 
     rc, out = _evaluate(tmp_path, {"project_id": "acme-pitstop", "region": "us-central1", "managed_services": [
         {"name": "web", "project": "123456789012", "service_account": prod_sa}]}, probe)
     assert rc != 0 and "must be a project ID" in out
+    rc, out = _evaluate(tmp_path, {"project_id": "acme-pitstop", "region": "us-central1", "managed_services": [],
+                                   "registry_project": "123456789012"}, probe)
+    assert rc != 0 and "registry_project must be a project ID" in out
+
+
+# ---------------------------------------------------------------- release checks (issue #10)
+
+CHECK_JOB_PERMISSIONS = [
+    "run.executions.cancel",  # run_once cancels a second execution a racing caller started
+    "run.executions.get", "run.executions.list",
+    "run.jobs.create", "run.jobs.delete", "run.jobs.get", "run.jobs.list", "run.jobs.run",
+    "run.jobs.runWithOverrides", "run.jobs.update",
+    "run.operations.get",
+]
+
+
+def _check_grant_for_each(body: dict[str, Any]) -> None:
+    """A grant to every function that runs checks, in every project holding managed services."""
+    assert "for fn, f in local.identities" in body["for_each"]
+    assert "for project in local.check_projects" in body["for_each"]
+    assert "if f.runs_checks" in body["for_each"]
+    assert body["project"] == "${each.value.project}"
+    assert body["member"] == "${google_service_account.function[each.value.function].member}"
+
+
+def test_every_function_runs_checks(tf: dict[str, Any]) -> None:
+    """The release engine runs in every function, and any input may bring a release to a check."""
+    identities = _identities(tf)
+    assert {fn: spec.get("runs_checks") for fn, spec in identities.items()} == {fn: True for fn in identities}
+    assert tf["locals"]["check_projects"] == "${toset([for s in local.managed_services : s.project])}"
+
+
+def test_check_jobs_role_holds_exactly_the_jobs_permissions(tf: dict[str, Any]) -> None:
+    roles = _of_type(tf, "google_project_iam_custom_role")
+    role = roles["check_jobs_runner"]
+    assert (role["for_each"], role["project"]) == ("${local.check_projects}", "${each.key}")
+    assert role["role_id"] == "pitstopCheckJobsRunner"
+    assert role["permissions"] == CHECK_JOB_PERMISSIONS
+    # Jobs only: nothing that reaches services, revisions, IAM policies or accounts.
+    assert not [p for p in role["permissions"] if not p.startswith(("run.jobs.", "run.executions.", "run.operations."))]
+    assert not [p for p in role["permissions"] if p.endswith(("IamPolicy", ".actAs"))]
+    # The operations role stays what it was (its key, id and one permission).
+    for name in ("run_operations_reader", "run_operations_reader_in_service_projects"):
+        assert roles[name]["permissions"] == ["run.operations.get"], name
+    grant = _of_type(tf, "google_project_iam_member")["function_runs_check_jobs"]
+    _check_grant_for_each(grant)
+    assert grant["role"] == "${google_project_iam_custom_role.check_jobs_runner[each.value.project].name}"
+    # A job runs as an account the functions may act as: the managed services' runtime accounts
+    # only (no project-level serviceAccountUser, no actAs on any other account).
+    act_as = [(rtype, name) for rtype, name, role_, _ in _iam_grants(tf) if role_ == "roles/iam.serviceAccountUser"]
+    assert act_as == [("google_service_account_iam_member", "function_acts_as_runtime")]
+    assert "for key, sa in local.runtime_service_accounts" in tf["resource"][act_as[0]]["for_each"]
+
+
+def test_check_output_is_read_from_logging_in_the_jobs_projects(tf: dict[str, Any]) -> None:
+    jobs = PACKAGE / "gcp" / "jobs.py"
+    if jobs.exists():
+        assert "entries:list" in jobs.read_text(), "gcp/jobs.py no longer reads Cloud Logging: drop the grant"
+    grants = {n: b for n, b in _of_type(tf, "google_project_iam_member").items() if "logging" in b["role"]}
+    assert list(grants) == ["function_reads_check_logs"]
+    assert grants["function_reads_check_logs"]["role"] == "roles/logging.viewer", "not privateLogViewer"
+    _check_grant_for_each(grants["function_reads_check_logs"])
+
+
+def test_scan_reads_occurrences_in_the_registry_project(tf: dict[str, Any]) -> None:
+    grants = {n: b for n, b in _of_type(tf, "google_project_iam_member").items() if "containeranalysis" in b["role"]}
+    assert list(grants) == ["function_reads_occurrences"]
+    grant = grants["function_reads_occurrences"]
+    assert grant["role"] == "roles/containeranalysis.occurrences.viewer"
+    assert grant["project"] == "${local.registry_project}"
+    assert grant["for_each"] == "${{for fn, f in local.identities : fn => f if f.runs_checks}}"
+    assert grant["member"] == "${google_service_account.function[each.key].member}"
+    assert tf["locals"]["registry_project"] == "${coalesce(var.registry_project, var.project_id)}"
+    assert tf["variable"]["registry_project"]["default"] is None, "var.registry_project defaults through a local"
+    patterns = _validation_regexes(tf, "registry_project")
+    assert len(patterns) == 1
+    assert patterns[0].search("acme-artifacts") and not patterns[0].search("123456789012")
+    # The APIs the checks call, enabled (with the others) in project_id.
+    assert {"containeranalysis.googleapis.com", "run.googleapis.com", "logging.googleapis.com"} <= set(tf["locals"]["apis"])

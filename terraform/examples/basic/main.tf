@@ -94,6 +94,10 @@ module "pitstop" {
   #     { name = "web", project = "acme-prod", location = region, service_account = "web-run@acme-prod.iam.gserviceaccount.com" }],
   # )
 
+  # Release checks: the scan reads Artifact Analysis in the project of the images' Artifact Registry
+  # repository (LOCATION-docker.pkg.dev/PROJECT/...), project_id unless set.
+  # registry_project = "acme-artifacts"
+
   # Who may run `pitstop promote/pause/abort/...` (they publish to pitstop-commands).
   command_publishers = var.command_publishers
 
