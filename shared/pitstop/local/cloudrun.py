@@ -8,7 +8,9 @@ Production code reaches it through the real client, only the endpoint differs:
 Services: create, get, list, update (PATCH, `allowMissing`), delete; revisions:
 get, list; long-running operations: get. Bodies are the v2 JSON the client
 sends (integer enums, zero values omitted), parsed into the client's own proto
-types so a field the real API would reject is rejected here too.
+types so a field the real API would reject is rejected here too. The same
+endpoint serves jobs and their executions (jobs.py) and, for their output,
+Cloud Logging's `entries:list` (cloudlogging.py).
 
 An update that changes the template creates a revision: a real local process
 (see revisions.py) started from the image manifest (images.py) and the
@@ -39,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from google.cloud.run_v2.types import condition as condition_types
 from google.cloud.run_v2.types import revision as revision_types
@@ -47,8 +49,10 @@ from google.cloud.run_v2.types import service as service_types
 from google.cloud.run_v2.types import traffic_target as traffic_types
 from google.protobuf import json_format
 
+from pitstop.local.cloudlogging import list_entries
 from pitstop.local.googleapi import ApiError, GoogleApiHandler, LocalServer, invalid, not_found
 from pitstop.local.images import ImageNotFound, resolve_image
+from pitstop.local.jobs import LocalJobs
 from pitstop.local.requestlog import RequestLog
 from pitstop.local.revisions import REGION_ENV, RevisionFailed, RevisionProcess, launch_spec
 from pitstop.local.router import Backend, Router
@@ -137,6 +141,7 @@ class LocalCloudRun(LocalServer):
         self.slow_operations = slow_operations
         self._faults = random.Random(fault_seed)
         self._faults_lock = threading.Lock()
+        self.jobs = LocalJobs(self.state_dir)
         super().__init__(_ApiHandler, host, port, "cloud run api")
 
     def start(self) -> LocalCloudRun:
@@ -154,6 +159,7 @@ class LocalCloudRun(LocalServer):
         self._close()
         self.router.stop()
         _stop_processes(processes)
+        self.jobs.stop()
         log.info("local Cloud Run stopped", extra={"revision_processes_stopped": len(processes)})
 
     def revision_pids(self) -> list[int]:
@@ -238,7 +244,7 @@ class LocalCloudRun(LocalServer):
     def get_operation(self, name: str) -> dict[str, Any]:
         with self._lock:
             if name not in self._operations:
-                raise not_found(f"Operation '{name}' not found.")
+                return self.jobs.get_operation(name)
             return dict(self._operations[name])
 
     # --- update: validate, record, reconcile in the background -----------
@@ -600,21 +606,31 @@ class _ApiHandler(GoogleApiHandler):
     def _route(self, path: str, query: dict[str, list[str]]) -> dict[str, Any]:
         cloud: LocalCloudRun = self.server.owner  # type: ignore[attr-defined]
         body = self._json_body()
+        if self.command == "POST" and path == "/v2/entries:list":  # Cloud Logging, for the jobs' output
+            return list_entries(cloud.state_dir, body)
+        found = self._service_call(cloud, path, query, body) or cloud.jobs.route(self.command, path, query, body)
+        if found is None:
+            raise not_found(f"No such method: {self.command} {path}")
+        call, mutating = found
+        fault = cloud.draw_fault(mutating)
+        if fault == "before":
+            raise _unavailable(self.command, path, applied=False)
+        result = call()
+        if fault == "after":
+            raise _unavailable(self.command, path, applied=True)
+        return result
+
+    def _service_call(self, cloud: LocalCloudRun, path: str, query: dict[str, list[str]],
+                      body: dict[str, Any]) -> tuple[Callable[[], dict[str, Any]], bool] | None:
+        """The services (or operations) call answering this request and whether it changes anything."""
         for method, pattern, action in _ROUTES:
             match = pattern.match(path)
             if method == self.command and match:
                 resource = match.group(1)
-                fault = cloud.draw_fault(mutating=self.command != "GET")
-                if fault == "before":
-                    raise _unavailable(self.command, path, applied=False)
                 if action == "create":
-                    result = cloud.create_service(resource, query.get("serviceId", [""])[0], body)
-                elif action == "update":
+                    return lambda: cloud.create_service(resource, query.get("serviceId", [""])[0], body), True
+                if action == "update":
                     allow_missing = query.get("allowMissing", ["false"])[0] == "true"
-                    result = cloud.update_service(resource, body, allow_missing)
-                else:
-                    result = getattr(cloud, action)(resource)
-                if fault == "after":
-                    raise _unavailable(self.command, path, applied=True)
-                return result
-        raise not_found(f"No such method: {self.command} {path}")
+                    return lambda: cloud.update_service(resource, body, allow_missing), True
+                return (lambda: getattr(cloud, action)(resource)), self.command != "GET"
+        return None
