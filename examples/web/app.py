@@ -3,6 +3,7 @@
   FAIL_RATE   share of requests answered 500 (0.3 = 30 % errors)
   LATENCY_MS  typical latency; each request sleeps about this long
   SLOW_FACTOR multiplies latency (3 = p99 about three times the healthy one)
+  SMOKE_FAIL  1: /healthz answers 503 (a smoke check of the new revision fails; users' requests are fine)
   FAIL_REGIONS comma-separated regions (europe-west1,asia-northeast1): FAIL_RATE and SLOW_FACTOR
               apply only where the revision runs in one of them; elsewhere it is healthy
 
@@ -26,6 +27,7 @@ LATENCY_MS = float(os.environ.get("LATENCY_MS", "15"))
 SLOW_FACTOR = float(os.environ.get("SLOW_FACTOR", "1"))
 VERSION = os.environ.get("APP_VERSION", "dev")
 REVISION = os.environ.get("K_REVISION", "local")
+SMOKE_FAIL = os.environ.get("SMOKE_FAIL") == "1"
 FAIL_REGIONS = {r.strip() for r in os.environ.get("FAIL_REGIONS", "").split(",") if r.strip()}
 
 
@@ -63,6 +65,8 @@ class Handler(BaseHTTPRequestHandler):
         time.sleep(delay / 1000)
         failed = self.path != "/healthz" and random.random() < FAIL_RATE
         status = 500 if failed else 200
+        if self.path == "/healthz" and SMOKE_FAIL:
+            failed, status = True, 503
         body = json.dumps({"version": VERSION, "revision": REVISION, "region": REGION, "ok": not failed}).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

@@ -71,14 +71,20 @@ def _job(engine: Any, rel: Release, stage: Stage, effect: RunCheck) -> dict[str,
         target = _target_url(engine, rel, stage, run.name, project, region)
         if target:
             env["TARGET_URL"] = target
-        jobs.ensure(project, region, job, spec.image or rel.image, spec.command, spec.args, env, spec.timeout, 0)
+        account = engine.cloudrun.runtime_account(project, region, rel.service)
+        if not jobs.ensure(project, region, job, spec.image or rel.image, spec.command, spec.args, env, spec.timeout,
+                           0, service_account=account):
+            return _later(engine, reason=f"{effect.key}: Cloud Run is still setting up job {job}")
         execution = jobs.run_once(project, region, job)
         return _later(engine, execution=execution, reason=f"{effect.key}: job {job} runs (execution "
                                                             f"{execution.rsplit('/', 1)[-1]})")
     result = jobs.execution(run.execution)
     short = run.execution.rsplit("/", 1)[-1]
-    detail = {"job": job, "execution": short, "summary": result.summary or {}, "log": result.log_uri or ""}
-    if result.state == "running":
+    detail = {"job": job, "execution": short, "summary": result.summary or {}, "log": result.log_uri or "",
+              "output": list(result.output[-5:])}
+    # A test job's summary is read from its output, which Cloud Logging shows a little after the end.
+    finished = result.settled(engine.clock()) if run.name in ("verify", "e2e") else result.state != "running"
+    if not finished:
         return _later(engine, execution=run.execution, detail=detail)
     summary = _summary(result.summary)
     if result.state == "succeeded":

@@ -26,9 +26,9 @@ nothing (jobs are named per release and check, and run at most once per name).
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, PlainSerializer, field_validator
 
 from pitstop.core.models import Duration, Model
 
@@ -37,11 +37,15 @@ SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 POLL = 10  # seconds between polls of a running job (a tick on GCP comes every minute anyway)
 
 
+# Firestore stores datetimes, not dates: a date is kept as its ISO text (2027-01-31).
+Day = Annotated[date, PlainSerializer(lambda d: d.isoformat())]
+
+
 class Allow(Model):
-    """A vulnerability accepted until a date (after it, it blocks again)."""
+    """A vulnerability accepted until a date, that day included (after it, it blocks again)."""
 
     cve: str = Field(min_length=3, max_length=100)
-    until: date
+    until: Day
     reason: str | None = None
 
 

@@ -735,9 +735,10 @@ def _fail_stage(p: _Plan, name: str, why: str) -> str:
     """A blocking check failed before the stage deployed anything: the release stops, traffic untouched."""
     r = p.r
     p.stage(name, state="failed", finished_at=p.now, waiting_for=None, hold_until=None, reason=why)
-    p.set(state="failed", message=f"Release of {r.version} stopped before {name}: {why}.")
+    p.set(state="failed", message=f"Release of {r.version} stopped before {name}: {why.rstrip('. ')}.")
     p.why("release_check_failed", environment=name, why=why)
-    p.notify("ERROR", "note_release_check_failed", service=r.service, version=r.version, environment=name, why=why)
+    p.notify("ERROR", "note_release_check_failed", service=r.service, version=r.version, environment=name,
+             why=why.rstrip(". "))
     return "failed"
 
 
@@ -782,7 +783,7 @@ def _check_finished(p: _Plan, name: str, key: str) -> str | None:
             return "check_retry"
         severity = "WARNING" if run.on_fail == "inform" else "ERROR"
         p.notify(severity, "note_check_failed", service=r.service, version=r.version, environment=name, check=key,
-                 why=run.reason, consequence="recorded only (on_fail: inform)" if run.on_fail == "inform"
+                 why=run.reason.rstrip(". "), consequence="recorded only (on_fail: inform)" if run.on_fail == "inform"
                  else "the release stops here")
         if run.on_fail == "block" and run.name == "e2e" and stage.state == "succeeded":
             return _revert(p, name, None, run.reason)
@@ -850,7 +851,8 @@ def _revert(p: _Plan, name: str, region: str | None, why: str | None = None) -> 
           skipped=", ".join(x for w in stage.waves[stage.wave + 1:] for x in w) or "none")
     if targets:
         p.effects.append(RevertRegions(environment=name, rollouts=targets, why=why))
-    p.notify("ERROR", "note_release_rolled_back", service=r.service, version=r.version, environment=name, why=why,
+    p.notify("ERROR", "note_release_rolled_back", service=r.service, version=r.version, environment=name,
+             why=why.rstrip(". "),
              regions=", ".join(stage.regions))
     return "rolled_back"
 

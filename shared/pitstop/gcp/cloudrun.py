@@ -96,6 +96,11 @@ class CloudRun:
         found = {t.tag: t.uri for t in svc.traffic_statuses if t.tag and t.uri}
         return {"": svc.uri, **found} if svc.uri else found
 
+    def runtime_account(self, project: str, region: str, service: str) -> str | None:
+        """The service account the service's revisions run as (a check's job runs as it too)."""
+        svc = self._read(service_path(project, region, service), f"service {service} in {project}/{region}")
+        return (svc.template.service_account or None) if svc is not None else None
+
     def serving(self, project: str, region: str, service: str) -> str | None:
         """The revision taking most traffic now, or None if the service does not exist."""
         now = self.traffic(project, region, service)

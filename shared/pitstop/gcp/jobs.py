@@ -126,11 +126,15 @@ class Jobs:
 
     def ensure(self, project: str, region: str, job: str, image: str, command: list[str] | None,
                args: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None,
-               timeout_s: float = 600.0, max_retries: int = 0, wait: float = ENSURE_WAIT) -> bool:
+               timeout_s: float = 600.0, max_retries: int = 0, wait: float = ENSURE_WAIT,
+               service_account: str | None = None) -> bool:
         """Make `job` run `image` with `command` and `args` and `env`, one task of at most `timeout_s`
         seconds, retried `max_retries` times. As in Kubernetes, `command` replaces the image's
         ENTRYPOINT and `args` its CMD: `args=["python", "migrate.py"]` alone runs that in an image
         whose Dockerfile says `CMD ["python", "app.py"]`.
+
+        `service_account`: the identity the job runs as (a check job runs as the service it checks; without
+        one Cloud Run picks the project's default compute account, which pitstop may not act as).
 
         True once Cloud Run has the job so; False if it is still working on it after
         `wait` seconds (ensure again later). Raises JobsError.
@@ -143,20 +147,20 @@ class Jobs:
         current = self._read_job(name, where)
         if current is None:
             want = Job()
-            _set_template(want, image, command, args, env or {}, timeout_s, max_retries)
+            _set_template(want, image, command, args, env or {}, timeout_s, max_retries, service_account)
             doing = f"creating {where}"
             # ALREADY_EXISTS: another call created it since we read; ensuring again compares and updates.
             op = self._call(lambda: self.jobs.create_job(parent=f"projects/{project}/locations/{region}", job=want,
                                                          job_id=job, timeout=RPC_TIMEOUT, retry=None),
                             doing, _sent, transient={"ALREADY_EXISTS"})
             return self._outcome(op, deadline, doing)
-        if _has_template(current, image, command, args, env or {}, timeout_s, max_retries):
+        if _has_template(current, image, command, args, env or {}, timeout_s, max_retries, service_account):
             if not current.reconciling and current.observed_generation == current.generation:
                 _check_ready(current, where)
                 return True
             return self._watch_job(name, where, deadline)
         current.name = name
-        _set_template(current, image, command, args, env or {}, timeout_s, max_retries)
+        _set_template(current, image, command, args, env or {}, timeout_s, max_retries, service_account)
         doing = f"updating {where} to run {image}"
         op = self._call(lambda: self.jobs.update_job(job=current, timeout=RPC_TIMEOUT, retry=None), doing, _sent)
         return self._outcome(op, deadline, doing)
@@ -394,10 +398,11 @@ def _state(ex: Any) -> tuple[RunState, str | None]:
 
 
 def _set_template(job: Any, image: str, command: list[str] | None, args: Any, env: dict[str, str],
-                  timeout_s: float, max_retries: int) -> None:
+                  timeout_s: float, max_retries: int, service_account: str | None = None) -> None:
     from google.cloud.run_v2.types import Container, EnvVar
 
     job.template.task_count = 1
+    job.template.template.service_account = service_account or ""
     job.template.template.max_retries = max_retries
     job.template.template.timeout = timedelta(seconds=timeout_s)
     job.template.template.containers = [Container(image=image, command=list(command or []), args=list(args),
@@ -405,9 +410,9 @@ def _set_template(job: Any, image: str, command: list[str] | None, args: Any, en
 
 
 def _has_template(job: Any, image: str, command: list[str] | None, args: Any, env: dict[str, str],
-                  timeout_s: float, max_retries: int) -> bool:
+                  timeout_s: float, max_retries: int, service_account: str | None = None) -> bool:
     task = job.template.template
-    if len(task.containers) != 1:
+    if len(task.containers) != 1 or (service_account and task.service_account != service_account):
         return False
     c = task.containers[0]
     return (c.image == image and list(c.command) == list(command or []) and list(c.args) == list(args)

@@ -38,7 +38,8 @@ def build_image(state_dir: Path, project: str, repo: str, version: str, env: dic
     """
     findings = [vulnerability(spec, i) for i, spec in enumerate(vulns)]
     name = image_name(project, repo, version)
-    digest = register_image(state_dir, name, command=[sys.executable, str(app)],
+    # CMD-style, as a Dockerfile's `CMD ["python", "app.py"]`: a job's args (`python migrate.py`) replace it.
+    digest = register_image(state_dir, name, command=[], args=[sys.executable, str(app)],
                             env={"APP_VERSION": version, **(env or {})})
     record_analysis(state_dir, digest, findings, attest)
     return name, digest

@@ -665,7 +665,12 @@ def dev_ship(version: str = typer.Argument(..., help="version to build, e.g. v2"
                                             help="the image's scan finds this vulnerability (repeatable), e.g. "
                                                  "CRITICAL or HIGH:CVE-2024-1234; without it the image scans clean"),
              attest: bool = typer.Option(False, "--attest", help="the image gets a Binary Authorization "
-                                                                  "attestation")) -> None:
+                                                                  "attestation"),
+             migrate_fail: bool = typer.Option(False, "--migrate-fail", help="its migration job fails "
+                                                                             "(MIGRATE_FAIL=1)"),
+             smoke_fail: bool = typer.Option(False, "--smoke-fail", help="its /healthz answers 503, so smoke "
+                                                                         "checks fail (SMOKE_FAIL=1)"),
+             e2e_fail: bool = typer.Option(False, "--e2e-fail", help="its E2E job fails (E2E_FAIL=1)")) -> None:
     """Build a version of the example app locally and publish its Cloud Build messages."""
     from pitstop.local.analysis import vulnerability
     from pitstop.local.build import ship
@@ -682,6 +687,8 @@ def dev_ship(version: str = typer.Argument(..., help="version to build, e.g. v2"
     if malformed:
         _fail(f"--env takes NAME=VALUE, got {malformed[0]!r}")
     behaviour = dict(item.split("=", 1) for item in env)
+    behaviour.update({name: "1" for name, on in (("MIGRATE_FAIL", migrate_fail), ("SMOKE_FAIL", smoke_fail),
+                                                 ("E2E_FAIL", e2e_fail)) if on})
     try:
         findings = [vulnerability(spec, i) for i, spec in enumerate(vuln)]
     except ValueError as e:
