@@ -404,3 +404,36 @@ def test_production_waits_for_the_staging_e2e_to_pass():
     w.check_results["e2e"] = ["passed"]
     w.wait(20)
     assert w.release.stages["production"].state == "awaiting_approval"
+
+
+@pytest.mark.parametrize("check, config, after", [
+    ("scan", "{scan: {wait: 30s}}", "stage"),
+    ("migrate", "{migrate: {args: [x], timeout: 30s}}", "stage"),
+    ("smoke", "{smoke: {deadline: 30s}}", "wave"),
+    ("verify", "{verify: {args: [x], timeout: 30s}}", "wave"),
+])
+def test_every_check_gate_has_a_deadline_that_fires(check, config, after):
+    w = _checked(f"    checks: {config}\n")
+    w.check_results[check] = ["running"]  # it never finishes
+    w.build("v2", branch="main")
+    w.wait(20)
+    assert w.release.state == "running"
+    w.wait(30)
+    key = check if after == "stage" else f"{check}-w0-s-1"
+    run = w.release.stages["staging"].checks[key]
+    assert run.state == "timed_out" and "did not finish within its 30s deadline" in run.reason
+    # before deploying: the release stops with traffic untouched; at 0 %: the environment rolls back
+    assert w.release.state == ("failed" if after == "stage" else "rolled_back")
+    assert all(m[3] == 0 for m in w.moves if m[1] == "staging")
+
+
+def test_an_approval_gate_has_a_deadline_too():
+    w = World()
+    _through_staging(w)
+    w.build("v2", tag="v2.0.0", branch=None)
+    hold = w.release.stages["production"].hold_until
+    assert hold == w.now + timedelta(days=1)  # max_hold
+    w.now = hold
+    w.wait(10)
+    assert w.release.stages["production"].state == "cancelled"
+    assert "nobody approved" in w.release.stages["production"].reason
