@@ -38,13 +38,16 @@ def main() -> int:
                         "scaled like the 0.5 s tick to Cloud Scheduler's minute)")
     parser.add_argument("--tick", type=float, default=0.5, help="seconds between ticks")
     parser.add_argument("--verbose", action="store_true", help="print the releases' audit as they go")
+    parser.add_argument("--checks", action="store_true", help="with the pipeline's checks (scan, migration, smoke, "
+                                                              "E2E): slower, same waves")
     args = parser.parse_args()
     recorded, routed, reverts, seconds = [], [], [], []
     for run in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="pitstop-regions-") as state, \
                 local_logs_to(Path(state) / "local-cloud.log"), \
                 Stack(Path(state), tick_interval=args.tick, health_lag=args.lag) as stack:
-            report = run_release_scenario(stack, args.rps, print if args.verbose else lambda _: None)
+            report = run_release_scenario(stack, args.rps, print if args.verbose else lambda _: None,
+                                          checks=args.checks)
         if report.problems:
             print(f"run {run + 1}: FAILED: " + "; ".join(report.problems))
             return 1

@@ -4,6 +4,8 @@ production region back on v2. The figures it reports are what bench/regions.py a
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from pitstop.gcp.store import Store
@@ -53,3 +55,20 @@ def test_every_wave_two_step_was_measured_in_both_regions(demo):
     assert {(s.wave, s.step) for s in v2.spreads} == {(1, 0), (1, 1)}  # 25 % and 100 %
     assert all(s.first != s.last for s in v2.spreads)
     assert len(report.spreads_routed_ms) >= 2
+
+
+def test_the_checks_ran_where_they_belong_and_v4_was_refused_by_its_scan(demo):
+    stack, report = demo
+    store = Store.from_env(stack.project)
+    v2 = store.release(report.v2.id)
+    staging = v2.stages["staging"].checks
+    assert {k: run.state for k, run in staging.items()} == {
+        "scan": "passed", "migrate": "passed", "smoke-w0-s-1": "passed", "e2e": "passed"}
+    assert staging["e2e"].detail["summary"].get("passed", 0) > 0  # what the E2E job printed
+    prod = v2.stages["production"].checks
+    assert {"migrate", "smoke-w0-s-1", "smoke-w1-s-1"} <= set(prod)
+    # the migration finished before the environment's first region was deployed
+    assert prod["migrate"].finished_at <= v2.stages["production"].entered_at + timedelta(seconds=30)
+    v4 = store.release(report.v4.id)
+    assert v4.state == "failed" and v4.stages["staging"].regions == {}
+    assert "CVE-2099-0001 (CRITICAL" in v4.stages["staging"].checks["scan"].reason

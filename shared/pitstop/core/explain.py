@@ -127,6 +127,7 @@ TEMPLATES.update({
     "check_started": "{environment}: {check} starts (deadline {deadline})",
     "check_execution": "{check}: job execution {execution} started",
     "check_progress": "{check}: {what}",
+    "check_poll": "{environment}: {check} (attempt {attempt}) is carried a step further",
     "check_result": "{check} {state}: {why}",
     "check_retry": "{check} runs again (attempt {attempt}) at {at}",
     "check_stale": "an update of {check} attempt {attempt}, which is no longer running",

@@ -805,6 +805,7 @@ def _tick_checks(p: _Plan) -> None:
             elif run.next_at is not None and p.now >= run.next_at:
                 polled = run.model_copy(update={"next_at": p.now + timedelta(seconds=checking.POLL)})
                 p.stage(name, checks={**p.r.stages[name].checks, key: polled})
+                p.why("check_poll", check=key, attempt=run.attempt, environment=name)
                 st = p.r.stages[name]
                 rollouts = st.rollouts(st.waves[run.wave]) if run.wave is not None else {}
                 p.effects.append(RunCheck(environment=name, key=key, run=polled, rollouts=rollouts))

@@ -303,9 +303,11 @@ class LocalJobs:
         except Exception as e:  # a bug here must not leave the client polling forever
             log.exception("execution failed unexpectedly", extra={"execution": execution.name})
             outcomes = [_Outcome("failed", f"Local Cloud Run bug: {e!r}")] * execution.task_count
-        with self._lock:
-            self._complete(state, run, outcomes, op_name)
-        run.finished.set()
+        try:
+            with self._lock:
+                self._complete(state, run, outcomes, op_name)
+        finally:  # whatever happens, nobody waits on this run forever (stop, operation polls)
+            run.finished.set()
 
     def _run_task(self, run: _Run, manifest: ImageManifest, index: int) -> _Outcome:
         task = run.resource.template
@@ -406,7 +408,7 @@ class LocalJobs:
             latest.completion_status = status
         self._operation(execution.name, EXECUTION_TYPE_URL, execution, done=True, error=error, name=op_name)
         log.info("job execution finished", extra={"execution": execution.name, "status": status.name,
-                                                  "message": completed.message})
+                                                  "detail": completed.message})  # `message` is LogRecord's own
 
     # --- helpers ----------------------------------------------------------
 

@@ -7,7 +7,11 @@ us-central1, europe-west1, asia-northeast1). examples/web/pipeline.yaml is appli
 - v2: main → staging (a canary judged on the local Cloud Monitoring), its tag → production, approved,
   wave 1 (us-central1), then wave 2 (europe-west1 and asia-northeast1 moving together), to 100 %;
 - v3 (30 % of its requests fail in europe-west1 and asia-northeast1 only): staging is fine, wave 1 is fine,
-  wave 2 fails, and every production region, us-central1 included, goes back to v2 in one decision.
+  wave 2 fails, and every production region, us-central1 included, goes back to v2 in one decision;
+- v4, whose image scan finds a CRITICAL vulnerability: refused before anything is deployed.
+
+Each environment runs its checks (examples/web/pipeline.yaml): the scan, the migration job once before any
+traffic, smoke probes of every region's tag URL at 0 %, and the E2E job in staging, which production waits for.
 
 What it measures (also `bench/regions.py`): for each step of a wave, the spread between the first and the
 last region's traffic change, as the release recorded it and as the local routers served it; and the time
@@ -48,6 +52,7 @@ class DemoFailed(Exception):
 class ReleaseReport:
     v2: Release | None = None
     v3: Release | None = None
+    v4: Release | None = None  # refused by the scan
     spreads_recorded_ms: list[float] = field(default_factory=list)  # the release's own record (wave 2 steps)
     spreads_routed_ms: list[float] = field(default_factory=list)  # the same steps, as the routers served them
     failing_at: float | None = None  # epoch: the failing verdict's decision
@@ -69,18 +74,31 @@ def places(pipeline_text: str) -> list[tuple[str, str, str]]:
     return [(name, env.project, region) for name, env in pipeline.environments.items() for region in env.regions]
 
 
-def run_release_scenario(stack: Stack, rps: float, say: Callable[[str], None]) -> ReleaseReport:
-    """v1 everywhere, v2 released to every region, v3 caught in wave 2 and rolled back everywhere."""
+def demo_pipeline(checks: bool = True):
+    """examples/web/pipeline.yaml, without its checks if asked (the shortest release demo)."""
+    from pitstop.core.checks import Checks
+
+    pipeline = load_pipeline(PIPELINE.read_text())
+    if checks:
+        return pipeline
+    return pipeline.model_copy(update={"environments": {
+        name: env.model_copy(update={"checks": Checks()}) for name, env in pipeline.environments.items()}})
+
+
+def run_release_scenario(stack: Stack, rps: float, say: Callable[[str], None], checks: bool = True) -> ReleaseReport:
+    """v1 everywhere, v2 released to every region, v3 caught in wave 2 and rolled back everywhere, and (with
+    checks) v4 refused by its scan."""
     from pitstop.gcp.store import Store
 
     store = Store.from_env(stack.project)
     report = ReleaseReport()
     started = time.monotonic()
     text = PIPELINE.read_text()
-    store.put_pipeline(load_pipeline(text), "pitstop demo", datetime.now(timezone.utc))
+    store.put_pipeline(demo_pipeline(checks), "pitstop demo", datetime.now(timezone.utc))
     where = places(text)
     say(f"applied {PIPELINE.name}: staging in us-central1; production in us-central1, then europe-west1 + "
-        f"asia-northeast1 (two waves), on a tag, after staging, with an approver")
+        f"asia-northeast1 (two waves), on a tag, after staging, with an approver"
+        + ("; checks: scan, migration, smoke at 0 %, E2E in staging" if checks else "; without its checks"))
     try:
         _release(stack, store, "v1", HEALTHY, say)
         names = {f"{env}/{region}": f"projects/{project}/locations/{region}/services/{SERVICE}"
@@ -95,6 +113,8 @@ def run_release_scenario(stack: Stack, rps: float, say: Callable[[str], None]) -
                 report.v2 = _release(stack, store, "v2", HEALTHY, say)
                 report.v3 = _release(stack, store, "v3", BAD, say, want="rolled_back")
                 time.sleep(1.0)
+            if checks:
+                report.v4 = _refused(stack, store, "v4", say)
             report.results = load.results()
         finally:
             for watcher in watchers.values():
@@ -132,10 +152,24 @@ def _release(stack: Stack, store: Store, version: str, env: dict[str, str], say:
     return rel
 
 
-def _release_id(stack: Stack, version: str, env: dict[str, str]) -> str:
+def _refused(stack: Stack, store: Store, version: str, say: Callable[[str], None]) -> Release:
+    """A version whose scan finds a CRITICAL vulnerability: the release stops before anything is deployed."""
+    from pitstop.local.build import ship
+
+    say(f"ship {version} on main: its image has a CRITICAL vulnerability (dev ship --vuln CRITICAL)")
+    ship(stack.state_dir, stack.project, SERVICE, version, env=HEALTHY, vulns=["CRITICAL:CVE-2099-0001"])
+    rid = _release_id(stack, version, HEALTHY, vulns=["CRITICAL:CVE-2099-0001"])
+    rel = _follow(store, rid, set(), say, lambda r: r.state in ("failed", "succeeded", "rolled_back"),
+                  f"{version} refused by the scan")
+    if rel.state != "failed" or rel.stages["staging"].regions:
+        raise DemoFailed(f"release {rid} of {version} ended {rel.state}, expected refused by the scan: {rel.message}")
+    return rel
+
+
+def _release_id(stack: Stack, version: str, env: dict[str, str], vulns: list[str] = ()) -> str:
     from pitstop.local.build import build_image
 
-    _, digest = build_image(stack.state_dir, stack.project, SERVICE, version, env=env)  # the same image again
+    _, digest = build_image(stack.state_dir, stack.project, SERVICE, version, env=env, vulns=vulns)  # the same again
     return release_id(SERVICE, digest)
 
 
@@ -147,7 +181,7 @@ def _follow(store: Store, rid: str, seen: set[str], say: Callable[[str], None], 
         rel = store.release(rid)
         if rel is not None:
             for e in store.release_events(rid):
-                if e.id not in seen and e.decision not in ("ignored", "region_update"):
+                if e.id not in seen and e.decision not in ("ignored", "region_update", "check_running", "progressed"):
                     seen.add(e.id)
                     say(f"{e.at.astimezone():%H:%M:%S} {rel.version} {e.decision}: " + "; ".join(e.reasons))
             if done(rel):
@@ -217,13 +251,20 @@ def summary_lines(report: ReleaseReport) -> list[str]:
     if report.revert_s is not None:
         lines.append(f"failing verdict in wave 2 → every production region back on v2: {report.revert_s:.2f} s "
                      f"(goal < 2 s locally; the bar is 30 s)")
+    for rel in (report.v2, report.v4):
+        if rel is None:
+            continue
+        for env in rel.route:
+            for key, run in rel.stages[env].checks.items():
+                lines.append(f"{rel.version} {env} check {key}: {run.state.replace('_', ' ')}: {run.reason}")
     sent = sum(len(r) for r in report.results.values())
     lines.append(f"requests sent {sent}; " + ", ".join(
         f"{place} {sum(1 for r in results if r.kind == APP_5XX)} 5xx" for place, results in report.results.items()))
     return lines
 
 
-def run_release_demo(rps: float = 80.0, console=None, health_lag: float = 1.5, tick: float = 0.5) -> int:
+def run_release_demo(rps: float = 80.0, console=None, health_lag: float = 1.5, tick: float = 0.5,
+                     checks: bool = True) -> int:
     """`pitstop demo`: the scenario on a fresh local stack; 0 if every outcome was right."""
     import shutil
     import tempfile
@@ -247,7 +288,7 @@ def run_release_demo(rps: float = 80.0, console=None, health_lag: float = 1.5, t
             stack = cleanup.enter_context(Stack(state_dir, tick_interval=tick, health_lag=health_lag))
             console.print(f"timing: a tick every {tick:g} s, Monitoring {health_lag:g} s behind (GCP: a minute, "
                           f"up to 180 s)")
-            report = run_release_scenario(stack, rps, lambda line: console.print(line, highlight=False))
+            report = run_release_scenario(stack, rps, lambda line: console.print(line, highlight=False), checks)
             console.print("stopping the local stack …")
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted; the local stack is stopped. Logs kept in {state_dir}[/yellow]")
@@ -269,6 +310,7 @@ def run_release_demo(rps: float = 80.0, console=None, health_lag: float = 1.5, t
         return 1
     console.print(f"[green]demo passed in {time.monotonic() - started:.0f} s (the release scenario "
                   f"{report.seconds:.0f} s): v2 released to staging and three production regions in two waves, v3 "
-                  f"caught in wave 2 and every production region rolled back. Everything is stopped.[/green]")
+                  f"caught in wave 2 and every production region rolled back"
+                  + (", v4 refused by its scan" if checks else "") + ". Everything is stopped.[/green]")
     shutil.rmtree(state_dir, ignore_errors=True)
     return 0

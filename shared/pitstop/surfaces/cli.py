@@ -774,7 +774,11 @@ def demo(rps: Optional[float] = typer.Option(None, help="steady load, requests p
                                                     help="Monitoring's ingestion lag (default 1.5 s for the release, "
                                                          "3 s with --single; GCP: up to 180 s)"),
          single: bool = typer.Option(False, "--single", help="one service in one region: v1, v2 promoted through "
-                                                             "every canary step, v3 rolled back")) -> None:
+                                                             "every canary step, v3 rolled back"),
+         checks: bool = typer.Option(True, "--checks/--no-checks", help="the release's checks (scan, migration, "
+                                                                        "smoke, E2E) and v4 refused by its scan; "
+                                                                        "--no-checks: the waves alone, under a "
+                                                                        "minute")) -> None:
     """Run a real release on this machine: staging → three production regions in two waves, then a v3 that
     fails in the second wave rolled back in every region."""
     if single:
@@ -785,7 +789,7 @@ def demo(rps: Optional[float] = typer.Option(None, help="steady load, requests p
     from pitstop.local.release_demo import run_release_demo
 
     raise typer.Exit(run_release_demo(rps=rps or 80.0, console=console,
-                                      health_lag=1.5 if health_lag is None else health_lag))
+                                      health_lag=1.5 if health_lag is None else health_lag, checks=checks))
 
 
 @app.command()
