@@ -53,6 +53,7 @@ class World:
         self.seq = 0
         self.lossy = False
         self.lost: list = []
+        self.lost_resent = False  # a lost effect was sent again (it may land later than its decision)
         # What each check's run reports, in turn, whenever the shell carries it a step ("running" keeps it going).
         self.check_results: dict[str, list[str]] = {}
         self.check_calls: list[str] = []
@@ -127,6 +128,7 @@ class World:
         from pitstop.core.release import owed
 
         effects = owed(self.release)
+        self.lost_resent = self.lost_resent or bool(effects)
         for effect in effects:
             self._effect(effect)
         return effects

@@ -300,10 +300,13 @@ def _check(w: World) -> None:
             for region in (x for wave in stage.waves for x in wave):
                 if (name, region) in w.rollouts:
                     assert w.percent(name, region) == 0 or not w.serving(name, region).startswith("web-v2"), region
-    # nothing moves to a new step inside a freeze
+    # nothing starts or advances inside a freeze: no such decision is taken there (a decision taken before the
+    # window whose effect was lost is completed by the resend, so that a wave is never left half-moved)
+    for event in w.audit:
+        if event.decision in ("wave_step", "stage_entered", "wave_started") and w.pipeline.frozen(event.at):
+            raise AssertionError(f"{event.decision} at {event.at} inside a freeze: {event.reasons}")
     for when, env, region, percent in w.moves:
-        frozen = w.pipeline.frozen(when)
-        if frozen and percent > 0:
+        if w.pipeline.frozen(when) and percent > 0 and not w.lost_resent:
             earlier = [m[3] for m in w.moves if m[1:3] == (env, region) and m[0] < when]
             assert earlier and percent <= max(earlier), (when, env, region, percent)
 
