@@ -20,7 +20,8 @@ from pitstop.core.models import HealthSample
 if TYPE_CHECKING:
     from pitstop.core.release import Release, RunCheck, Stage
 
-SMOKE_BUDGET = 45.0  # seconds of probing per call; a function must return well within its timeout
+SMOKE_BUDGET = float(checking.SMOKE_BUDGET)  # seconds of probing per call: a function returns well within its timeout
+LINE = 500  # characters kept of a job's output line (the release document stays far below Firestore's 1 MiB)
 MAX_PROBES_KEPT = 20  # per region, in the release document (the audit keeps the counts)
 
 
@@ -53,9 +54,16 @@ def _scan(engine: Any, rel: Release, stage: Stage, effect: RunCheck) -> dict[str
         scan, today=engine.clock().date(), severity=spec.severity, allow=[(a.cve, a.until) for a in spec.allow],
         require_attestation=spec.attestation)
     detail = {"findings": len(scan.findings), "blocking": [f"{f.cve} ({f.severity})" for f in blocking][:20],
-              "allowed": [str(a) for a in allowed][:20], "expired": [str(e) for e in expired][:20],
+              "allowed": [_allowance(a) for a in allowed][:20], "expired": [_allowance(e) for e in expired][:20],
               "limit": spec.severity}
     return {"state": "passed" if ok else "failed", "reason": f"scan: {reason}", "detail": detail}
+
+
+def _allowance(entry: Any) -> str:
+    """"CVE-… (until 2027-01-31)" of an allowlist entry, or of a finding it covered."""
+    cve = getattr(entry, "cve", None) or (entry[0] if isinstance(entry, tuple) else str(entry))
+    until = getattr(entry, "until", None) or (entry[1] if isinstance(entry, tuple) and len(entry) > 1 else None)
+    return f"{cve} (until {until})" if until else str(cve)
 
 
 # ---------------------------------------------------------------- jobs: migrate, verify, e2e
@@ -81,7 +89,7 @@ def _job(engine: Any, rel: Release, stage: Stage, effect: RunCheck) -> dict[str,
     result = jobs.execution(run.execution)
     short = run.execution.rsplit("/", 1)[-1]
     detail = {"job": job, "execution": short, "summary": result.summary or {}, "log": result.log_uri or "",
-              "output": list(result.output[-5:])}
+              "output": [line[:LINE] for line in result.output[-5:]]}
     # A test job's summary is read from its output, which Cloud Logging shows a little after the end.
     finished = result.settled(engine.clock()) if run.name in ("verify", "e2e") else result.state != "running"
     if not finished:
@@ -105,8 +113,11 @@ def _target_url(engine: Any, rel: Release, stage: Stage, name: str, project: str
     if name == "migrate":
         return None
     urls = engine.cloudrun.urls(project, region, rel.service)
-    if name == "verify":
-        return urls.get("canary" if stage.strategy.canary else "green") or urls.get("")
+    if name == "verify":  # the new revision, never the service URL (that would test the old one)
+        tagged = urls.get("canary" if stage.strategy.canary else "green")
+        if not tagged:
+            raise RuntimeError(f"the new revision has no tag URL in {region} yet")  # transient: next poll
+        return tagged
     return urls.get("")
 
 
@@ -124,8 +135,9 @@ def _smoke(engine: Any, rel: Release, stage: Stage, effect: RunCheck) -> dict[st
         outcomes = dict(zip(regions, pool.map(
             lambda region: _probe_region(spec, engine.cloudrun.urls(project, region, rel.service).get(tag), budget),
             regions)))
-    for region, (_, _, probes) in outcomes.items():
-        _as_sample(engine, rel, region, effect.rollouts[region], probes, started)
+    if spec.on_fail == "block":  # an informing check must not roll back through the judge
+        for region, (_, _, probes) in outcomes.items():
+            _as_sample(engine, rel, region, effect.rollouts[region], probes, started)
     detail = {region: {"state": state, "probes": len(probes), "failed": sum(not p["ok"] for p in probes),
                        "last": probes[-1]["why"] if probes else "no probe", "recent": probes[-MAX_PROBES_KEPT:]}
               for region, (state, _, probes) in outcomes.items()}

@@ -457,6 +457,12 @@ class Engine:
         from pitstop import checkrun
         from pitstop.core.checks import POLL
 
+        if effect.cancel:  # a deadline passed or its stage stopped: its execution must not go on
+            try:
+                self._adapter("jobs").cancel(effect.run.execution, quietly=True)
+            except Exception as err:
+                log("WARNING", f"release {rel.id}: could not cancel {effect.run.execution}: {err!r}", release_id=rel.id)
+            return
         try:
             fields = checkrun.run(self, rel, effect)
         except Exception as err:  # an API fault is no verdict: again at the next poll, within the check's deadline
@@ -513,6 +519,10 @@ class Engine:
             # A newer rollout (another release, a rollback) owns the region now: this release's revert would undo it.
             owner = record.get("active_rollout") or record.get("last_rollout")
             log("NOTICE", f"release {rel.id}: {r.region} is left as it is: {owner} owns it now", **rollout_fields(r))
+            # The release hears it, so it stops owing this revert (its ticks would resend it forever otherwise).
+            taken = releases.progress_of(r).model_copy(update={"state": "superseded", "at": self.clock()})
+            self.release_input(rel.id, releases.RegionReport(id=f"{r.id}-taken-over", environment=r.environment,
+                                                             region=r.region, progress=taken))
             return
         revert_id = rollout_key(r.service, r.environment, r.region, f"revert{rel.id[-12:]}")
         prior = self.store.find_version(r.service, r.region, r.environment, r.stable_version or "")

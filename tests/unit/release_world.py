@@ -52,11 +52,13 @@ class World:
         self.audit: list = []
         self.seq = 0
         self.lossy = False
+        self.lose: set[str] = set()  # effect kinds lost (all of them while `lossy`)
         self.lost: list = []
         self.lost_resent = False  # a lost effect was sent again (it may land later than its decision)
         # What each check's run reports, in turn, whenever the shell carries it a step ("running" keeps it going).
         self.check_results: dict[str, list[str]] = {}
         self.check_calls: list[str] = []
+        self.cancelled: list[str] = []  # checks whose execution was asked to stop
         for env, e in self.pipeline.environments.items():  # v1 already serves everywhere
             for region in e.regions:
                 self.stable[(env, region)] = (f"web-v1-{env[:4]}", "v1")
@@ -118,7 +120,7 @@ class World:
             self.audit.append(decision.audit)
         self.release = decision.release
         for effect in decision.effects:
-            if self.lossy:  # the function died after the release's write, before its effects
+            if self.lossy or effect.kind in self.lose:  # the function died after the release's write, before them
                 self.lost.append(effect)
                 continue
             self._effect(effect)
@@ -162,6 +164,8 @@ class World:
                 else:
                     self._rollout((env, region), Command(id=self._id("abort"), action="abort", actor="release",
                                                          rollout_id=r.id))
+        elif isinstance(effect, RunCheck) and effect.cancel:
+            self.cancelled.append(effect.key)
         elif isinstance(effect, RunCheck):
             name = effect.run.name
             self.check_calls.append(effect.key)

@@ -357,11 +357,12 @@ def test_a_job_that_never_finishes_times_out_at_its_deadline():
     w = _checked("    checks: {migrate: {args: [python, migrate.py], timeout: 1m}}\n")
     w.check_results["migrate"] = ["running"]
     w.build("v2", branch="main")
-    w.wait(50)
+    w.wait(110)  # the job's timeout, plus a minute for the job's setup and start
     assert w.release.state == "running"
     w.wait(20)
     run = w.release.stages["staging"].checks["migrate"]
-    assert run.state == "timed_out" and "did not finish within its 60s deadline" in run.reason
+    assert run.state == "timed_out" and "did not finish within its 120s deadline" in run.reason
+    assert w.check_calls[-1] == "migrate" and len(w.cancelled) == 1  # and its execution is asked to stop
     assert w.release.state == "failed" and not w.rollouts
 
 
@@ -409,22 +410,22 @@ def test_production_waits_for_the_staging_e2e_to_pass():
     assert w.release.stages["production"].state == "awaiting_approval"
 
 
-@pytest.mark.parametrize("check, config, after", [
-    ("scan", "{scan: {wait: 30s}}", "stage"),
-    ("migrate", "{migrate: {args: [x], timeout: 30s}}", "stage"),
-    ("smoke", "{smoke: {deadline: 30s}}", "wave"),
-    ("verify", "{verify: {args: [x], timeout: 30s}}", "wave"),
+@pytest.mark.parametrize("check, config, after, deadline", [
+    ("scan", "{scan: {wait: 30s}}", "stage", 30),
+    ("migrate", "{migrate: {args: [x], timeout: 30s}}", "stage", 60),  # jobs: + time to set up and start
+    ("smoke", "{smoke: {deadline: 30s}}", "wave", 30),
+    ("verify", "{verify: {args: [x], timeout: 30s}}", "wave", 60),
 ])
-def test_every_check_gate_has_a_deadline_that_fires(check, config, after):
+def test_every_check_gate_has_a_deadline_that_fires(check, config, after, deadline):
     w = _checked(f"    checks: {config}\n")
     w.check_results[check] = ["running"]  # it never finishes
     w.build("v2", branch="main")
-    w.wait(20)
+    w.wait(deadline - 10)
     assert w.release.state == "running"
     w.wait(30)
     key = check if after == "stage" else f"{check}-w0-s-1"
     run = w.release.stages["staging"].checks[key]
-    assert run.state == "timed_out" and "did not finish within its 30s deadline" in run.reason
+    assert run.state == "timed_out" and f"did not finish within its {deadline}s deadline" in run.reason
     # before deploying: the release stops with traffic untouched; at 0 %: the environment rolls back
     assert w.release.state == ("failed" if after == "stage" else "rolled_back")
     assert all(m[3] == 0 for m in w.moves if m[1] == "staging")
@@ -440,3 +441,29 @@ def test_an_approval_gate_has_a_deadline_too():
     w.wait(10)
     assert w.release.stages["production"].state == "cancelled"
     assert "nobody approved" in w.release.stages["production"].reason
+
+
+def test_aborting_a_release_during_its_migration_stops_the_job():
+    w = _checked("    checks: {migrate: {args: [python, migrate.py], timeout: 5m}}\n")
+    w.check_results["migrate"] = ["running"]
+    w.build("v2", branch="main")
+    assert w.release.stages["staging"].state == "checking"
+    w.command("abort", environment="staging")
+    assert w.release.state == "cancelled" and w.release.stages["staging"].checks["migrate"].state == "cancelled"
+    assert w.cancelled == ["migrate"] and not w.rollouts
+
+
+def test_a_lost_revert_after_a_blocking_e2e_is_resent():
+    w = _checked("    checks: {e2e: {args: [python, e2e.py], on_fail: block}}\n")
+    w.check_results["e2e"] = ["running"]
+    w.build("v2", branch="main")
+    w.wait(200)
+    assert w.release.stages["staging"].state == "succeeded" and w.serving("staging", "us-central1").startswith("web-v2")
+    w.check_results["e2e"] = ["failed"]
+    w.lose = {"revert_regions"}  # the E2E fails at its next poll; the revert of the finished region is lost
+    w.wait(20)
+    w.lose = set()
+    assert w.release.state == "rolled_back" and w.serving("staging", "us-central1").startswith("web-v2")
+    assert w.release.due_at is not None  # a tick comes back for it
+    assert [e.kind for e in w.resend_owed()] == ["revert_regions"]
+    assert w.serving("staging", "us-central1") == "web-v1-stag"

@@ -28,7 +28,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PlainSerializer, field_validator
+from pydantic import Field, PlainSerializer, field_validator, model_validator
 
 from pitstop.core.models import Duration, Model
 
@@ -37,6 +37,13 @@ SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 # Seconds between polls of a running job or a pending scan: on GCP a tick comes every minute anyway, so this
 # only paces a fast ticker (the laptop's); each poll costs one read of the job and one release write.
 POLL = 2
+# A step of a check being carried out holds it this long: no tick sends it again meanwhile (a job's setup takes
+# up to ~30 s, smoke probes up to SMOKE_BUDGET); if the function carrying it died, the next tick after it does.
+LEASE = 60
+# A job's deadline is its task timeout plus a slack for the job's setup and start: as long as the timeout, at
+# least 10 s and at most a minute.
+JOB_SLACK = 60
+SMOKE_BUDGET = 45  # seconds of probing in one call (checkrun.py); both thresholds must fit in it
 
 
 # Firestore stores datetimes, not dates: a date is kept as its ISO text (2027-01-31).
@@ -90,6 +97,15 @@ class SmokeCheck(Model):
     backoff: Duration = 10
     on_fail: OnFail = "block"
 
+    @model_validator(mode="after")
+    def _fits(self) -> SmokeCheck:
+        # Probes run in calls of at most SMOKE_BUDGET seconds and a threshold counts within one call.
+        longest = (max(self.success_threshold, self.failure_threshold) - 1) * self.interval + self.timeout
+        if longest > SMOKE_BUDGET:
+            raise ValueError(f"a threshold needs up to {longest}s of probing ((threshold - 1) × interval + timeout); "
+                             f"pitstop probes for at most {SMOKE_BUDGET}s at a time: lower the thresholds or interval")
+        return self
+
     @field_validator("path")
     @classmethod
     def _path(cls, value: str) -> str:
@@ -115,7 +131,7 @@ class Checks(Model):
         return value
 
 
-CheckState = Literal["running", "passed", "failed", "timed_out"]
+CheckState = Literal["running", "passed", "failed", "timed_out", "cancelled"]  # cancelled: its stage stopped
 
 
 class CheckRun(Model):
@@ -155,14 +171,15 @@ def timeout_of(checks: Checks, name: str) -> int:
         return check.wait
     if name == "smoke":
         return check.deadline
-    return check.timeout
+    return check.timeout + min(JOB_SLACK, max(10, check.timeout))
 
 
 def begin(checks: Checks, name: str, now: datetime, wave: int | None = None, step: int | None = None,
           attempt: int = 1) -> CheckRun:
     check = getattr(checks, name)
     return CheckRun(name=name, on_fail=check.on_fail, attempt=attempt, wave=wave, step=step, started_at=now,
-                    deadline=now + timedelta(seconds=timeout_of(checks, name)), next_at=now)
+                    deadline=now + timedelta(seconds=timeout_of(checks, name)),
+                    next_at=now + timedelta(seconds=LEASE))  # its first step is sent with the decision
 
 
 def retry_of(checks: Checks, run: CheckRun, now: datetime) -> CheckRun | None:
@@ -170,6 +187,8 @@ def retry_of(checks: Checks, run: CheckRun, now: datetime) -> CheckRun | None:
     check = getattr(checks, run.name)
     if run.state not in ("failed", "timed_out") or run.attempt > check.retries:
         return None
+    if run.state == "timed_out" and run.execution and run.name == "migrate":
+        return None  # its execution may still run (it was asked to stop): a second migration must not overlap
     wait = timedelta(seconds=check.backoff * 2 ** (run.attempt - 1))
     fresh = begin(checks, run.name, now + wait, run.wave, run.step, run.attempt + 1)
     return fresh.model_copy(update={"started_at": now, "next_at": now + wait,

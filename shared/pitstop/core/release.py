@@ -169,8 +169,7 @@ class Release(Model):
         if polls:
             return min(polls + [resync])
         if self.state in RELEASE_DONE:
-            live = any(g.state in LIVE_REGION for g in stage.regions.values())
-            return resync if live and stage.state in ("rolled_back", "superseded") else None
+            return resync if owed(self) else None
         times = [t for t in (stage.not_before, stage.hold_until, stage.frozen_until) if t]
         if stage.state == "running":
             times.append(resync)
@@ -262,6 +261,7 @@ class RunCheck(Model):
     key: str
     run: CheckRun
     rollouts: dict[str, str] = Field(default_factory=dict)  # smoke/verify: the wave's regions
+    cancel: bool = False  # stop its job's execution instead (a deadline passed, or its stage stopped)
 
 
 ReleaseEffect = StartRegions | ProceedWave | RevertRegions | ForwardCommand | RunCheck | Notify
@@ -389,16 +389,18 @@ def owed(release: Release) -> list[ReleaseEffect]:
     """What the release decided and its regions do not show yet: the effects a lost delivery (a function that
     died after the release's write, before its effects) would leave undone. Each is idempotent: a tick resends
     them (`Engine._sync_releases`)."""
-    stage = release.stage
-    if stage is None:
-        return []
-    if stage.state in ("rolled_back", "superseded"):
-        live = {x: g.rollout_id for x, g in stage.regions.items() if g.rollout_id and g.state in LIVE_REGION}
-        return [RevertRegions(environment=stage.environment, rollouts=live, why=stage.reason)] if live else []
-    if stage.state != "running" or release.state in RELEASE_DONE:
-        return []
-    wave = stage.wave_regions()
     effects: list[ReleaseEffect] = []
+    for other in release.stages.values():
+        if other.state in ("rolled_back", "superseded"):
+            # Rolled back: every region not back yet (one that had finished too); superseded: those still live.
+            back = LIVE_REGION | ({"succeeded"} if other.state == "rolled_back" else set())
+            left = {x: g.rollout_id for x, g in other.regions.items() if g.rollout_id and g.state in back}
+            if left:
+                effects.append(RevertRegions(environment=other.environment, rollouts=left, why=other.reason))
+    stage = release.stage
+    if stage is None or stage.state != "running" or release.state in RELEASE_DONE:
+        return effects
+    wave = stage.wave_regions()
     missing = [x for x in wave if not (stage.regions.get(x) and stage.regions[x].rollout_id)]
     if missing:
         effects.append(StartRegions(environment=stage.environment, regions=missing))
@@ -683,9 +685,31 @@ def _start_check(p: _Plan, name: str, check: str, wave: int | None = None, step:
     run = checking.begin(stage.check_spec, check, p.now, wave, step)
     p.stage(name, checks={**stage.checks, key: run})
     p.why("check_started", environment=name, check=key, deadline=run.deadline)
-    rollouts = stage.rollouts(stage.wave_regions()) if wave is not None else {}
-    p.effects.append(RunCheck(environment=name, key=key, run=run, rollouts=rollouts))
+    p.effects.append(RunCheck(environment=name, key=key, run=run, rollouts=_probed(stage, wave)))
     return run
+
+
+def _probed(stage: Stage, wave: int | None) -> dict[str, str]:
+    """The wave's regions a smoke or verify check looks at: not a first deploy, which serves 100 % at once and
+    has no tag of its own (nothing to compare it with, nothing to probe at 0 %)."""
+    if wave is None:
+        return {}
+    return {x: rid for x, rid in stage.rollouts(stage.waves[wave]).items() if stage.regions[x].state != "succeeded"}
+
+
+def _stop_checks(p: _Plan, name: str) -> None:
+    """The stage stopped: its checks still running stop too (a job's execution is asked to stop)."""
+    stage = p.r.stages[name]
+    running = {key: run for key, run in stage.checks.items() if not run.done}
+    if not running:
+        return
+    stopped = {key: run.model_copy(update={"state": "cancelled", "finished_at": p.now, "next_at": None,
+                                           "reason": f"{key} stopped: {name} stopped"})
+               for key, run in running.items()}
+    p.stage(name, checks={**stage.checks, **stopped})
+    for key, run in running.items():
+        if run.execution:
+            p.effects.append(RunCheck(environment=name, key=key, run=run, cancel=True))
 
 
 def _pre_check(p: _Plan, name: str, check: str) -> str | None:
@@ -735,6 +759,7 @@ def _fail_stage(p: _Plan, name: str, why: str) -> str:
     """A blocking check failed before the stage deployed anything: the release stops, traffic untouched."""
     r = p.r
     p.stage(name, state="failed", finished_at=p.now, waiting_for=None, hold_until=None, reason=why)
+    _stop_checks(p, name)
     p.set(state="failed", message=f"Release of {r.version} stopped before {name}: {why.rstrip('. ')}.")
     p.why("release_check_failed", environment=name, why=why)
     p.notify("ERROR", "note_release_check_failed", service=r.service, version=r.version, environment=name,
@@ -746,6 +771,13 @@ def _check_update(p: _Plan, u: CheckUpdate) -> ReleaseDecision:
     stage = p.r.stages.get(u.environment)
     run = stage.checks.get(u.key) if stage else None
     p.detail = {"check": u.key, "attempt": u.attempt, "state": u.state}
+    if run is not None and run.attempt == u.attempt and run.state == "cancelled" and u.state != "running":
+        # Its stage stopped while this step was under way: what it measured is kept, it changes nothing now.
+        p.stage(u.environment, checks={**stage.checks, u.key: run.model_copy(update={
+            "state": u.state, "detail": u.detail or run.detail, "reason": u.reason,
+            "execution": u.execution or run.execution})})
+        p.why("check_result", check=u.key, state=u.state.replace("_", " "), why=u.reason)
+        return p.done("check_recorded")
     if run is None or run.attempt != u.attempt or run.done:
         return p.ignore("check_stale", check=u.key, attempt=u.attempt)
     if u.state == "running":
@@ -801,14 +833,15 @@ def _tick_checks(p: _Plan) -> None:
                        + (f" (execution {run.execution} still running)" if run.execution else ""))
                 p.stage(name, checks={**p.r.stages[name].checks, key: run.model_copy(update={
                     "state": "timed_out", "reason": why, "finished_at": p.now, "next_at": None})})
+                if run.execution:  # past its deadline, its job must not go on (nor overlap a retry)
+                    p.effects.append(RunCheck(environment=name, key=key, run=run, cancel=True))
                 _check_finished(p, name, key)
             elif run.next_at is not None and p.now >= run.next_at:
-                polled = run.model_copy(update={"next_at": p.now + timedelta(seconds=checking.POLL)})
+                polled = run.model_copy(update={"next_at": p.now + timedelta(seconds=checking.LEASE)})
                 p.stage(name, checks={**p.r.stages[name].checks, key: polled})
                 p.why("check_poll", check=key, attempt=run.attempt, environment=name)
-                st = p.r.stages[name]
-                rollouts = st.rollouts(st.waves[run.wave]) if run.wave is not None else {}
-                p.effects.append(RunCheck(environment=name, key=key, run=polled, rollouts=rollouts))
+                p.effects.append(RunCheck(environment=name, key=key, run=polled,
+                                          rollouts=_probed(p.r.stages[name], run.wave)))
 
 
 def _pooled(stage: Stage, progress: list[RegionProgress]) -> bool:
@@ -847,6 +880,7 @@ def _revert(p: _Plan, name: str, region: str | None, why: str | None = None) -> 
     targets = {x: g.rollout_id for x, g in stage.regions.items()
                if g.rollout_id and g.state not in FAILED_REGION}
     p.stage(name, state="rolled_back", finished_at=now, waiting_for=None, hold_until=None, reason=why)
+    _stop_checks(p, name)
     p.set(state="rolled_back")
     p.why("release_revert", environment=name, why=why, regions=", ".join(targets) or "none left",
           skipped=", ".join(x for w in stage.waves[stage.wave + 1:] for x in w) or "none")
@@ -866,6 +900,7 @@ def _superseded(p: _Plan, name: str, region: str) -> str:
     live = {x: g.rollout_id for x, g in stage.regions.items() if g.rollout_id and g.state in LIVE_REGION}
     why = f"{region}'s rollout was superseded (a newer release or a rollback took over)"
     p.stage(name, state="superseded", finished_at=p.now, waiting_for=None, hold_until=None, reason=why)
+    _stop_checks(p, name)
     p.set(state="superseded", message=f"Release of {r.version} stopped in {name}: {why}.")
     p.why("release_superseded", environment=name, why=why, regions=", ".join(live) or "none")
     if live:
@@ -964,9 +999,10 @@ def _command(p: _Plan, c: Command) -> ReleaseDecision:
         if stage.state == "running":
             where = f" in {c.region}" if c.region else ""
             return p.done(_revert(p, name, None, f"{c.actor} asked to {c.action}{where}"))
-        if stage.state in ("planned", "soaking", "awaiting_approval"):
+        if stage.state in ("planned", "soaking", "awaiting_approval", "checking"):
             p.stage(name, state="cancelled", finished_at=p.now, waiting_for=None, hold_until=None,
                     reason=f"cancelled by {c.actor}")
+            _stop_checks(p, name)
             p.set(state="cancelled")
             p.why("release_cancelled", actor=c.actor, environment=name)
             return p.done("cancelled")

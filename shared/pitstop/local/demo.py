@@ -365,7 +365,8 @@ def _ship_and_wait(stack: Stack, store: Store, watch: tuple[Metrics, float] | No
             view.update(r, _traffic(stack, watch, view) if watch else None)
             if r.state in TERMINAL or r.state == "paused":
                 if r.state != want:
-                    raise DemoFailed(f"{version} ended {r.state}, expected {want}: {r.message}")
+                    rule = f" (verdict: {r.verdict.rule})" if r.verdict and r.verdict.outcome == "fail" else ""
+                    raise DemoFailed(f"{version} ended {r.state}, expected {want}: {r.message}{rule}")
                 return r
         time.sleep(0.5)
     where = f"rollout {rollout_id} is {r.state}: {r.message}" if r else f"build {build_id} started no rollout"
