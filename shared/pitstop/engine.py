@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from dataclasses import dataclass, field
 
-from pitstop.core import access, machine, release as releases, routing, sampling
+from pitstop.core import access, machine, routing, sampling
 from pitstop.core.models import (
     TERMINAL, Alert, Applied, ApplyFailed, ApplyTraffic, Artifact, BuildFinished, Command, HealthSample, Input,
     Notify, Observed, Proceed, RECONCILE_AFTER, Rollout, RolloutSpec, Superseded, Tick,
@@ -28,12 +28,28 @@ from pitstop.log import log, rollout_fields
 
 if TYPE_CHECKING:
     from pitstop.config import Config
+    from pitstop.core import release as releases  # noqa: F811 (the type checker sees the module)
     from pitstop.core.pipeline import Pipeline
     from pitstop.gcp.bus import Bus
     from pitstop.gcp.cloudbuild import CloudBuild
     from pitstop.gcp.cloudrun import CloudRun
     from pitstop.gcp.identity import Identity, Verifier
     from pitstop.gcp.metrics import Metrics
+
+class _OnFirstUse:
+    """A module imported when first used: releases (and their checks) cost a function's cold start nothing
+    until an input concerns one."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+
+releases = _OnFirstUse("pitstop.core.release")
 
 IGNORED_BUILD_STATES = {"STATUS_UNKNOWN", "PENDING", "QUEUED", "WORKING"}
 TICK_CONCURRENCY = 8  # due rollouts handled at once by one tick (each mostly waits on I/O)
