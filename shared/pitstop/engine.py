@@ -28,7 +28,6 @@ from pitstop.log import log, rollout_fields
 
 if TYPE_CHECKING:
     from pitstop.config import Config
-    from pitstop.core import release as releases  # noqa: F811 (the type checker sees the module)
     from pitstop.core.pipeline import Pipeline
     from pitstop.gcp.bus import Bus
     from pitstop.gcp.cloudbuild import CloudBuild

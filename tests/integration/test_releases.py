@@ -135,8 +135,8 @@ def test_main_to_staging_tag_to_production_in_waves_then_a_failure_in_wave_two_r
              store.release(r1).stages["production"].state == "awaiting_approval")
     assert not any(split_or_none(stack, "pitstop-prod", region) for region in PROD)  # nothing before approval
     approve(stack, store, r1)
-    rel = wait_for("v1 in production", lambda: (x := store.release(r1)).state == "succeeded" and x, timeout=90)
-    v1 = {region: next(iter(split(stack, "pitstop-prod", region))) for region in PROD}
+    wait_for("v1 in production", lambda: store.release(r1).state == "succeeded", timeout=90)
+    assert all(next(iter(split(stack, "pitstop-prod", region))).startswith("shop-v1") for region in PROD)
 
     # v2: main → staging (a canary, judged); its tag → production, approved, in two waves
     build(stack, "v2", branch="main")
@@ -171,7 +171,6 @@ def test_main_to_staging_tag_to_production_in_waves_then_a_failure_in_wave_two_r
     assert next(iter(split(stack, "pitstop-staging", "us-central1"))).startswith("shop-v3")  # staging keeps v3
     us = store.rollout(rel.stages["production"].regions["us-central1"].rollout_id)
     assert us.state == "succeeded"  # wave 1 had finished; a revert rollout took it back
-    assert v1  # the first versions were served before
 
 
 def waits(store: Store, rid: str) -> bool:
@@ -195,8 +194,8 @@ def test_hotfix_path_goes_straight_to_production_with_its_own_steps(stack, store
     assert [s.weight for s in us.strategy.canary.steps] == [25]
 
 
-def test_an_approver_cannot_approve_what_they_started_with_four_eyes(stack, store):
-    # (the approval gate and the refusal are recorded; four-eyes itself is unit-tested in test_access)
+def test_someone_without_the_approver_role_cannot_start_production(stack, store):
+    # The refusal is recorded with the missing permission (four eyes itself: tests/unit/test_access.py).
     rid = release_of(stack, store, "v3")
     command_id = stack.command({"action": "approve", "release_id": rid, "environment": "production"},
                                email="mallory@example.com")

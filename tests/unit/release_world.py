@@ -10,32 +10,14 @@ from pitstop.core.models import (
     Applied, ApplyTraffic, Artifact, Command, HealthSample, Match, Proceed, Rollout, RolloutSpec, Tick,
 )
 from pitstop.core.pipeline import load_pipeline
+from test_pipeline import SEED
 from pitstop.core.release import (
     CheckUpdate, ForwardCommand, ProceedWave, RegionReport, Release, RevertRegions, RunCheck, StartRegions, begin,
     decide_release, extend, progress_of, release_id,
 )
 
-PIPELINE = """
-service: web
-image: us-docker.pkg.dev/acme/apps/web
-environments:
-  staging:
-    project: acme-staging
-    regions: [us-central1]
-    on: {branch: main}
-    strategy: {canary: {steps: [{weight: 50, pause: 60s}]}}
-  production:
-    project: acme-prod
-    regions: [us-central1, europe-west1, asia-northeast1]
-    waves: [[us-central1], [europe-west1, asia-northeast1]]
-    on: {tag: "v*"}
-    promote_from: staging
-    approve: true
-    strategy: {canary: {steps: [{weight: 5, pause: 60s}, {weight: 25, pause: 60s}]}}
-paths:
-  hotfix: {on: {branch: "hotfix/*"}, to: production, strategy: {canary: {steps: [{weight: 25, pause: 60s}]}}, approve: true}
-freeze: [{cron: "0 16 * * FRI", duration: 64h, tz: Europe/Berlin, except: [hotfix]}]
-"""
+# The seed's branch strategy (test_pipeline.SEED) with one-minute pauses: the world's ticks are 10 s.
+PIPELINE = SEED.replace("pause: 2m", "pause: 60s").replace("pause: 5m", "pause: 60s")
 
 MONDAY = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
 

@@ -216,9 +216,6 @@ class CheckUpdate(Model):
     next_at: datetime | None = None
 
 
-ReleaseInput = Enter | RegionReport | Tick | Command | CheckUpdate
-
-
 class StartRegions(Model):
     """Start the rollouts of one wave (each deploys at 0 % and waits)."""
 
@@ -519,7 +516,7 @@ def _progress(p: _Plan, decision: str, quiet: bool = False, state_before: str | 
               keep: bool = False) -> ReleaseDecision:
     """Move the release as far as its gates allow: the one place that decides what happens next. The audit
     names the last move made (or `decision`, if `keep`)."""
-    named = decision
+    last = decision
     for _ in range(len(p.r.route) * 4 + 4):  # each pass finishes a stage or stops; bounded for safety
         r = p.r
         if r.state in RELEASE_DONE:
@@ -529,19 +526,19 @@ def _progress(p: _Plan, decision: str, quiet: bool = False, state_before: str | 
             p.set(state="succeeded", current=r.route[-1])
             p.notify("NOTICE", "note_release_succeeded", service=r.service, version=r.version,
                      route=" → ".join(r.route), hotfix=" (hotfix)" if r.hotfix else "")
-            decision = "succeeded"
+            last = "succeeded"
             break
         if r.current != name:
             p.set(current=name)
         moved = _stage_step(p, name)
         if moved is None:  # nothing more can happen now
             break
-        decision = moved
+        last = moved
         if p.r.stages[name].state != "succeeded":
             break
     if quiet and not p.changes:
         return p.nothing()
-    return p.done(named if keep else decision, state_before)
+    return p.done(decision if keep else last, state_before)
 
 
 def _stage_step(p: _Plan, name: str) -> str | None:

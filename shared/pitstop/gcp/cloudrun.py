@@ -226,26 +226,31 @@ class CloudRun:
 
     def _call(self, request: Callable[[], T], doing: str, left: str | Callable[[str], str],
               passing: type[Exception] | None = None, transient: set[str] | None = None) -> T:
-        """One request; its failure as a CloudRunError saying what is `left` (or computed from the code).
+        return call(request, doing, left, passing, transient)
 
-        `passing` errors are raised as they are; `transient` codes are retryable here whatever they are elsewhere.
-        """
-        from google.api_core import exceptions
 
-        try:
-            return request()
-        except exceptions.GoogleAPICallError as err:
-            if passing is not None and isinstance(err, passing):
-                raise
-            status = _status(err)
-            raise _error(f"{doing} failed", err, left(status) if callable(left) else left,
-                         permanent=status in PERMANENT - (transient or set())) from err
-        except exceptions.RetryError as err:
-            raise CloudRunError(f"{doing} failed (retries exhausted: {err}); state unknown, "
-                                "applying again is safe") from err
-        except _transport_errors() as err:
-            raise CloudRunError(f"{doing} failed ({type(err).__name__}: {err}); the request may or may not "
-                                "have reached Cloud Run; applying again is safe") from err
+def call(request: Callable[[], T], doing: str, left: str | Callable[[str], str],
+         passing: type[Exception] | None = None, transient: set[str] | None = None,
+         error: type[CloudRunError] | None = None) -> T:
+    """One Cloud Run request (services or jobs); its failure as a CloudRunError (or `error`, a subclass) saying
+    what is `left` (or computed from the code). `passing` errors are raised as they are; `transient` codes are
+    retryable here whatever they are elsewhere."""
+    from google.api_core import exceptions
+
+    error = error or CloudRunError
+    try:
+        return request()
+    except exceptions.GoogleAPICallError as err:
+        if passing is not None and isinstance(err, passing):
+            raise
+        status = _status(err)
+        raise _error(f"{doing} failed", err, left(status) if callable(left) else left,
+                     permanent=status in PERMANENT - (transient or set()), kind=error) from err
+    except exceptions.RetryError as err:
+        raise error(f"{doing} failed (retries exhausted: {err}); state unknown, applying again is safe") from err
+    except _transport_errors() as err:
+        raise error(f"{doing} failed ({type(err).__name__}: {err}); the request may or may not "
+                    "have reached Cloud Run; applying again is safe") from err
 
 
 def _sent(status: str) -> str:
@@ -278,14 +283,15 @@ def _status(err: Any) -> str:
     return _STATUS_BY_HTTP.get(getattr(err, "code", None), "UNKNOWN")
 
 
-def _error(what: str, err: Any, left: str, permanent: bool | None = None) -> CloudRunError:
+def _error(what: str, err: Any, left: str, permanent: bool | None = None,
+           kind: type[CloudRunError] | None = None) -> CloudRunError:
     status = _status(err)
     code = getattr(err, "code", None)
     # Operation errors come as gRPC codes; their `code` is the HTTP equivalent, worth naming only for REST.
     rest = hasattr(getattr(err, "response", None), "status_code")  # an operation's error carries the operation
     label = f"HTTP {code} {status}" if rest and code else status
-    return CloudRunError(f"{what} ({label}): {err.message}; {left}",
-                         permanent=status in PERMANENT if permanent is None else permanent)
+    return (kind or CloudRunError)(f"{what} ({label}): {err.message}; {left}",
+                                   permanent=status in PERMANENT if permanent is None else permanent)
 
 
 def _in_flight(svc: Any) -> bool:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar
 
-from pitstop.gcp.cloudrun import PERMANENT, CloudRunError, _status, _transport_errors
+from pitstop.gcp.cloudrun import PERMANENT, CloudRunError, _sent, _status, _transport_errors, call
 
 if TYPE_CHECKING:
     from google.cloud import run_v2
@@ -291,23 +291,7 @@ class Jobs:
 
     def _call(self, request: Callable[[], T], doing: str, left: str | Callable[[str], str],
               passing: type[Exception] | None = None, transient: set[str] | None = None) -> T:
-        """One request; its failure as a JobsError saying what is `left` (or computed from the code)."""
-        from google.api_core import exceptions
-
-        try:
-            return request()
-        except exceptions.GoogleAPICallError as err:
-            if passing is not None and isinstance(err, passing):
-                raise
-            status = _status(err)
-            said = left(status) if callable(left) else left
-            raise JobsError(f"{doing} failed ({status}): {err.message}; {said}",
-                            permanent=status in PERMANENT - (transient or set())) from err
-        except exceptions.RetryError as err:
-            raise JobsError(f"{doing} failed (retries exhausted: {err}); state unknown") from err
-        except _transport_errors() as err:
-            raise JobsError(f"{doing} failed ({type(err).__name__}: {err}); the request may or may not "
-                            "have reached Cloud Run") from err
+        return call(request, doing, left, passing, transient, error=JobsError)
 
 
 class ExecutionLogs:
@@ -362,12 +346,6 @@ def _rest_status(response: Any) -> str:
         return str(response.json()["error"]["status"])
     except Exception:  # not Google's error shape
         return "UNKNOWN"
-
-
-def _sent(status: str) -> str:
-    if status in PERMANENT:
-        return "nothing changed"
-    return "the change may or may not have been applied; ensuring again is safe"
 
 
 def _started(op: Any) -> str | None:

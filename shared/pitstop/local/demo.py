@@ -30,7 +30,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from pitstop.local.stack import Stack
     from pitstop.gcp.metrics import Metrics
     from pitstop.gcp.store import Store
+
+T = TypeVar("T")
 
 SERVICE = "web"
 REGION = "us-central1"
@@ -490,8 +492,7 @@ def run_demo(rps: float = 50.0, state_dir: Path | None = None, console: Console 
 
     `health_lag`: Monitoring's ingestion lag in seconds; the stack's default (3) if None.
     """
-    from pitstop.local.emulators import MissingTool
-    from pitstop.local.stack import DEFAULT_HEALTH_LAG, Stack
+    from pitstop.local.stack import DEFAULT_HEALTH_LAG
 
     console = console or Console()
     if not MIN_RPS <= rps <= MAX_RPS:
@@ -501,29 +502,17 @@ def run_demo(rps: float = 50.0, state_dir: Path | None = None, console: Console 
     temporary = state_dir is None
     state_dir = Path(tempfile.mkdtemp(prefix="pitstop-demo-")) if temporary else state_dir
     view = View(console, rps)
-    report: Report | None = None
     started = time.monotonic()
-    try:
-        with ExitStack() as cleanup:
-            cleanup.enter_context(_sigterm_as_interrupt())
-            cleanup.enter_context(local_logs_to(state_dir / "local-cloud.log"))
-            console.print(f"starting the local stack (emulators, functions, Cloud Run, Monitoring) in {state_dir} …")
-            lag = DEFAULT_HEALTH_LAG if health_lag is None else health_lag
-            stack = cleanup.enter_context(Stack(state_dir, tick_interval=TICK_S, health_lag=lag))
-            with view.running():
-                report = run_scenario(stack, rps, view)
-            console.print("stopping the local stack …")
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted; the local stack is stopped. Logs kept in {state_dir}[/yellow]")
-        return 130
-    except MissingTool as err:
-        console.print(f"[red]{err}[/red]")
-        return 1
-    except Exception as err:  # a bug or a broken emulator: say what, after everything is stopped
-        console.print_exception(max_frames=8)
-        console.print(f"[bold red]FAILED:[/bold red] the demo stopped on {type(err).__name__}: {err}. "
-                      f"Everything is stopped; logs are in {state_dir}")
-        return 1
+
+    def scenario(stack: Stack) -> Report:
+        with view.running():
+            return run_scenario(stack, rps, view)
+
+    lag = DEFAULT_HEALTH_LAG if health_lag is None else health_lag
+    report = on_local_stack(console, state_dir, "emulators, functions, Cloud Run, Monitoring", scenario,
+                            tick_interval=TICK_S, health_lag=lag)
+    if isinstance(report, int):
+        return report
     if report.v2 and report.v3 and report.results:
         console.print(summary(report))
     for problem in report.problems:
@@ -536,6 +525,34 @@ def run_demo(rps: float = 50.0, state_dir: Path | None = None, console: Console 
     if temporary:
         shutil.rmtree(state_dir, ignore_errors=True)
     return 0
+
+
+def on_local_stack(console: Console, state_dir: Path, what: str, scenario: Callable[[Stack], T],
+                   **stack_options: Any) -> T | int:
+    """Start the local stack in `state_dir`, run `scenario` on it, stop everything; what it returned, or the exit
+    code if it could not finish (130 interrupted, 1 a missing tool or a failure, said on the console)."""
+    from pitstop.local.emulators import MissingTool
+    from pitstop.local.stack import Stack
+
+    try:
+        with ExitStack() as cleanup:
+            cleanup.enter_context(_sigterm_as_interrupt())
+            cleanup.enter_context(local_logs_to(state_dir / "local-cloud.log"))
+            console.print(f"starting the local stack ({what}) in {state_dir} …")
+            result = scenario(cleanup.enter_context(Stack(state_dir, **stack_options)))
+            console.print("stopping the local stack …")
+            return result
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted; the local stack is stopped. Logs kept in {state_dir}[/yellow]")
+        return 130
+    except MissingTool as err:
+        console.print(f"[red]{err}[/red]")
+        return 1
+    except Exception as err:  # a bug or a broken emulator: say what, after everything is stopped
+        console.print_exception(max_frames=8)
+        console.print(f"[bold red]FAILED:[/bold red] the demo stopped on {type(err).__name__}: {err}. "
+                      f"Everything is stopped; logs are in {state_dir}")
+        return 1
 
 
 @contextmanager

@@ -268,39 +268,24 @@ def run_release_demo(rps: float = 80.0, console=None, health_lag: float = 1.5, t
     """`pitstop demo`: the scenario on a fresh local stack; 0 if every outcome was right."""
     import shutil
     import tempfile
-    from contextlib import ExitStack
 
     from rich.console import Console
 
-    from pitstop.local.demo import _sigterm_as_interrupt, local_logs_to
-    from pitstop.local.emulators import MissingTool
-    from pitstop.local.stack import Stack
+    from pitstop.local.demo import on_local_stack
 
     console = console or Console()
     state_dir = Path(tempfile.mkdtemp(prefix="pitstop-demo-"))
     started = time.monotonic()
-    try:
-        with ExitStack() as cleanup:
-            cleanup.enter_context(_sigterm_as_interrupt())
-            cleanup.enter_context(local_logs_to(state_dir / "local-cloud.log"))
-            console.print(f"starting the local stack (emulators, functions, Cloud Run in 4 places, Monitoring) in "
-                          f"{state_dir} …")
-            stack = cleanup.enter_context(Stack(state_dir, tick_interval=tick, health_lag=health_lag))
-            console.print(f"timing: a tick every {tick:g} s, Monitoring {health_lag:g} s behind (GCP: a minute, "
-                          f"up to 180 s)")
-            report = run_release_scenario(stack, rps, lambda line: console.print(line, highlight=False), checks)
-            console.print("stopping the local stack …")
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted; the local stack is stopped. Logs kept in {state_dir}[/yellow]")
-        return 130
-    except MissingTool as err:
-        console.print(f"[red]{err}[/red]")
-        return 1
-    except Exception as err:  # a bug or a broken emulator: say what, after everything is stopped
-        console.print_exception(max_frames=8)
-        console.print(f"[bold red]FAILED:[/bold red] the demo stopped on {type(err).__name__}: {err}. "
-                      f"Everything is stopped; logs are in {state_dir}")
-        return 1
+
+    def scenario(stack: Stack) -> ReleaseReport:
+        console.print(f"timing: a tick every {tick:g} s, Monitoring {health_lag:g} s behind (GCP: a minute, "
+                      f"up to 180 s)")
+        return run_release_scenario(stack, rps, lambda line: console.print(line, highlight=False), checks)
+
+    report = on_local_stack(console, state_dir, "emulators, functions, Cloud Run in 4 places, Monitoring",
+                            scenario, tick_interval=tick, health_lag=health_lag)
+    if isinstance(report, int):
+        return report
     for line in summary_lines(report):
         console.print(line, highlight=False)
     for problem in report.problems:
