@@ -777,7 +777,7 @@ def demo(rps: Optional[float] = typer.Option(None, help="steady load, requests p
                                                              "every canary step, v3 rolled back"),
          checks: bool = typer.Option(True, "--checks/--no-checks", help="the release's checks (scan, migration, "
                                                                         "smoke, E2E) and v4 refused by its scan; "
-                                                                        "--no-checks: the waves alone, under a "
+                                                                        "--no-checks: the waves alone, about a "
                                                                         "minute")) -> None:
     """Run a real release on this machine: staging → three production regions in two waves, then a v3 that
     fails in the second wave rolled back in every region."""
