@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test setup browser bench clean
 
 demo: setup
 	$(BIN)/pitstop demo
@@ -13,13 +13,19 @@ demo: setup
 # Three workers, a test file each (module fixtures stay together; each worker starts its own emulators):
 # most tests wait on emulators, ticks, processes and the local stack, so three share 2 cores well
 # (4:38 on the reference machine, against about 8 minutes with two).
-test: setup $(CHECKOV_VENV)/bin/checkov
+test: setup browser $(CHECKOV_VENV)/bin/checkov
 	CHECKOV_BIN=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest -n 3 --dist loadfile
 
 bench: setup
 	$(BIN)/python bench/rollback_reaction.py
 
 setup: $(BIN)/.installed
+
+# The dashboard's browser test drives Debian's chromium through its chromedriver (no browser download).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "warning: chromium and chromium-driver are not installed (sudo apt-get install chromium chromium-driver); the dashboard's browser test will fail"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
