@@ -1,0 +1,389 @@
+"""The dashboard: HTML pages the `api` function serves under /dashboard, for the same verified people.
+
+    /dashboard/                        services, releases and rollouts in flight, recent rollouts, DORA summary
+    /dashboard/releases/{id}           a release: route, stages, waves, regions, verdicts, charts, audit trail
+    /dashboard/rollouts/{id}           a rollout on its own: the same parts
+    /dashboard/metrics                 DORA metrics per service and environment, 7/30/90 days
+    ?action=promote|approve|abort|pause|resume|rollback[&environment=E&region=R]
+                                       a confirmation panel; its button POSTs JSON to the API's command route
+
+Every page verifies the caller's token exactly as the API does (`api.Call`): a page is read with
+`rollout:read`, and an action shows only to whom its permission is granted (the API decides anyway when
+the button is pressed). The pages are server-rendered (Jinja2, templates/); a little JS in them fetches the
+page again every few seconds and swaps its live parts. Charts are inline SVG drawn here: no browser
+library, nothing fetched from elsewhere.
+
+Reading goes through the engine's store; the sentences, rows and the release story are the API's own
+(rows.py, releases.py), so the dashboard and the API never disagree.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import flask
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
+
+from pitstop.core.models import DOC_ID, TERMINAL, AuditEvent, Rollout
+from pitstop.surfaces.api import ACTIONS, ApiError, Call, _Segment, _unexpected, _where
+
+if TYPE_CHECKING:
+    from markupsafe import Markup
+
+    from pitstop.core.release import Release
+
+TEMPLATES = Path(__file__).with_name("templates")
+REFRESH_S = 3  # how often the live parts of a page are fetched again
+RECENT = 20  # rollouts on the overview
+SCAN = 200  # rollouts and releases read to find those in flight (the API's MAX_LIMIT)
+
+PAGES = Map([
+    Rule("/dashboard", endpoint="overview"),
+    Rule("/dashboard/", endpoint="overview"),
+    Rule("/dashboard/releases/<segment:release_id>", endpoint="release"),
+    Rule("/dashboard/rollouts/<segment:rollout_id>", endpoint="rollout"),
+    Rule("/dashboard/metrics", endpoint="metrics"),
+], converters={"segment": _Segment}, strict_slashes=False, merge_slashes=False)
+
+
+def respond(call: Call) -> flask.Response:
+    """One page, or an HTML page saying what failed (never a stack trace)."""
+    request = call.request
+    try:
+        endpoint, args = PAGES.bind_to_environ(request.environ).match(method=request.method)
+        if request.method not in ("GET", "HEAD"):
+            raise MethodNotAllowed(valid_methods=["GET"])
+        call.who()
+        return _html(200, PAGE_HANDLERS[endpoint](call, **args))
+    except ApiError as err:
+        return _html(err.status, _error_page(err))
+    except NotFound:
+        return _html(404, _error_page(ApiError("not_found", f"there is no dashboard page {request.path}")))
+    except MethodNotAllowed:
+        return _html(405, _error_page(ApiError("method_not_allowed", f"dashboard pages are only read (GET); "
+                                                                     f"{request.method} changed nothing")))
+    except Exception as err:  # noqa: BLE001 - as in the API: every other failure becomes a sentence
+        return _html(500, _error_page(_unexpected(request, err)))
+
+
+# ---------------------------------------------------------------- pages
+
+def overview(call: Call) -> str:
+    from pitstop.core.release import RELEASE_DONE
+    from pitstop.surfaces.releases import release_row
+    from pitstop.surfaces.rows import rollout_row
+
+    store = call.engine.store
+    services = sorted((s for s in store.services() if _may_read(call, s["service"], s["environment"])),
+                      key=lambda s: (s["service"], s["environment"], s["region"]))
+    releases = [r for r in store.releases(limit=SCAN) if r.state not in RELEASE_DONE and _may_read_release(call, r)]
+    rollouts = [r for r in store.recent(limit=SCAN) if _may_read(call, r.service, r.environment)]
+    return render("overview.html", services=services,
+                  releases=[{**release_row(r), "stage": _stage_view(r.stage)} for r in releases],
+                  live=[_rollout_view(r) for r in rollouts if r.state not in TERMINAL and not r.release_id],
+                  recent=[rollout_row(r) for r in rollouts[:RECENT]], dora=_dora(call, window="30d"))
+
+
+def release(call: Call, release_id: str) -> str:
+    from pitstop.core.release import RELEASE_DONE
+    from pitstop.surfaces.releases import release_detail, release_rollouts, release_story
+
+    store = call.engine.store
+    rel = store.release(release_id) if re.fullmatch(DOC_ID, release_id) else None
+    if rel is None or not _may_read_release(call, rel):
+        raise ApiError("not_found", f"there is no release {release_id} you may read")
+    detail = release_detail(rel)
+    rollouts = {r.id: r for r in release_rollouts(store, rel)}
+    stages = []
+    for row in detail["stages"]:
+        if not _may_read(call, rel.service, row["environment"]):
+            continue  # a release crosses environments: each is shown to those who may read it
+        regions = []
+        for region, g in row["regions"].items():
+            r = rollouts.get(g["rollout_id"] or "")
+            regions.append({"region": region, **g, "rollout": _rollout_view(r, store.events(r.id)) if r else None})
+        stages.append({**row, "region_views": regions})
+    events, chain = release_story(store, rel)
+    events = [e for e in events if e["region"] is None or _may_read(call, rel.service, e["environment"])]
+    environment = call.request.args.get("environment") or _where(rel)
+    live = rel.state not in RELEASE_DONE
+    may = _permissions(call, rel.service, environment)
+    return render("release.html", rel=detail, stages=stages, events=events, chain=chain,
+                  actions=release_actions(rel.state, rel.stage.state if rel.stage else None, may) if live else [],
+                  confirm=_confirmation(call, f"/api/v1/releases/{rel.id}", may, live, release=True))
+
+
+def rollout(call: Call, rollout_id: str) -> str:
+    store = call.engine.store
+    r = store.rollout(rollout_id) if re.fullmatch(DOC_ID, rollout_id) else None
+    if r is None or not _may_read(call, r.service, r.environment):
+        raise ApiError("not_found", f"there is no rollout {rollout_id} you may read")
+    events = store.events(r.id)
+    may = _permissions(call, r.service, r.environment)
+    live = r.state not in TERMINAL
+    return render("rollout.html", r=_rollout_view(r, events), events=[_event(e) for e in events],
+                  actions=rollout_actions(r.state, may) if live else [],
+                  confirm=_confirmation(call, f"/api/v1/rollouts/{r.id}", may, live, release=False))
+
+
+def metrics(call: Call) -> str:
+    return render("metrics.html", dora=_dora(call))
+
+
+PAGE_HANDLERS: dict[str, Callable[..., str]] = {
+    "overview": overview, "release": release, "rollout": rollout, "metrics": metrics}
+
+
+# ---------------------------------------------------------------- who may do what (the API's own checks)
+
+def _may_read(call: Call, service: str, environment: str) -> bool:
+    return call.may("rollout:read", service, environment) is None
+
+
+def _may_read_release(call: Call, rel: Release) -> bool:
+    return _may_read(call, rel.service, _where(rel))
+
+
+def _permissions(call: Call, service: str, environment: str) -> Callable[[str], bool]:
+    """action -> whether the caller holds its permission here (release promotion is a deployment)."""
+    from pitstop.core import access
+
+    return lambda action: call.may(access.PERMISSION_OF_ACTION[action], service, environment) is None
+
+
+def rollout_actions(state: str, may: Callable[[str], bool]) -> list[str]:
+    """What a person may do to a rollout in `state`: what its state accepts, among what their roles grant."""
+    if state in TERMINAL:
+        return []
+    fitting = {"pause": state not in ("paused", "rolling_back"), "resume": state == "paused",
+               "approve": state == "awaiting_approval", "promote": state != "rolling_back",
+               "abort": state != "rolling_back", "rollback": state != "rolling_back"}
+    return [a for a in ACTIONS if fitting[a] and may(a)]
+
+
+def release_actions(state: str, stage_state: str | None, may: Callable[[str], bool]) -> list[str]:
+    """The same for a release in flight (its current stage's state decides approve, pause and resume)."""
+    from pitstop.core.release import RELEASE_DONE
+
+    if state in RELEASE_DONE:
+        return []
+    fitting = {"approve": stage_state == "awaiting_approval" or state == "waiting", "pause": state == "running",
+               "resume": True, "promote": True, "abort": True, "rollback": True}
+    return [a for a in ("approve", "promote", "pause", "resume", "abort", "rollback") if fitting[a] and may(a)]
+
+
+@dataclass
+class Confirmation:
+    """The panel `?action=` opens: what will be sent where, or why the caller may not."""
+
+    action: str
+    url: str
+    body: dict[str, str]
+    refusal: str | None = None
+
+
+def _confirmation(call: Call, target: str, may: Callable[[str], bool], live: bool,
+                  release: bool) -> Confirmation | None:
+    from pitstop.surfaces.api import RELEASE_ACTIONS
+
+    args = call.request.args
+    action = args.get("action")
+    if not action:
+        return None
+    body = {k: args[k] for k in ("environment", "region") if release and args.get(k)}
+    done = Confirmation(action, f"{target}:{action}", body)
+    if action not in (RELEASE_ACTIONS if release else ACTIONS):
+        done.refusal = f"there is no action {action!r} here; nothing was sent"
+    elif not live:
+        done.refusal = f"it has finished; there is nothing to {action}"
+    elif not may(action):
+        done.refusal = f"you ({call.who().email}) may not {action} it here; ask someone with the role"
+    return done
+
+
+# ---------------------------------------------------------------- views of rollouts and events
+
+def _rollout_view(r: Rollout, events: list[AuditEvent] | None = None) -> dict[str, Any]:
+    from pitstop.surfaces.rows import rollout_row
+
+    return {**rollout_row(r), "percent": r.new_percent, "stable_revision": r.stable_revision,
+            "release_id": r.release_id, "kind": r.kind,
+            "charts": rollout_charts(r, events) if events is not None else None}
+
+
+def _stage_view(stage: Any) -> dict[str, Any] | None:
+    from pitstop.surfaces.releases import step_label
+
+    return {"environment": stage.environment, "state": stage.state, "step": step_label(stage),
+            "waiting_for": stage.waiting_for} if stage else None
+
+
+def _event(e: AuditEvent) -> dict[str, Any]:
+    from pitstop.surfaces.rows import event_row
+
+    return {**event_row(e), "where": None}
+
+
+def rollout_charts(r: Rollout, events: list[AuditEvent]) -> dict[str, Markup]:
+    """Error rate and p99 over the rollout, new revision vs stable, from its audit trail: each health sample's
+    event records the revision, requests, errors and p99 it measured (verdicts on the new revision, the
+    `baseline` samples of the stable one)."""
+    new: list[tuple[float, float | None, float | None]] = []
+    stable: list[tuple[float, float | None, float | None]] = []
+    for e in events:
+        d = e.detail
+        if e.input != "health" or not d.get("requests"):
+            continue
+        when = (e.verdict.window_end if e.verdict else e.at).timestamp()
+        point = (when, d.get("errors", 0) / d["requests"] * 100, d.get("p99_ms"))
+        if d.get("revision") == r.revision:
+            new.append(point)
+        elif d.get("revision") and d.get("revision") == r.stable_revision:
+            stable.append(point)
+    lines = (("new", new), ("stable", stable))
+    return {
+        "error_rate": chart_svg([(name, [(t, e) for t, e, _ in pts]) for name, pts in lines],
+                                limit=r.health.max_error_rate * 100, unit="%", title="error rate"),
+        "p99": chart_svg([(name, [(t, p) for t, _, p in pts if p is not None]) for name, pts in lines],
+                         limit=r.health.max_p99_ms, unit=" ms", title="p99 latency"),
+    }
+
+
+def chart_svg(series: list[tuple[str, list[tuple[float, float]]]], limit: float | None = None, unit: str = "",
+              title: str = "", width: int = 260, height: int = 70) -> Markup:
+    """A small line chart as inline SVG: one polyline per named series (CSS class `line-NAME`), the limit as a
+    dashed line, the y axis from 0 to the larger of the highest point and the limit."""
+    from markupsafe import Markup, escape
+
+    pad = 4
+    points = [p for _, pts in series for p in pts]
+    if not points:
+        return Markup(f'<svg class="chart empty" width="{width}" height="{height}" role="img" '
+                      f'aria-label="{escape(title)}: no samples yet"><text x="{pad}" y="{height // 2}">'
+                      f'{escape(title)}: no samples yet</text></svg>')
+    t0, t1 = min(t for t, _ in points), max(t for t, _ in points)
+    top = max([v for _, v in points] + ([limit] if limit is not None else [])) or 1.0
+    top *= 1.1
+
+    def x(t: float) -> float:
+        return pad + (t - t0) / ((t1 - t0) or 1) * (width - 2 * pad)
+
+    def y(v: float) -> float:
+        return height - pad - v / top * (height - 2 * pad)
+
+    parts = [f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="{escape(title)}">', f"<title>{escape(title)}</title>"]
+    if limit is not None:
+        parts.append(f'<line class="limit" x1="{pad}" x2="{width - pad}" y1="{y(limit):.1f}" y2="{y(limit):.1f}">'
+                     f"<title>limit {_figure(limit)}{unit}</title></line>")
+    for name, pts in series:
+        if not pts:
+            continue
+        coords = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in sorted(pts))
+        last = sorted(pts)[-1][1]
+        parts.append(f'<polyline class="line-{escape(name)}" data-points="{len(pts)}" points="{coords}">'
+                     f"<title>{escape(name)}: latest {_figure(last)}{unit}</title></polyline>")
+    parts.append(f'<text class="top" x="{width - pad}" y="{pad + 8}" text-anchor="end">{_figure(top / 1.1)}{unit}'
+                 f"</text></svg>")
+    return Markup("".join(parts))
+
+
+def _figure(value: float) -> str:
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+# ---------------------------------------------------------------- DORA (surfaces/metrics.py)
+
+def _dora(call: Call, window: str | None = None) -> list[dict[str, Any]]:
+    """The DORA report the API serves, cut to what the caller may read."""
+    from pitstop.surfaces.metrics import dora_report
+
+    return readable_dora(dora_report(call.engine.store), lambda s, e: _may_read(call, s, e), window)
+
+
+def readable_dora(report: dict[str, Any], may_read: Callable[[str, str], bool],
+                  window: str | None = None) -> list[dict[str, Any]]:
+    """The report's groups (service, environment, windows) that `may_read`, each metric with its figure in
+    words; only `window` if given."""
+    from pitstop.surfaces.metrics import METRICS, figure
+
+    out = []
+    for group in report["services"]:
+        if not may_read(group["service"], group["environment"]):
+            continue
+        windows = {w: {name: {**m, "figure": figure(name, m)} for name, m in metrics.items() if name in dict(METRICS)}
+                   for w, metrics in group["windows"].items() if window is None or w == window}
+        out.append({**group, "windows": windows})
+    return out
+
+
+# ---------------------------------------------------------------- rendering
+
+@cache
+def _templates() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True,
+                             lstrip_blocks=True)
+    env.globals.update(refresh_s=REFRESH_S)
+    env.filters.update(when=_when, pct=_pct, value=_value)
+    env.globals.update(dora_metrics=_dora_metrics())
+    return env
+
+
+def _dora_metrics() -> tuple[tuple[str, str], ...]:
+    from pitstop.surfaces.metrics import METRICS
+
+    return METRICS
+
+
+def render(template: str, **context: Any) -> str:
+    return _templates().get_template(template).render(**context)
+
+
+def _when(value: str | datetime | None) -> str:
+    if not value:
+        return ""
+    from datetime import timezone
+
+    at = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return f"{at.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _value(check: dict[str, Any]) -> str:
+    """A verdict check's measured value and threshold, in its unit: 'error_rate 2.0% ≤ 5.0%'."""
+    name, measured, threshold, passed = check["name"], check["measured"], check["threshold"], check["passed"]
+    fmt = _pct if name == "error_rate" else (lambda v: "n/a" if v is None else f"{v:.4g}")
+    relation = {True: "≥" if name == "requests" else "≤", False: "<" if name == "requests" else ">", None: "vs"}
+    return f"{fmt(measured)} {relation[passed]} {fmt(threshold)}"
+
+
+def _error_page(err: ApiError) -> str:
+    how = None
+    if err.code == "unauthenticated":
+        how = ("The dashboard is read as a verified person, like the API. Open it through `pitstop dashboard`, "
+               "which serves it on http://127.0.0.1:8765/dashboard/ and adds your ID token to every request "
+               "(locally: after `pitstop dev up`; on GCP: signed in with gcloud).")
+    return render("error.html", code=err.code, message=err.message, how=how)
+
+
+def _html(status: int, body: str) -> flask.Response:
+    response = flask.Response(body, status=status, mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    # Nothing is loaded from elsewhere, and the page is never framed by another site.
+    response.headers["Content-Security-Policy"] = ("default-src 'none'; style-src 'unsafe-inline'; "
+                                                   "script-src 'unsafe-inline'; connect-src 'self'; img-src 'self' "
+                                                   "data:; frame-ancestors 'none'; form-action 'none'")
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="pitstop"'
+    return response
