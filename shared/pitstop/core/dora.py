@@ -61,8 +61,8 @@ DEFINITIONS = {
               "back or failed (in flight, superseded, cancelled, or stopped by a check before deploying: not "
               "counted)",
     "deployment_frequency": "changes that succeeded in the window, per day",
-    "lead_time": f"from the build's creation (Cloud Build createTime; Cloud Build does not report the commit's "
-                 f"time) to succeeding in the environment; p50 decides the band",
+    "lead_time": "from the build's creation (Cloud Build createTime; Cloud Build does not report the commit's "
+                 "time) to succeeding in the environment; p50 decides the band",
     "change_failure_rate": "failed changes / attempted changes; failed: rolled back or failed, or followed by "
                            "a hotfix release or a `rollback --to` in the environment within hotfix_days",
     "time_to_restore": "rollback decided -> every region back on the stable revision; hotfixed: its success -> "
