@@ -47,6 +47,7 @@ FAILING = Verdict(outcome="fail", rule="error rate 30.0% is above the 5.0% limit
 def test_a_chart_draws_each_series_scaled_under_its_limit():
     svg = str(dashboard.chart_svg([("new", [(0, 1.0), (10, 4.0), (20, 2.0)]), ("stable", [(0, 1.0)])],
                                   limit=5.0, unit="%", title="error rate"))
+    assert "error rate" in svg
     new = re.search(r'class="line-new" data-points="3" points="([^"]+)"', svg).group(1)
     ys = [float(p.split(",")[1]) for p in new.split()]
     assert ys[1] < ys[2] < ys[0]  # SVG's y grows downwards: 4 % is drawn highest
@@ -84,6 +85,8 @@ def test_a_viewer_sees_no_action_and_an_operator_only_what_the_state_accepts():
     assert dashboard.rollout_actions("rolled_back", lambda action: True) == []
     assert dashboard.release_actions("succeeded", None, lambda action: True) == []
     assert dashboard.release_actions("waiting", "awaiting_approval", lambda a: a == "approve") == ["approve"]
+    assert dashboard.release_actions("running", "running", lambda a: True) == ["promote", "pause", "abort", "rollback"]
+    assert "resume" in dashboard.release_actions("running", "running", lambda a: True, paused=True)
 
 
 # ---------------------------------------------------------------- pages, through the API's entry
@@ -207,3 +210,50 @@ def test_dora_shows_only_what_the_caller_may_read():
     shown = dashboard.readable_dora(report, lambda service, environment: service == "web")
     assert [g["service"] for g in shown] == ["web"]
     assert shown[0]["windows"]["30d"]["deployment_frequency"]["figure"].startswith("2.00/day")
+
+
+def test_a_limit_far_above_the_points_is_named_rather_than_drawn():
+    svg = str(dashboard.chart_svg([("new", [(0, 100.0), (10, 130.0)])], limit=2000, unit=" ms", title="p99"))
+    assert 'class="limit"' not in svg and "(limit 2000 ms)" in svg
+
+
+def test_the_stable_revision_measured_beside_a_sample_is_charted_too():
+    event = sample_event(1, "web-v3", 100, 0, 50)
+    event.detail["stable"] = {"revision": "web-v2", "requests": 300, "errors": 3, "p99_ms": 45}
+    charts = dashboard.rollout_charts(rollout(), [event])
+    assert 'class="line-stable" data-points="1"' in str(charts["p99"]) and "latest 1%" in str(charts["error_rate"])
+
+
+def test_a_release_page_shows_each_stage_its_waves_and_a_split_per_region(monkeypatch):
+    from types import SimpleNamespace
+
+    from release_world import World
+
+    from pitstop.surfaces import releases
+
+    w = World()  # v2 through staging, then production's first wave (us-central1) at 5 %
+    w.build("v2", branch="main")
+    w.wait(120)
+    w.build("v2", branch=None, tag="v2")
+    w.command("approve", actor="ana@example.com")
+    w.wait(20)
+    rel = w.release
+    store = FakeStore(list(w.rollouts.values()), {})
+    store.release = lambda release_id: rel if release_id == rel.id else None
+    store.releases = lambda service=None, limit=20: [rel]
+    monkeypatch.setattr(releases, "release_rollouts", lambda store, r: list(w.rollouts.values()))
+    monkeypatch.setattr(releases, "release_story", lambda store, r: (
+        releases.timeline(w.audit, []), SimpleNamespace(ok=True, problems=[])))
+    app = flask.Flask(__name__)
+    with app.test_request_context(f"/dashboard/releases/{rel.id}?action=approve&environment=production",
+                                  headers={"X-Pitstop-Token": ADMIN}):
+        html = api.respond(flask.request, lambda: FakeEngine(store)).get_data(as_text=True)
+    production = html[html.index('data-stage="production"'):]
+    assert 'data-split="us-central1" data-percent="5"' in production
+    assert 'data-split="europe-west1" data-percent="0"' in production  # wave 2, not started
+    assert 'data-stage="staging"' in html and "release" in html
+    assert f'data-url="/api/v1/releases/{rel.id}:approve"' in html
+    assert "&#34;environment&#34;: &#34;production&#34;" in html  # what the button sends, as JSON
+    with app.test_request_context("/dashboard/", headers={"X-Pitstop-Token": VIEWER}):
+        overview = api.respond(flask.request, lambda: FakeEngine(store)).get_data(as_text=True)
+    assert f"/dashboard/releases/{rel.id}" in overview and 'data-percent="5"' in overview

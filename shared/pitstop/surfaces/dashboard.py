@@ -115,7 +115,9 @@ def release(call: Call, release_id: str) -> str:
     live = rel.state not in RELEASE_DONE
     may = _permissions(call, rel.service, environment)
     return render("release.html", rel=detail, stages=stages, events=events, chain=chain,
-                  actions=release_actions(rel.state, rel.stage.state if rel.stage else None, may) if live else [],
+                  actions=release_actions(rel.state, rel.stage.state if rel.stage else None, may,
+                                          paused=any(g.state == "paused" for g in rel.stage.regions.values())
+                                          if rel.stage else False),
                   confirm=_confirmation(call, f"/api/v1/releases/{rel.id}", may, live, release=True))
 
 
@@ -127,7 +129,7 @@ def rollout(call: Call, rollout_id: str) -> str:
     events = store.events(r.id)
     may = _permissions(call, r.service, r.environment)
     live = r.state not in TERMINAL
-    return render("rollout.html", r=_rollout_view(r, events), events=[_event(e) for e in events],
+    return render("rollout.html", r=_rollout_view(r, events), events=[_event(e, r) for e in events],
                   actions=rollout_actions(r.state, may) if live else [],
                   confirm=_confirmation(call, f"/api/v1/rollouts/{r.id}", may, live, release=False))
 
@@ -167,14 +169,17 @@ def rollout_actions(state: str, may: Callable[[str], bool]) -> list[str]:
     return [a for a in ACTIONS if fitting[a] and may(a)]
 
 
-def release_actions(state: str, stage_state: str | None, may: Callable[[str], bool]) -> list[str]:
-    """The same for a release in flight (its current stage's state decides approve, pause and resume)."""
+def release_actions(state: str, stage_state: str | None, may: Callable[[str], bool],
+                    paused: bool = False) -> list[str]:
+    """The same for a release in flight: its current stage's state decides approve, and whether a region of
+    it is paused decides pause or resume."""
     from pitstop.core.release import RELEASE_DONE
 
     if state in RELEASE_DONE:
         return []
-    fitting = {"approve": stage_state == "awaiting_approval" or state == "waiting", "pause": state == "running",
-               "resume": True, "promote": True, "abort": True, "rollback": True}
+    fitting = {"approve": stage_state == "awaiting_approval" or state == "waiting",
+               "pause": state == "running" and not paused, "resume": paused, "promote": True, "abort": True,
+               "rollback": True}
     return [a for a in ("approve", "promote", "pause", "resume", "abort", "rollback") if fitting[a] and may(a)]
 
 
@@ -224,28 +229,30 @@ def _stage_view(stage: Any) -> dict[str, Any] | None:
             "waiting_for": stage.waiting_for} if stage else None
 
 
-def _event(e: AuditEvent) -> dict[str, Any]:
+def _event(e: AuditEvent, r: Rollout) -> dict[str, Any]:
     from pitstop.surfaces.rows import event_row
 
-    return {**event_row(e), "where": None}
+    return {**event_row(e), "where": f"{r.environment}/{r.region}"}
 
 
 def rollout_charts(r: Rollout, events: list[AuditEvent]) -> dict[str, Markup]:
     """Error rate and p99 over the rollout, new revision vs stable, from its audit trail: each health sample's
-    event records the revision, requests, errors and p99 it measured (verdicts on the new revision, the
-    `baseline` samples of the stable one)."""
-    new: list[tuple[float, float | None, float | None]] = []
-    stable: list[tuple[float, float | None, float | None]] = []
+    event records the revision, requests, errors and p99 it measured, and the stable revision's over the same
+    window when the sampler measured it; a `baseline` event is a sample of the stable revision alone."""
+    new: list[tuple[float, float, float | None]] = []
+    stable: list[tuple[float, float, float | None]] = []
     for e in events:
-        d = e.detail
-        if e.input != "health" or not d.get("requests"):
+        if e.input != "health":
             continue
         when = (e.verdict.window_end if e.verdict else e.at).timestamp()
-        point = (when, d.get("errors", 0) / d["requests"] * 100, d.get("p99_ms"))
-        if d.get("revision") == r.revision:
-            new.append(point)
-        elif d.get("revision") and d.get("revision") == r.stable_revision:
-            stable.append(point)
+        for measured in (e.detail, e.detail.get("stable") or {}):
+            if not measured.get("requests"):
+                continue
+            point = (when, measured.get("errors", 0) / measured["requests"] * 100, measured.get("p99_ms"))
+            if measured.get("revision") == r.revision:
+                new.append(point)
+            elif measured.get("revision") and measured.get("revision") == r.stable_revision:
+                stable.append(point)
     lines = (("new", new), ("stable", stable))
     return {
         "error_rate": chart_svg([(name, [(t, e) for t, e, _ in pts]) for name, pts in lines],
@@ -268,8 +275,10 @@ def chart_svg(series: list[tuple[str, list[tuple[float, float]]]], limit: float 
                       f'aria-label="{escape(title)}: no samples yet"><text x="{pad}" y="{height // 2}">'
                       f'{escape(title)}: no samples yet</text></svg>')
     t0, t1 = min(t for t, _ in points), max(t for t, _ in points)
-    top = max([v for _, v in points] + ([limit] if limit is not None else [])) or 1.0
-    top *= 1.1
+    highest = max(v for _, v in points)
+    # A limit far above every point would flatten them into the floor: then it is named, not drawn.
+    drawn = limit is not None and (limit <= 2 * highest or not highest)
+    top = max(highest, limit if drawn else 0) * 1.15 or 1.0
 
     def x(t: float) -> float:
         return pad + (t - t0) / ((t1 - t0) or 1) * (width - 2 * pad)
@@ -279,7 +288,7 @@ def chart_svg(series: list[tuple[str, list[tuple[float, float]]]], limit: float 
 
     parts = [f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
              f'aria-label="{escape(title)}">', f"<title>{escape(title)}</title>"]
-    if limit is not None:
+    if drawn:
         parts.append(f'<line class="limit" x1="{pad}" x2="{width - pad}" y1="{y(limit):.1f}" y2="{y(limit):.1f}">'
                      f"<title>limit {_figure(limit)}{unit}</title></line>")
     for name, pts in series:
@@ -289,8 +298,10 @@ def chart_svg(series: list[tuple[str, list[tuple[float, float]]]], limit: float 
         last = sorted(pts)[-1][1]
         parts.append(f'<polyline class="line-{escape(name)}" data-points="{len(pts)}" points="{coords}">'
                      f"<title>{escape(name)}: latest {_figure(last)}{unit}</title></polyline>")
-    parts.append(f'<text class="top" x="{width - pad}" y="{pad + 8}" text-anchor="end">{_figure(top / 1.1)}{unit}'
-                 f"</text></svg>")
+        parts += [f'<circle class="dot-{escape(name)}" cx="{x(t):.1f}" cy="{y(v):.1f}" r="2.5"/>' for t, v in pts]
+    off = "" if drawn or limit is None else f" (limit {_figure(limit)}{unit})"
+    parts.append(f'<text x="{pad + 2}" y="{pad + 8}">{escape(title)}</text><text x="{width - pad}" y="{pad + 8}" '
+                 f'text-anchor="end">{_figure(top / 1.15)}{unit}{escape(off)}</text></svg>')
     return Markup("".join(parts))
 
 
