@@ -211,6 +211,7 @@ def applied(store: Store, rollout_id: str) -> Applied:
 
 def test_status_exit_codes_for_finished_and_unfinished_rollouts(store: Store,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Last in this file: it adds rollouts and releases to the history the tests above measure."""
     monkeypatch.setattr(cli, "_store", lambda: store)
     run = CliRunner()
     first = start(store, "stat0001", "v1").decision.rollout.id  # the first version: done once applied
@@ -244,4 +245,11 @@ def test_status_exit_codes_for_finished_and_unfinished_rollouts(store: Store,
     assert store.rollout(third).state == "superseded"
     assert run.invoke(cli.app, ["status", third]).exit_code == 3
     assert run.invoke(cli.app, ["status", "web-rel", "--wait"]).exit_code == 1  # not a release id: says so
+
+    rel = history()[1][0]
+    for state, code in (("succeeded", 0), ("rolled_back", 1), ("cancelled", 3), ("waiting", 2)):
+        doc = rel.model_copy(update={"id": "web-00000000000000aa", "state": state, "message": f"it {state}"})
+        store.db.collection("releases").document(doc.id).set(doc.model_dump(mode="python"))
+        result = run.invoke(cli.app, ["status", doc.id])
+        assert result.exit_code == code and f"it {state}" in result.output, (state, result.output)
     assert run.invoke(cli.app, ["status", "web"]).exit_code == 0  # a service: the tables, as ever
