@@ -246,6 +246,8 @@ def test_status_exit_codes_for_finished_and_unfinished_rollouts(store: Store,
     assert run.invoke(cli.app, ["status", third]).exit_code == 3
     assert run.invoke(cli.app, ["status", "web-rel", "--wait"]).exit_code == 1  # not a release id: says so
 
+    result = run.invoke(cli.app, ["status", "web-00000000000000ff", "--wait", "--timeout", "1"])
+    assert result.exit_code == 2 and "did not start within 1s" in result.output, result.output  # CI came too early
     rel = history()[1][0]
     for state, code in (("succeeded", 0), ("rolled_back", 1), ("cancelled", 3), ("waiting", 2)):
         doc = rel.model_copy(update={"id": "web-00000000000000aa", "state": state, "message": f"it {state}"})
