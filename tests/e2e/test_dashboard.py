@@ -83,6 +83,11 @@ def test_the_split_on_the_page_follows_the_canary_and_only_the_admin_sees_action
     browser.get(page)
     actions = {e.get_attribute("data-action") for e in browser.find_elements("css selector", "[data-action]")}
     assert {"pause", "promote", "abort", "rollback"} <= actions, actions  # the admin, while it runs
+    wait_for("v2 to progress", lambda: store.rollout(r.id).state == "progressing", 30)
+    for action, state in (("pause", "paused"), ("resume", "progressing")):  # the buttons go through the API
+        press(browser, page, action)
+        assert store.rollout(r.id).state == state
+    browser.get(page)
 
     seen: list[int] = []  # the new revision's share as the page shows it, each change once
     taken = False
@@ -103,6 +108,9 @@ def test_the_split_on_the_page_follows_the_canary_and_only_the_admin_sees_action
     browser.get(viewer_url + f"rollouts/{r.id}")  # the same page for a viewer: read-only
     assert browser.find_elements("css selector", "[data-split]")
     assert browser.find_elements("css selector", "[data-action]") == []
+    browser.get(viewer_url + f"rollouts/{r.id}?action=rollback")  # even by hand: no button, a sentence
+    assert browser.find_elements("id", "confirm-send") == []
+    assert "may not rollback" in browser.find_element("id", "confirm").text
 
 
 def test_a_rollback_shows_its_reason_on_the_page(world):
@@ -121,6 +129,19 @@ def test_a_rollback_shows_its_reason_on_the_page(world):
     browser.get(viewer_url)  # the overview: v2 stable, v3 rolled back in the recent rollouts
     text = browser.find_element("tag name", "main").text
     assert "v2" in text and "rolled back" in text
+
+
+def press(browser, page: str, action: str) -> None:
+    """Open the action's confirmation panel and press its button; wait for the API's answer on the page."""
+    browser.get(f"{page}?action={action}")
+    browser.find_element("id", "confirm-send").click()
+
+    def answered():
+        text = browser.find_element("id", "confirm-result").text
+        return text if text and "…" not in text else None
+
+    result = wait_for(f"the answer to {action}", answered, 20)
+    assert result.startswith("done:"), result
 
 
 def screenshot(browser) -> None:

@@ -257,3 +257,8 @@ def test_a_release_page_shows_each_stage_its_waves_and_a_split_per_region(monkey
     with app.test_request_context("/dashboard/", headers={"X-Pitstop-Token": VIEWER}):
         overview = api.respond(flask.request, lambda: FakeEngine(store)).get_data(as_text=True)
     assert f"/dashboard/releases/{rel.id}" in overview and 'data-percent="5"' in overview
+
+
+def test_an_action_on_a_finished_rollout_says_there_is_nothing_to_do(page):
+    html = page("/dashboard/rollouts/web-production-us-central1-v3?action=abort", ADMIN).get_data(as_text=True)
+    assert 'id="confirm-send"' not in html and "it has finished; there is nothing to abort" in html

@@ -205,10 +205,10 @@ def _confirmation(call: Call, target: str, may: Callable[[str], bool], live: boo
     done = Confirmation(action, f"{target}:{action}", body)
     if action not in (RELEASE_ACTIONS if release else ACTIONS):
         done.refusal = f"there is no action {action!r} here; nothing was sent"
-    elif not live:
-        done.refusal = f"it has finished; there is nothing to {action}"
     elif not may(action):
         done.refusal = f"you ({call.who().email}) may not {action} it here; ask someone with the role"
+    elif not live:
+        done.refusal = f"it has finished; there is nothing to {action}"
     return done
 
 
