@@ -201,3 +201,25 @@ def test_a_redelivered_event_is_delivered_once_per_sink_and_bad_events_are_ackno
     for path in ("/webhook/demo", "/slack/demo", "/chat/demo"):
         same = [r for r in stack.sinks.at(path) if r.json.get("event_id") == event["event_id"] or about(event)(r.json)]
         assert len(same) == 1, f"{path} got event {event['event_id']} {len(same)} times"
+
+
+def test_project_wide_sinks_hear_every_service(stack, store):
+    from pitstop.core.spec import SpecError
+    from pitstop.surfaces.notifications import apply_project_sinks
+
+    now = datetime.now(timezone.utc)
+    with pytest.raises(SpecError, match="notify.0.type"):  # refused whole: nothing stored
+        apply_project_sinks(store.db, {"notify": [{"name": "x", "type": "sms"}]}, "test", now)
+    assert not store.db.collection("settings").document("notifications").get().exists
+    secrets = yaml.safe_load(stack.secrets_file.read_text())
+    stack.secrets_file.write_text(yaml.safe_dump({**secrets, "project-key": KEY}))  # a plain signing key
+    apply_project_sinks(store.db, {"notify": [{"name": "everyone", "type": "webhook", "secret": "project-key",
+                                               "url": f"{stack.sinks.url}/project", "min_severity": "WARNING"}]},
+                        "test", now)
+    base = {"kind": "rollout", "service": "elsewhere", "environment": "qa", "message": "m", "reason": "note_failed",
+            "state": "failed"}
+    stack.publish("pitstop-events", {**base, "event_id": "quiet", "severity": "INFO"})
+    stack.publish("pitstop-events", {**base, "event_id": "loud", "severity": "CRITICAL"})
+    got = wait_for("the project sink's message", lambda: [r.json for r in stack.sinks.at("/project")])
+    assert got[0]["event_id"] == "loud" and got[0]["type"] == "failed"
+    assert all(g["event_id"] != "quiet" for g in got)  # below its min_severity
