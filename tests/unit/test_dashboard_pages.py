@@ -262,3 +262,9 @@ def test_a_release_page_shows_each_stage_its_waves_and_a_split_per_region(monkey
 def test_an_action_on_a_finished_rollout_says_there_is_nothing_to_do(page):
     html = page("/dashboard/rollouts/web-production-us-central1-v3?action=abort", ADMIN).get_data(as_text=True)
     assert 'id="confirm-send"' not in html and "it has finished; there is nothing to abort" in html
+
+
+def test_a_refresh_of_the_overview_skips_dora(page):
+    assert 'data-dora="web/production"' in page("/dashboard/", VIEWER).get_data(as_text=True)
+    refreshed = page("/dashboard/?live=1", VIEWER).get_data(as_text=True)
+    assert 'data-dora=' not in refreshed and 'data-percent="25"' in refreshed

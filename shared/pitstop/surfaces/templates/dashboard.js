@@ -6,7 +6,9 @@
 
   async function refresh() {
     try {
-      const response = await fetch(location.href, {cache: "no-store", headers: {"Accept": "text/html"}});
+      const url = new URL(location.href);
+      url.searchParams.set("live", "1");  // only the live parts are looked at: the server may skip the rest
+      const response = await fetch(url, {cache: "no-store", headers: {"Accept": "text/html"}});
       if (!response.ok) throw new Error("HTTP " + response.status);
       const page = new DOMParser().parseFromString(await response.text(), "text/html");
       for (const part of document.querySelectorAll("[data-live]")) {
@@ -19,7 +21,7 @@
     }
     setTimeout(refresh, every);
   }
-  setTimeout(refresh, every);
+  if (document.querySelector("[data-live]")) setTimeout(refresh, every);
 
   // The confirmation panel's button: a JSON POST to the API's command route (a cross-site form cannot send
   // one), which checks the token and the permission as for any other client.
