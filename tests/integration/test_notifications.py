@@ -46,6 +46,7 @@ notify:
   - {{name: hook, type: webhook, secret: demo-webhook}}
   - {{name: mail, type: email, secret: demo-smtp, to: [oncall@example.com], from: pitstop@example.com,
      events: [rolled_back]}}
+  - {{name: bot, type: slack, secret: slack-bot, channel: "#deploys"}}
   - {{name: flaky, type: webhook, secret: flaky-webhook, events: [rolled_back]}}
   - {{name: broken, type: webhook, secret: broken-webhook, events: [rolled_back]}}
 """
@@ -62,6 +63,7 @@ def stack(emulators, tmp_path_factory):
             secrets = yaml.safe_load(running.secrets_file.read_text())
             secrets["flaky-webhook"] = {"url": f"{running.sinks.url}/flaky?fail=2", "key": KEY}
             secrets["broken-webhook"] = {"url": f"{running.sinks.url}/fail/broken", "key": KEY}
+            secrets["slack-bot"] = "xoxb-local-token"  # a bot token: chat.postMessage, threads per release
             running.secrets_file.write_text(yaml.safe_dump(secrets))
             Store.from_env(running.project).put_pipeline(load_pipeline(PIPELINE), "test", datetime.now(timezone.utc))
             yield running
@@ -223,3 +225,21 @@ def test_project_wide_sinks_hear_every_service(stack, store):
     got = wait_for("the project sink's message", lambda: [r.json for r in stack.sinks.at("/project")])
     assert got[0]["event_id"] == "loud" and got[0]["type"] == "failed"
     assert all(g["event_id"] != "quiet" for g in got)  # below its min_severity
+
+
+def test_a_slack_bot_threads_the_events_of_a_release(stack, store, rolled_back):
+    from pitstop.surfaces.notifications import delivery_id as doc_id
+
+    event_of(stack, "note_release_rolled_back")
+    thread = store.db.collection("notify_threads").document(doc_id(rolled_back.id, "bot"))
+    ts = wait_for("the release's thread", lambda: (thread.get().to_dict() or {}).get("ts"))
+
+    def posts():
+        return [r for r in stack.sinks.at("/slack-api/chat.postMessage")
+                if rolled_back.id in r.body.decode() or "v2" in r.body.decode()]
+    got = wait_for("both events of the release", lambda: len(posts()) >= 2 and posts())
+    assert all(r.headers["authorization"] == "Bearer xoxb-local-token" for r in got)
+    bodies_ = [json.loads(r.body) for r in got]
+    assert all(b["channel"] == "#deploys" for b in bodies_)
+    assert sorted(b.get("thread_ts") is None for b in bodies_) == [False] * (len(bodies_) - 1) + [True]
+    assert {b.get("thread_ts") for b in bodies_} - {None} == {ts}  # later events reply under the first

@@ -193,3 +193,32 @@ def test_webhook_signature_verifies_with_the_documented_snippet():
     assert not verify("other", headers, body)
     assert not verify("s3cret", {**headers, "X-Pitstop-Timestamp": "1767323046"}, body)  # replayed later
     assert json.loads(body)["links"]["dashboard"].startswith(DASH) and json.loads(body)["type"] == "rolled_back"
+
+
+def test_local_secrets_come_from_the_environment_then_the_file(tmp_path, monkeypatch):
+    from pitstop.gcp.secrets import SecretMissing, Secrets
+
+    path = tmp_path / "secrets.yaml"
+    path.write_text("slack-hook: https://hooks.slack.test/T/B/x\nsmtp: {smtp_host: 127.0.0.1, smtp_port: 2525}\n")
+    monkeypatch.setenv("PITSTOP_SECRETS_FILE", str(path))
+    secrets = Secrets.from_env("p")
+    assert secrets.get("slack-hook") == "https://hooks.slack.test/T/B/x"
+    assert json.loads(secrets.get("projects/p/secrets/smtp/versions/3")) == {"smtp_host": "127.0.0.1",
+                                                                            "smtp_port": 2525}
+    monkeypatch.setenv("PITSTOP_SECRET_CHAT_HOOK", "https://chat.test/hook")
+    assert secrets.get("chat-hook") == "https://chat.test/hook"
+    with pytest.raises(SecretMissing, match=r"secret nope is not in the local secrets file .* \$PITSTOP_SECRET_NOPE"):
+        secrets.get("nope")
+    assert Secrets("acme").resource("slack-hook") == "projects/acme/secrets/slack-hook/versions/latest"
+
+
+@pytest.mark.parametrize("event, problem", [
+    ([1, 2], "not a JSON object"),
+    ({"event_id": "e1", "kind": "rollout", "severity": "INFO"}, "event e1 lacks message"),
+])
+def test_an_event_that_can_never_be_delivered_is_refused_with_its_reason(event, problem):
+    from pitstop.core.messages import BadMessage
+    from pitstop.surfaces.notifications import Notifier
+
+    with pytest.raises(BadMessage, match=problem):  # functions/main.py logs it and acknowledges
+        Notifier(db=None, secrets=None).on_event(event)

@@ -257,12 +257,33 @@ class Notifier:
         client = WebClient(token=token, timeout=int(TIMEOUT),
                            base_url=os.environ.get("PITSTOP_SLACK_API", "https://slack.com/api/"))
         thread = self.db.collection("notify_threads").document(delivery_id(_thread_root(event), sink.name))
-        snap = thread.get()
-        ts = (snap.to_dict() or {}).get("ts") if snap.exists else None
-        reply = client.chat_postMessage(channel=sink.channel, text=message["text"],
-                                        attachments=message["attachments"], thread_ts=ts)
-        if ts is None and reply.get("ts"):  # the first message of the release: later ones reply under it
-            thread.set({"ts": reply["ts"], "channel": reply.get("channel", sink.channel), "at": self.clock()})
+        ts, root = self._thread(thread)
+        try:
+            reply = client.chat_postMessage(channel=sink.channel, text=message["text"],
+                                            attachments=message["attachments"], thread_ts=ts)
+        except Exception:
+            if root:  # let the next attempt (or the next event) start the thread
+                thread.delete()
+            raise
+        if root:
+            thread.update({"ts": reply.get("ts"), "channel": reply.get("channel", sink.channel)})
+
+    def _thread(self, ref: Any) -> tuple[str | None, bool]:
+        """(ts to reply under, whether this message starts the thread). The first event of a release claims
+        the thread document before it posts, so two events at once do not start two threads."""
+        from google.api_core import exceptions
+
+        try:
+            ref.create({"ts": None, "at": self.clock()})
+            return None, True
+        except exceptions.AlreadyExists:
+            pass
+        for _ in range(50):  # the first message is being posted: wait for its ts (a few seconds at most)
+            ts = (ref.get().to_dict() or {}).get("ts")
+            if ts:
+                return ts, False
+            self.sleep(0.1)
+        return None, False  # still no thread: better a message of its own than none
 
     def _send_chat(self, sink: Sink, credential: str | None, event: dict[str, Any]) -> None:
         import httpx
