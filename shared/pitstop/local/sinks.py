@@ -2,7 +2,8 @@
 
 It answers 200 with `{"ok": true, "ts": …}` (what Slack's incoming webhooks and `chat.postMessage` return), so
 pitstop's real clients (slack-sdk, httpx) talk to it unchanged. It can be told to fail: a path containing
-`/fail` answers 500 always, `?fail=N` answers 500 to the first N requests of that path and query. Each request
+`/fail` answers 500 always, `?fail=N` answers 500 to the first N requests of that path and query (per
+event, when the request names one in `X-Pitstop-Event-Id`). Each request
 is also appended to `notifications.jsonl` in the state directory, for `pitstop dev` users to read.
 """
 
@@ -22,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 class Received:
     path: str  # without the query
     query: dict[str, str]
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lowercased
     body: bytes
     status: int  # what the sink answered
 
@@ -34,7 +35,7 @@ class Received:
 class Sinks:
     def __init__(self, state_dir: Path | None = None) -> None:
         self.received: list[Received] = []
-        self._counts: dict[str, int] = {}
+        self._counts: dict[tuple, int] = {}
         self._lock = threading.Lock()
         self._journal = state_dir / "notifications.jsonl" if state_dir else None
         self._server: ThreadingHTTPServer | None = None
@@ -74,10 +75,11 @@ class Sinks:
         parts = urlsplit(raw_path)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         with self._lock:
-            seen = self._counts[raw_path] = self._counts.get(raw_path, 0) + 1
+            key = (raw_path, headers.get("X-Pitstop-Event-Id") or headers.get("x-pitstop-event-id"))
+            seen = self._counts[key] = self._counts.get(key, 0) + 1
             failing = "/fail" in parts.path or seen <= int(query.get("fail", "0") or 0)
             status = 500 if failing else 200
-            self.received.append(Received(parts.path, query, headers, body, status))
+            self.received.append(Received(parts.path, query, {k.lower(): v for k, v in headers.items()}, body, status))
             if self._journal is not None:
                 with self._journal.open("a") as f:
                     f.write(json.dumps({"path": parts.path, "status": status, "at": time.time(),
