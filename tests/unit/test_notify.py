@@ -142,7 +142,7 @@ def test_slack_message_says_what_happened_with_values_thresholds_rule_traffic_an
     assert event["message"] in text  # the sentence explain.py rendered, unchanged
     assert "error_rate: 0.3 vs limit 0.05 ✗" in text and "requests: 400 vs minimum" in text
     assert event["verdict"]["rule"][:40] in text
-    assert f"v1 (web-v1-aaaa) 100 %" in text and "Traffic now" in text
+    assert "v1 (web-v1-aaaa) 100 %" in text and "Traffic now" in text
     buttons = {b["action_id"]: b["url"] for b in blocks[-1]["elements"]} if blocks[-1]["type"] == "actions" else {}
     assert buttons["pitstop-dashboard"] == f"{DASH}/rollouts/{event['rollout_id']}"
     assert buttons["pitstop-build_log"] == event["log_url"]
