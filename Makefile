@@ -23,8 +23,8 @@ setup: $(BIN)/.installed
 
 # The dashboard's browser test drives Debian's chromium through its chromedriver (no browser download).
 browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && [ -d /usr/share/fonts/truetype/noto ] || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-noto-color-emoji >/dev/null; } || \
 	  echo "warning: chromium and chromium-driver are not installed (sudo apt-get install chromium chromium-driver); the dashboard's browser test will fail"
 
 $(BIN)/.installed: pyproject.toml

@@ -17,6 +17,7 @@ from pitstop.core import limits, messages
 from pitstop.log import log
 
 _engine = None
+_notifier = None
 
 
 def engine():
@@ -96,3 +97,17 @@ def on_tick(event: CloudEvent) -> None:
     def handle() -> None:
         engine().on_tick(messages.parse_tick(messages.message_id(event.data)))
     _guarded("tick", event, handle)
+
+
+@functions_framework.cloud_event
+def on_event(event: CloudEvent) -> None:
+    """Deliver a pitstop event to the notification sinks configured for it (surfaces/notifications.py)."""
+    def handle() -> None:
+        global _notifier
+        payload, _, _ = messages.envelope(event.data)
+        if _notifier is None:
+            from pitstop.surfaces.notifications import Notifier
+
+            _notifier = Notifier.from_env()
+        _notifier.on_event(payload)
+    _guarded("pitstop event", event, handle)

@@ -55,9 +55,9 @@ resource "google_project_iam_member" "function_reads_metrics_in_service_projects
 # service's own project.
 resource "google_cloud_run_v2_service_iam_member" "function_manages_service" {
   for_each = merge([
-    for fn in keys(local.identities) : {
+    for fn, f in local.identities : {
       for key, svc in local.managed_services : "${fn}/${key}" => { function = fn, service = svc }
-    }
+    } if f.deploys
   ]...)
 
   project  = each.value.service.project
@@ -78,7 +78,7 @@ resource "google_project_iam_custom_role" "run_operations_reader" {
 }
 
 resource "google_project_iam_member" "function_reads_run_operations" {
-  for_each = local.identities
+  for_each = { for fn, f in local.identities : fn => f if f.deploys }
 
   project = var.project_id
   role    = google_project_iam_custom_role.run_operations_reader.name
@@ -101,9 +101,9 @@ resource "google_project_iam_custom_role" "run_operations_reader_in_service_proj
 
 resource "google_project_iam_member" "function_reads_run_operations_in_service_projects" {
   for_each = merge([
-    for fn in keys(local.identities) : {
+    for fn, f in local.identities : {
       for project in local.service_projects : "${fn}/${project}" => { function = fn, project = project }
-    }
+    } if f.deploys
   ]...)
 
   project = each.value.project
@@ -115,9 +115,9 @@ resource "google_project_iam_member" "function_reads_run_operations_in_service_p
 # the project of the service that runs as it.
 resource "google_service_account_iam_member" "function_acts_as_runtime" {
   for_each = merge([
-    for fn in keys(local.identities) : {
+    for fn, f in local.identities : {
       for key, sa in local.runtime_service_accounts : "${fn}/${key}" => { function = fn, service_account = sa }
-    }
+    } if f.deploys
   ]...)
 
   service_account_id = "projects/${each.value.service_account.project}/serviceAccounts/${each.value.service_account.email}"
@@ -208,5 +208,16 @@ resource "google_project_iam_member" "function_reads_occurrences" {
 
   project = local.registry_project
   role    = "roles/containeranalysis.occurrences.viewer"
+  member  = google_service_account.function[each.key].member
+}
+
+# Notification sinks keep their credentials (webhook URLs, SMTP passwords, bot tokens) in Secret
+# Manager; on_event reads them. Granted on the project's secrets (a secret in another project, named
+# projects/P/secrets/S in a sink, needs the same role granted there on that secret).
+resource "google_project_iam_member" "function_reads_secrets" {
+  for_each = { for fn, f in local.identities : fn => f if f.reads_secrets }
+
+  project = var.project_id
+  role    = "roles/secretmanager.secretAccessor"
   member  = google_service_account.function[each.key].member
 }

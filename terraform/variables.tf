@@ -298,6 +298,12 @@ variable "alert_error_ratio" {
   }
 }
 
+variable "dashboard_url" {
+  description = "Base URL of the pitstop dashboard (e.g. https://REGION-PROJECT.cloudfunctions.net/pitstop-api/dashboard): notifications link to its release and rollout pages and one-click actions. Empty: no dashboard links."
+  type        = string
+  default     = ""
+}
+
 variable "labels" {
   description = "Labels added to the resources that take labels."
   type        = map(string)

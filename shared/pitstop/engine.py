@@ -153,23 +153,37 @@ class Engine:
             self._report(r, audit.id)
         for effect in decision.effects:
             if isinstance(effect, Notify):
-                self._notify(r, effect)
+                self._notify(r, effect, audit.id if audit is not None else f"gen{r.desired_generation}")
             elif isinstance(effect, ApplyTraffic):
                 self._apply(r, effect)
         if r.release_id and not urgent and audit is not None:
             self._report(r, audit.id)
 
-    def _notify(self, r: Rollout, note: Notify) -> None:
+    def _notify(self, r: Rollout, note: Notify, input_id: str) -> None:
         log(note.severity, note.message, state=r.state, **rollout_fields(r))
+        steps = r.strategy.canary.steps if r.strategy.canary else None
         self._publish_event({
-            "rollout_id": r.id, "service": r.service, "environment": r.environment, "region": r.region,
-            "version": r.version, "state": r.state, "severity": note.severity, "message": note.message,
-            "reason": note.reason.code, "values": note.reason.values, "at": self.clock().isoformat(),
+            # The same decision (rollout, input, reason) has the same id however often it is sent again.
+            "event_id": f"{r.id}:{input_id}:{note.reason.code}", "kind": "rollout",
+            "rollout_id": r.id, "release_id": r.release_id, "service": r.service, "environment": r.environment,
+            "region": r.region, "project": r.project, "version": r.version, "stable_version": r.stable_version,
+            "revision": r.revision, "stable_revision": r.stable_revision, "state": r.state,
+            "severity": note.severity, "message": note.message, "reason": note.reason.code,
+            "values": note.reason.values,
+            "verdict": r.verdict.model_dump(mode="json") if r.verdict else None,
+            "traffic": [t.model_dump(mode="json") for t in r.desired],
+            "step": r.step if steps else None, "steps": len(steps) if steps else None,
+            "build_id": r.artifact.build_id if r.artifact else None,
+            "log_url": r.artifact.log_url if r.artifact else None, "at": self.clock().isoformat(),
         }, rollout_id=r.id, severity=note.severity)
 
     def _publish_event(self, event: dict[str, Any], **attributes: str) -> None:
+        """An event on `pitstop-events` (README, "Notifications", has the schema); its id is an attribute too,
+        so a subscriber can drop a duplicate without parsing the body."""
+        attributes = {k: v for k, v in attributes.items() if v}
         try:
-            self.bus.publish(self.config.events_topic, event, **attributes)
+            self.bus.publish(self.config.events_topic, event, event_id=event["event_id"], kind=event["kind"],
+                             **attributes)
         except Exception as err:  # a lost notification must not undo a decision already stored
             log("ERROR", f"could not publish event to {self.config.events_topic}: {err}")
 
@@ -345,9 +359,16 @@ class Engine:
             "repo": build.repo, "branch": build.branch, "tag": build.tag, "commit": build.commit,
             "log_url": build.log_url, "at": self.clock(),
         })
-        if new and outcome in ("failed", "rejected", "refused"):  # once per build, however often delivered
-            self._publish_event({"build_id": build.build_id, "severity": severity, "outcome": outcome,
-                                 "message": message, "log_url": build.log_url}, severity=severity)
+        if new and outcome in ("failed", "rejected", "refused", "released"):  # once per build and outcome
+            artifact = build.artifact
+            self._publish_event({
+                "event_id": f"build:{build.build_id}:{outcome}", "kind": "build", "build_id": build.build_id,
+                "service": build.substitutions.get("_SERVICE") or None, "version": artifact.version if artifact
+                else None, "state": outcome, "severity": severity, "outcome": outcome, "message": message,
+                "reason": f"build_{outcome}", "values": {"status": build.status, "repo": build.repo,
+                                                        "branch": build.branch, "tag": build.tag,
+                                                        "commit": build.commit},
+                "log_url": build.log_url, "at": self.clock().isoformat()}, severity=severity)
 
     # ------------------------------------------------------------ releases (core/release.py)
 
@@ -447,10 +468,19 @@ class Engine:
         """One effect of a release decision; each is idempotent, so a tick may send it again (`releases.owed`)."""
         if isinstance(effect, Notify):
             log(effect.severity, effect.message, release_id=rel.id, service=rel.service)
+            environment = effect.reason.values.get("environment") or rel.current
+            stage = rel.stages.get(environment) if environment else None
+            artifact = self.store.artifact(rel.digest) if rel.digest else None  # for its Cloud Build log
             self._publish_event({
-                "release_id": rel.id, "service": rel.service, "environment": rel.current, "version": rel.version,
-                "state": rel.state, "hotfix": rel.hotfix, "severity": effect.severity, "message": effect.message,
-                "reason": effect.reason.code, "values": effect.reason.values, "at": self.clock().isoformat(),
+                "event_id": f"{rel.id}:{input_id}:{effect.reason.code}", "kind": "release",
+                "release_id": rel.id, "service": rel.service, "environment": environment,
+                "project": stage.project if stage else None, "version": rel.version, "state": rel.state,
+                "hotfix": rel.hotfix, "severity": effect.severity, "message": effect.message,
+                "reason": effect.reason.code, "values": effect.reason.values,
+                "regions": {region: {"rollout_id": p.rollout_id, "state": p.state, "percent": p.percent}
+                            for region, p in stage.regions.items()} if stage else {},
+                "build_id": rel.build_id, "log_url": artifact.log_url if artifact else None,
+                "at": self.clock().isoformat(),
             }, release_id=rel.id, severity=effect.severity)
         elif isinstance(effect, releases.StartRegions):
             self._fan_out(effect.regions, lambda region: self._start_region(rel, effect.environment, region))

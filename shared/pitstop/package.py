@@ -23,14 +23,16 @@ from pathlib import Path
 # CLI's own modules (terminal rendering with rich, the httpx client, the caller's credentials). The rest of
 # surfaces/ ships: the `api` function serves surfaces/api.py, its rows.py and audit.py, and openapi.json.
 EXCLUDED = ("__main__.py", "local", "package.py", "surfaces/cli.py", "surfaces/client.py", "surfaces/credentials.py",
-            "surfaces/render.py")
+            "surfaces/render.py", "surfaces/proxy.py")
 
-# Distributions in [project].dependencies that only the CLI (typer, rich) and the local stack
-# (httpx) use. tests/infra/test_bundle.py fails if bundled code imports one of them.
-DEV_ONLY_REQUIREMENTS = ("typer", "rich", "httpx")
+# Distributions in [project].dependencies that only the CLI (typer, rich) and the local stack (aiosmtpd, its
+# SMTP sink) use. httpx ships: the notifications post webhooks with it. tests/infra/test_bundle.py fails if
+# bundled code imports one of them.
+DEV_ONLY_REQUIREMENTS = ("typer", "rich", "aiosmtpd")
 
-# Files besides modules that the deployed code reads at run time (the API serves its OpenAPI document).
-PACKAGE_DATA = ("surfaces/openapi.json",)
+# Files besides modules that the deployed code reads at run time (the API serves its OpenAPI document, the
+# dashboard renders its templates: one stands for the folder, which is copied whole).
+PACKAGE_DATA = ("surfaces/openapi.json", "surfaces/templates/base.html")
 
 _BUNDLE_ENTRIES = {"main.py", "pitstop", "requirements.txt"}
 _REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -487,15 +487,16 @@ def test_cloud_build_roles_follow_what_each_function_does(tf: dict[str, Any]) ->
     roles = {fn: spec["build_role"] for fn, spec in _identities(tf).items()}
     assert roles == {"on_build": "roles/cloudbuild.builds.viewer", "on_health": None, "on_tick": None,
                      "on_alert": None, "on_command": "roles/cloudbuild.builds.editor",
-                     "api": "roles/cloudbuild.builds.editor"}
+                     "api": "roles/cloudbuild.builds.editor", "on_event": None}
     grant = _of_type(tf, "google_project_iam_member")["function_cloud_build"]
     assert grant["project"] == "${local.build_project}"
     assert grant["role"] == "${each.value.build_role}"
     assert "if f.build_role != null" in grant["for_each"]
-    # The api needs what on_command needs: every per-function grant iterates over all identities.
-    for rtype, name in [("google_project_iam_member", "function_firestore"),
-                        ("google_project_iam_member", "function_reads_run_operations")]:
-        assert tf["resource"][(rtype, name)]["for_each"] == "${local.identities}", name
+    # The api needs what on_command needs: every per-function grant iterates over all identities (those
+    # that touch Cloud Run over the ones that deploy: every function but on_event, which only notifies).
+    assert tf["resource"][("google_project_iam_member", "function_firestore")]["for_each"] == "${local.identities}"
+    assert "if f.deploys" in tf["resource"][("google_project_iam_member", "function_reads_run_operations")]["for_each"]
+    assert {fn for fn, spec in _identities(tf).items() if not spec["deploys"]} == {"on_event"}
     for rtype, name in [("google_cloud_run_v2_service_iam_member", "function_manages_service"),
                         ("google_service_account_iam_member", "function_acts_as_runtime"),
                         ("google_project_iam_member", "function_reads_run_operations_in_service_projects"),
@@ -708,7 +709,7 @@ def test_run_operations_reader_is_defined_and_granted_in_every_service_project(t
     grant = grants["function_reads_run_operations_in_service_projects"]
     assert grant["project"] == "${each.value.project}"
     assert grant["role"] == "${google_project_iam_custom_role.run_operations_reader_in_service_projects[each.value.project].name}"
-    assert "for fn in keys(local.identities)" in grant["for_each"]
+    assert "for fn, f in local.identities" in grant["for_each"] and "if f.deploys" in grant["for_each"]
     assert "for project in local.service_projects" in grant["for_each"]
     assert grants["function_reads_run_operations"]["role"] == "${google_project_iam_custom_role.run_operations_reader.name}"
 
@@ -783,7 +784,7 @@ def test_managed_service_keys_and_projects_evaluate_as_documented(tf: dict[str, 
         line = next(line for line in out.splitlines() if line.startswith('"'))
         return json.loads(json.loads(line))
 
-    fns = sorted(_identities(tf))
+    fns = sorted(fn for fn, spec in _identities(tf).items() if spec["deploys"])  # all but on_event
     # An entry without project: exactly the keys and projects it had before.
     legacy = evaluate([{"name": "web", "service_account": "web-run@acme-pitstop.iam.gserviceaccount.com"}])
     assert legacy["services"] == {"us-central1/web": {
@@ -864,9 +865,10 @@ def _check_grant_for_each(body: dict[str, Any]) -> None:
 
 
 def test_every_function_runs_checks(tf: dict[str, Any]) -> None:
-    """The release engine runs in every function, and any input may bring a release to a check."""
+    """The release engine runs in every function that decides (all but on_event, which only delivers
+    notifications), and any input may bring a release to a check."""
     identities = _identities(tf)
-    assert {fn: spec.get("runs_checks") for fn, spec in identities.items()} == {fn: True for fn in identities}
+    assert {fn: spec.get("runs_checks") for fn, spec in identities.items()} == {fn: fn != "on_event" for fn in identities}
     assert tf["locals"]["check_projects"] == "${toset([for s in local.managed_services : s.project])}"
 
 
@@ -917,3 +919,12 @@ def test_scan_reads_occurrences_in_the_registry_project(tf: dict[str, Any]) -> N
     assert patterns[0].search("acme-artifacts") and not patterns[0].search("123456789012")
     # The APIs the checks call, enabled (with the others) in project_id.
     assert {"containeranalysis.googleapis.com", "run.googleapis.com", "logging.googleapis.com"} <= set(tf["locals"]["apis"])
+
+
+def test_on_event_reads_secrets_and_deploys_nothing(tf: dict[str, Any]) -> None:
+    """Notifications (issue #11): only on_event reads Secret Manager, and it gets no Cloud Run role."""
+    identities = _identities(tf)
+    assert identities["on_event"]["topic"] == "pitstop-events"
+    assert {fn for fn, spec in identities.items() if spec["reads_secrets"]} == {"on_event"}
+    grant = _of_type(tf, "google_project_iam_member")["function_reads_secrets"]
+    assert grant["role"] == "roles/secretmanager.secretAccessor" and "if f.reads_secrets" in grant["for_each"]

@@ -164,7 +164,7 @@ def test_push_subscription_can_be_pointed_at_a_new_endpoint(
 def test_routes_name_the_consuming_functions() -> None:
     assert ROUTES == {
         "cloud-builds": "on_build", "pitstop-health": "on_health", "pitstop-ticks": "on_tick",
-        "pitstop-alerts": "on_alert", "pitstop-commands": "on_command",
+        "pitstop-alerts": "on_alert", "pitstop-commands": "on_command", "pitstop-events": "on_event",
     }
     assert set(ROUTES) <= set(TOPICS)
 

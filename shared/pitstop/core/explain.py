@@ -182,6 +182,9 @@ TEMPLATES.update({
                            "or `pitstop abort {id}`.",
     "note_gate": "Rollout of {service} version {version} is healthy at {percent} % and waits for approval: "
                  "`pitstop approve {id}`.",
+    # surfaces/notifications.py: a sink that failed every attempt (recorded in the audit trail)
+    "notification_failed": "the {event} notification to sink {sink} ({type}) failed {attempts} times and was given "
+                           "up (last error: {error}); the other sinks were not held up",
 })
 
 

@@ -415,6 +415,9 @@ def _health(p: _Plan, s: HealthSample) -> Decision:
     r = p.r
     p.detail = {"revision": s.revision, "requests": s.request_count, "errors": s.error_count,
                 "p99_ms": s.latency_p99_ms, "source": s.source}
+    if s.stable is not None:  # the stable revision over the same window: kept for the dashboard's charts
+        p.detail["stable"] = {"revision": s.stable.revision, "requests": s.stable.request_count,
+                              "errors": s.stable.error_count, "p99_ms": s.stable.latency_p99_ms}
     if s.service != r.service or s.region != r.region:
         return p.ignore("wrong_service", service=s.service, region=s.region, want_service=r.service,
                         want_region=r.region)

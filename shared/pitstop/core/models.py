@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from pitstop.core import limits
+from pitstop.core.sinks import Sink, unique_names
 
 # ---------------------------------------------------------------- durations
 
@@ -226,11 +227,17 @@ class RolloutSpec(Model):
     # The Cloud Build triggers (name or id) allowed to build it; the first is the one `pitstop deploy` runs.
     triggers: list[Annotated[str, Field(min_length=1, max_length=limits.MAX_LABEL)]] = Field(default_factory=list, max_length=20)
     access: Access = Field(default_factory=Access)
+    notify: list[Sink] = Field(default_factory=list, max_length=50)  # where its events go (core/sinks.py)
 
     @field_validator("image", mode="before")
     @classmethod
     def _images(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("notify")
+    @classmethod
+    def _sinks(cls, value: list[Sink]) -> list[Sink]:
+        return unique_names(value)
 
     @model_validator(mode="after")
     def _matched(self) -> RolloutSpec:

@@ -27,6 +27,7 @@ from pydantic import BeforeValidator, Field, PlainSerializer, field_validator, m
 
 from pitstop.core.checks import Checks
 from pitstop.core.models import Access, Duration, Health, Match, Model, RolloutSpec, SERVICE_NAME, Strategy
+from pitstop.core.sinks import Sink, unique_names
 
 ENVIRONMENT_NAME = r"^[a-z0-9][-a-z0-9]*$"
 
@@ -77,6 +78,7 @@ class Environment(Model):
     health: Health = Field(default_factory=Health)
     access: Access = Field(default_factory=Access)
     checks: Checks = Field(default_factory=Checks)  # scan, migrate, smoke, verify, e2e (core/checks.py)
+    notify: list[Sink] = Field(default_factory=list, max_length=50)  # this environment's own sinks
 
     @model_validator(mode="after")
     def _waves_cover_regions(self) -> Environment:
@@ -157,6 +159,7 @@ class Pipeline(Model):
     freeze: list[Freeze] = Field(default_factory=list)
     max_hold: Duration = 86400  # an approval (or a paused region) waits at most this long
     apply_budget: Duration = 600
+    notify: list[Sink] = Field(default_factory=list, max_length=50)  # every environment's (narrowed by `environments`)
 
     @field_validator("image", mode="before")
     @classmethod
@@ -184,6 +187,12 @@ class Pipeline(Model):
         for name, path in self.paths.items():
             if path.to not in self.environments:
                 raise ValueError(f"paths.{name}.to names {path.to!r}, which is not an environment")
+        for sink in self.notify:
+            unknown = [e for e in sink.environments or [] if e not in self.environments]
+            if unknown:
+                raise ValueError(f"notify sink {sink.name!r} names {', '.join(unknown)}, which are not environments")
+        for name in self.environments:
+            unique_names(self.sinks_of(name))
         for freeze in self.freeze:
             unknown = [p for p in freeze.except_ if p not in self.paths]
             if unknown:
@@ -203,6 +212,12 @@ class Pipeline(Model):
 
     # ------------------------------------------------------------ questions
 
+    def sinks_of(self, environment: str) -> list[Sink]:
+        """The sinks an environment's events go to: the pipeline's (for every environment, or those it names) and
+        the environment's own."""
+        shared = [s for s in self.notify if s.environments is None or environment in s.environments]
+        return shared + list(self.environments[environment].notify)
+
     def specs(self) -> list[RolloutSpec]:
         """One spec per environment (stored as specs/{service}--{environment}): what grants, `pitstop deploy` and
         the region rollouts read. Releases start their rollouts; no build matches them directly."""
@@ -212,7 +227,7 @@ class Pipeline(Model):
             out.append(RolloutSpec(service=self.service, regions=env.regions, environment=name, project=env.project,
                                    match=match, pipeline=True, strategy=env.strategy, health=env.health,
                                    max_hold=self.max_hold, apply_budget=self.apply_budget, image=self.image,
-                                   triggers=self.triggers, access=env.access))
+                                   triggers=self.triggers, access=env.access, notify=self.sinks_of(name)))
         return out
 
     def takes(self, build: Any, default_project: str) -> bool:

@@ -536,6 +536,30 @@ class Store:
         return self.db.collection("services").document(
             service_key(rollout.service, rollout.region, rollout.environment))
 
+    # ------------------------------------------------------------ history for DORA metrics (issue #11)
+
+    HISTORY_CAP = 5000  # rollouts (and releases) a DORA report reads at most: its 90 days, bounded
+
+    def history_since(self, since: datetime, service: str | None = None, cap: int = HISTORY_CAP
+                      ) -> tuple[list[Rollout], list[Release], bool]:
+        """The rollouts and releases created at or after `since` (of one service, if given), newest first, at
+        most `cap` of each; True if a cap cut the oldest off. Served by the automatic created_at index and the
+        (service, created_at desc) composite ones `recent` and `releases` use."""
+        from google.cloud import firestore
+        from google.cloud.firestore_v1 import FieldFilter
+
+        def newest(collection: str) -> list[dict[str, Any]]:
+            query = self.db.collection(collection)
+            if service:
+                query = query.where(filter=FieldFilter("service", "==", service))
+            query = query.where(filter=FieldFilter("created_at", ">=", since))
+            query = query.order_by("created_at", direction=firestore.Query.DESCENDING).limit(cap + 1)
+            return [s.to_dict() for s in query.stream()]
+
+        rollouts, releases = newest("rollouts"), newest("releases")
+        return ([Rollout.from_doc(d) for d in rollouts[:cap]], [_release(d) for d in releases[:cap]],
+                len(rollouts) > cap or len(releases) > cap)
+
 
 def _release(doc: dict[str, Any]) -> Release:
     from pitstop.core.release import Release

@@ -31,6 +31,8 @@ from pitstop.local.functions import FunctionProcess, start_functions
 from pitstop.local.issuer import start_issuer
 from pitstop.surfaces.credentials import local_identity
 from pitstop.local.requestlog import RequestLog
+from pitstop.local.sinks import start_sinks
+from pitstop.local.smtp import start_smtp
 from pitstop.local.wiring import ROUTES, publish, wire
 
 T = TypeVar("T")
@@ -53,6 +55,8 @@ class Stack:
     issuer: Any = None  # Google's ID-token issuer and the metadata server's identity endpoint
     cloud_build: Any = None
     analysis: Any = None  # Artifact Analysis (Grafeas occurrences of the images `dev ship` built)
+    sinks: Any = None  # Slack, Chat and webhook receivers (local/sinks.py): every POST they got
+    smtp: Any = None  # an SMTP relay (local/smtp.py): every email it got
     scan_delay: float = 1.0  # seconds before a new image's scan has finished (GCP: a minute or two)
     # Who the person at this laptop is (PITSTOP_IDENTITY, else `git config user.email`): the project admin.
     identity: str = ""
@@ -85,6 +89,11 @@ class Stack:
             register_trigger(self.state_dir, "build-web", "web")
             self.analysis = start_analysis(self.state_dir, scan_delay=self.scan_delay)
             self._exit.callback(self.analysis.stop)
+            self.sinks = start_sinks(self.state_dir)
+            self._exit.callback(self.sinks.stop)
+            self.smtp = start_smtp(self.state_dir)
+            self._exit.callback(self.smtp.stop)
+            self._write_secrets()
             self.identity = self.identity or local_identity()
             self.functions = start_functions(list(ROUTES.values()) + ["api"], FUNCTIONS_SOURCE, self.function_env,
                                              log_dir=self.state_dir / "logs")
@@ -149,7 +158,27 @@ class Stack:
                 "PITSTOP_HEALTH_LAG": str(float(self.health_lag)),
                 "PITSTOP_TOKEN_CERTS": self.issuer.certs_url, "PITSTOP_TOKEN_ISSUERS": self.issuer.url,
                 "GCE_METADATA_HOST": self.issuer.metadata_host, "GCE_METADATA_IP": self.issuer.metadata_host,
-                "PITSTOP_SAMPLER_IDENTITY": self.sampler_identity, "PITSTOP_ADMINS": f"user:{self.identity}"}
+                "PITSTOP_SAMPLER_IDENTITY": self.sampler_identity, "PITSTOP_ADMINS": f"user:{self.identity}",
+                "PITSTOP_SECRETS_FILE": str(self.secrets_file), "PITSTOP_SLACK_API": f"{self.sinks.url}/slack-api/",
+                "PITSTOP_NOTIFY_BACKOFF": os.environ.get("PITSTOP_NOTIFY_BACKOFF", "0.05")}
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.state_dir / "secrets.yaml"
+
+    def _write_secrets(self) -> None:
+        """Secret Manager's stand-in: the demo pipeline's sinks (examples/web/pipeline.yaml) point here."""
+        import yaml
+
+        url = self.sinks.url
+        secrets = {
+            "demo-slack-hook": f"{url}/slack/demo",
+            "demo-chat-hook": f"{url}/chat/demo?key=local&token=local",
+            "demo-webhook": {"url": f"{url}/webhook/demo", "key": "local-signing-key"},
+            "demo-smtp": {"smtp_host": self.smtp.host, "smtp_port": self.smtp.port, "starttls": False},
+        }
+        self.secrets_file.write_text("# written by the local stack: secret name -> value (gcp/secrets.py)\n"
+                                     + yaml.safe_dump(secrets, sort_keys=False))
 
     def token(self, email: str | None = None, **kwargs: Any) -> str:
         """An ID token of `email` (default: the person at this laptop) for this deployment."""

@@ -29,6 +29,7 @@ ROUTES: dict[str, str] = {
     "pitstop-ticks": "on_tick",
     "pitstop-alerts": "on_alert",
     "pitstop-commands": "on_command",
+    "pitstop-events": "on_event",
 }
 
 # How long the emulator waits for a function before it redelivers. The

@@ -16,6 +16,7 @@
     GET  /api/v1/releases/{id}/audit       its whole story: its events and its region rollouts', by time
     POST /api/v1/releases/{id}:{action}    approve | abort | rollback | pause | resume | promote | unfreeze
     PUT  /api/v1/access                    replace the project access document; project admin
+    GET  /api/v1/metrics/dora?service=&environment=&hotfix_days=   DORA metrics the caller may read
 
 Every request carries the caller's Google-signed ID token; the actor of whatever it does is
 the token's verified email. Commands take the road of a `pitstop-commands` message: their
@@ -87,6 +88,7 @@ ROUTES = Map([
     Rule("/api/v1/releases/<segment:release_id>/audit", methods=["GET"], endpoint="get_release_audit"),
     Rule("/api/v1/releases/<segment:release_id>:<action>", methods=["POST"], endpoint="release_command"),
     Rule("/api/v1/access", methods=["PUT"], endpoint="put_access"),
+    Rule("/api/v1/metrics/dora", methods=["GET"], endpoint="dora_metrics"),
 ], converters={"segment": _Segment}, strict_slashes=False, merge_slashes=False)
 
 PUBLIC = {"openapi"}
@@ -165,6 +167,10 @@ class Call:
 def respond(request: flask.Request, engine: Callable[[], Engine]) -> flask.Response:
     """Route the request, verify its sender, run its route; every failure becomes a JSON error."""
     call = Call(request, engine)
+    if request.path == "/dashboard" or request.path.startswith("/dashboard/"):  # the pages (dashboard.py)
+        from pitstop.surfaces import dashboard
+
+        return dashboard.respond(call)
     try:
         endpoint, args = ROUTES.bind_to_environ(request.environ).match()
         if endpoint not in PUBLIC | VERIFIED_BY_THE_ENGINE:
@@ -278,6 +284,29 @@ def get_release_audit(call: Call, release_id: str) -> tuple[int, Any]:
 def list_specs(call: Call) -> tuple[int, Any]:
     specs = [s for s in call.engine.store.specs() if call.may("rollout:read", s.service, s.environment) is None]
     return 200, {"specs": [{"key": s.key, **s.model_dump(mode="json", exclude_none=True)} for s in specs]}
+
+
+def dora_metrics(call: Call) -> tuple[int, Any]:
+    """DORA metrics per service and environment; those the caller may not read (rollout:read) are left out."""
+    from pitstop.core.models import SERVICE_NAME
+    from pitstop.surfaces.metrics import dora_report
+
+    args = call.request.args
+    service, environment = args.get("service") or None, args.get("environment") or None
+    if service and not re.fullmatch(SERVICE_NAME, service):
+        raise ApiError("invalid_request", f"service {_short(service, 60)!r} is not a service name (lowercase letters, "
+                                          f"digits and dashes)")
+    if environment and not re.fullmatch(r"[a-z0-9][-a-z0-9]*", environment):
+        raise ApiError("invalid_request", f"environment {_short(environment, 60)!r} is not an environment name "
+                                          f"(lowercase letters, digits and dashes)")
+    hotfix_days = args.get("hotfix_days") or "7"
+    if not hotfix_days.isdigit() or not 1 <= int(hotfix_days) <= 90:
+        raise ApiError("invalid_request", f"hotfix_days must be a whole number of days from 1 to 90, got "
+                                          f"{_short(hotfix_days, 20)!r}")
+    report = dora_report(call.engine.store, service, environment, call.engine.clock(), int(hotfix_days))
+    report["services"] = [g for g in report["services"]
+                          if call.may("rollout:read", g["service"], g["environment"]) is None]
+    return 200, report
 
 
 # ---------------------------------------------------------------- commands: the engine decides
@@ -465,7 +494,7 @@ HANDLERS: dict[str, Callable[..., tuple[int, Any]]] = {
     "get_audit": get_audit, "command": command, "rollback_to": rollback_to, "deploy": deploy,
     "list_specs": list_specs, "put_spec": put_spec, "put_access": put_access, "put_pipeline": put_pipeline,
     "list_releases": list_releases, "get_release": get_release, "get_release_audit": get_release_audit,
-    "release_command": release_command,
+    "release_command": release_command, "dora_metrics": dora_metrics,
 }
 
 

@@ -239,14 +239,26 @@ def _publish(caller, payload: dict) -> None:
 # ---------------------------------------------------------------- reading
 
 @app.command()
-def status(service: Optional[str] = typer.Argument(None, help="only this service"),
+def status(service: Optional[str] = typer.Argument(None, help="only this service; or a rollout or release id: "
+                                                             "its outcome, as an exit code"),
            as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
            watch: bool = typer.Option(False, "--watch", "-w", help="live view until Ctrl-C"),
-           limit: int = typer.Option(10, help="how many recent rollouts (and releases)")) -> None:
-    """Recent releases (route, regions, what they wait for) and rollouts: service, version, state, step, split."""
+           limit: int = typer.Option(10, help="how many recent rollouts (and releases)"),
+           wait: bool = typer.Option(False, "--wait", help="with a rollout or release id: wait until it finishes"),
+           timeout: float = typer.Option(0.0, "--timeout", min=0.0, metavar="SECONDS",
+                                         help="with --wait: stop waiting after this long (exit 2); 0: no limit")) \
+        -> None:
+    """Recent releases (route, regions, what they wait for) and rollouts: service, version, state, step, split.
+
+    Given a rollout or release id, its state and reason, and an exit code a CI job can act on (like `kubectl
+    argo rollouts status`): 0 succeeded, 1 rolled back or failed, 2 not finished (still in progress, or --timeout
+    passed while waiting), 3 superseded or cancelled (a newer build took over, or nobody approved in time)."""
     from pitstop.surfaces import render
 
     store = _store()
+    if service and (wait or store.rollout(service) is not None or _release(store, service) is not None):
+        _outcome(store, service, wait, timeout, as_json)
+        return
     if as_json:  # rollouts only, as ever: GET /api/v1/releases lists releases
         print(json.dumps([render.rollout_row(r) for r in store.recent(service, limit)], indent=2))
         return
@@ -261,6 +273,64 @@ def status(service: Optional[str] = typer.Argument(None, help="only this service
             console.print(render.rollouts_table(rollouts))
         return
     _watch(store, service, limit)
+
+
+# `pitstop status ID`'s exit codes, by how the rollout or release ended (documented in `status`'s help).
+OUTCOME_CODES = {"succeeded": 0, "rolled_back": 1, "failed": 1, "superseded": 3, "cancelled": 3}
+NOT_FINISHED = 2
+
+
+def _outcome(store, target: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Where a rollout or release stands, waiting for its end if asked; the exit code says how it ended."""
+    from rich.markup import escape
+
+    from pitstop.surfaces.releases import release_row
+    from pitstop.surfaces.rows import rollout_row
+
+    def read():
+        rollout = store.rollout(target)
+        if rollout is not None:
+            return "rollout", rollout, rollout_row(rollout)
+        rel = _release(store, target)
+        return ("release", rel, release_row(rel)) if rel is not None else (None, None, None)
+
+    from pitstop.surfaces.releases import looks_like_release
+
+    deadline = time.monotonic() + timeout if timeout else None
+    kind, thing, row = read()
+    if thing is None and wait and looks_like_release(target):  # CI asks right after its build: not started yet
+        err.print(f"{target}: no such release yet; waiting for its build to start it")
+        while thing is None and not (deadline and time.monotonic() >= deadline):
+            time.sleep(1.0)
+            kind, thing, row = read()
+        if thing is None:
+            _fail(f"release {target} did not start within {timeout:g}s; nothing was changed", NOT_FINISHED)
+    if thing is None:
+        _fail(f"{target} is neither a rollout nor a release id" + (" (--wait follows one rollout or release: "
+              "`pitstop status SERVICE` lists their ids)" if wait else ""))
+    seen = None
+    while thing.state not in OUTCOME_CODES:
+        where = f"{row.get('step') or row.get('current') or ''}"
+        if (thing.state, where) != seen:  # one line per change, so a CI log tells the story
+            seen = (thing.state, where)
+            if not as_json:
+                err.print(f"{target}: {thing.state.replace('_', ' ')} {where} {escape(thing.message)}".rstrip())
+        if not wait or (deadline and time.monotonic() >= deadline):
+            break
+        time.sleep(1.0)
+        kind, thing, row = read()
+    code = OUTCOME_CODES.get(thing.state, NOT_FINISHED)
+    if as_json:
+        print(json.dumps({**row, "kind": kind, "finished": thing.state in OUTCOME_CODES, "exit_code": code},
+                         indent=2))
+    elif thing.state in OUTCOME_CODES:
+        style = "green" if code == 0 else "red" if code == 1 else "yellow"
+        console.print(f"[{style}]{kind} {target} {thing.state.replace('_', ' ')}[/{style}]"
+                      f"{' — ' + escape(thing.message) if thing.message else ''}")
+    else:
+        console.print(f"[yellow]{kind} {target} is not finished[/yellow] ({thing.state.replace('_', ' ')}"
+                      + (f"; still so after {timeout:g}s" if wait else "; --wait waits for its end") + ")")
+    raise typer.Exit(code)
 
 
 def _watch(store, service: Optional[str], limit: int) -> None:
@@ -362,6 +432,42 @@ def audit_verify(rollouts: list[str] = typer.Argument(..., help="rollout id(s)")
         broken += not report.ok
     if broken:
         raise typer.Exit(4)
+
+
+@app.command()
+def metrics(service: Optional[str] = typer.Argument(None, help="only this service"),
+            environment: Optional[str] = typer.Option(None, "--environment", "--env", "-e",
+                                                      help="only this environment"),
+            hotfix_days: int = typer.Option(7, "--hotfix-days", min=1, max=90,
+                                            help="a hotfix (or rollback --to) within this many days marks the "
+                                                 "change before it failed"),
+            as_json: bool = typer.Option(False, "--json", help="the report as the API returns it")) -> None:
+    """DORA metrics per service and environment over 7, 30 and 90 days, each with its performance band."""
+    from urllib.parse import urlencode
+
+    from pitstop.surfaces.metrics import dora_report
+    from pitstop.surfaces.render import dora_tables
+
+    if _caller().api:  # as the verified person: only what they may read
+        query = urlencode({k: v for k, v in (("service", service), ("environment", environment),
+                                             ("hotfix_days", hotfix_days)) if v})
+        report = _api("GET", f"/api/v1/metrics/dora?{query}")
+    else:
+        report = dora_report(_store(), service, environment, hotfix_days=hotfix_days)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    if not report["services"]:
+        console.print("no changes recorded in the last 90 days" + (f" for {service}" if service else "")
+                      + (f" in {environment}" if environment else ""))
+        return
+    for table in dora_tables(report):
+        console.print(table)
+    console.print(f"[dim]lead time starts at {report['lead_time_from']} (Cloud Build's createTime: it does not report "
+                  f"the commit's time).\nA hotfix or `rollback --to` within {report['hotfix_days']} days marks a "
+                  f"change failed. Bands: the 2023 State of DevOps report.[/dim]")
+    if report.get("truncated"):
+        console.print("[yellow]the history read was capped: the oldest part of the 90 days is missing[/yellow]")
 
 
 # ---------------------------------------------------------------- operator commands
@@ -790,6 +896,33 @@ def demo(rps: Optional[float] = typer.Option(None, help="steady load, requests p
 
     raise typer.Exit(run_release_demo(rps=rps or 80.0, console=console,
                                       health_lag=1.5 if health_lag is None else health_lag, checks=checks))
+
+
+@app.command()
+def dashboard(port: int = typer.Option(8765, help="local port (127.0.0.1) to serve the dashboard on"),
+              open_browser: bool = typer.Option(False, "--open", help="open it in the browser too")) -> None:
+    """Serve the dashboard on 127.0.0.1, as you: a local proxy that adds your ID token to every request to the
+    API (like `gcloud run services proxy`). Ctrl-C stops it."""
+    from pitstop.surfaces.proxy import start_proxy
+
+    _require_api("the dashboard")
+    caller = _caller()
+    try:
+        server, url = start_proxy(caller.api, port, headers=caller.headers)
+    except OSError as e:
+        _fail(f"could not listen on 127.0.0.1:{port} ({e.strerror or e}); choose another port with --port")
+    console.print(f"the dashboard of {caller.api} is on [bold]{url}[/bold] (as you; Ctrl-C stops it)")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
 
 
 @app.command()

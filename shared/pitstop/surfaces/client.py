@@ -43,11 +43,7 @@ class Caller:
              content_type: str | None = None) -> Any:
         import httpx
 
-        token = self.token()
-        # Cloud Run's IAM check reads Authorization (audience: the API's URL) and strips the token's signature
-        # before the function sees it, so pitstop's own check reads X-Pitstop-Token (audience: pitstop).
-        bearer = self._iam_token(token)
-        headers = {"X-Pitstop-Token": token, "Authorization": f"Bearer {bearer}"}
+        headers = self.headers()
         if content_type:
             headers["Content-Type"] = content_type
         url = self.api.rstrip("/") + path
@@ -65,6 +61,13 @@ class Caller:
                            error.get("message") or f"HTTP {response.status_code}: {response.text[:300]}",
                            response.status_code)
         return data
+
+    def headers(self) -> dict[str, str]:
+        """The person's tokens as every request to the API carries them (the CLI's, `pitstop dashboard`'s)."""
+        token = self.token()
+        # Cloud Run's IAM check reads Authorization (audience: the API's URL) and strips the token's signature
+        # before the function sees it, so pitstop's own check reads X-Pitstop-Token (audience: pitstop).
+        return {"X-Pitstop-Token": token, "Authorization": f"Bearer {self._iam_token(token)}"}
 
     def _iam_token(self, token: str) -> str:
         """For Cloud Run's IAM check: a token for the API's URL (the local stack has no such check)."""

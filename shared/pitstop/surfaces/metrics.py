@@ -69,25 +69,3 @@ def figure(name: str, metric: dict[str, Any]) -> str:
             return "no changes"
         return f"{metric['value'] * 100:.1f}% ({metric['failed']} of {metric['samples']})"
     return f"{duration(metric['value'])} ({metric['samples']} restored)" if metric["value"] is not None else "no failures"
-
-
-def tables(report: dict[str, Any]) -> list[Any]:
-    """A rich table per service and environment: each metric per window, its band coloured."""
-    from rich.table import Table
-
-    out = []
-    for group in report["services"]:
-        windows = group["windows"]
-        table = Table(title=f"{group['service']} ({group['environment']})", title_justify="left")
-        table.add_column("metric")
-        for key in windows:
-            table.add_column(key, justify="right")
-        for name, label in METRICS:
-            cells = []
-            for window in windows.values():
-                metric = window[name]
-                style = BAND_STYLE[metric["band"]]
-                cells.append(f"{figure(name, metric)} [{style}]{metric['band']}[/{style}]")
-            table.add_row(label, *cells)
-        out.append(table)
-    return out

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from pitstop.core.models import AuditEvent, Rollout, Verdict
 from pitstop.core.release import Release
+from pitstop.surfaces.metrics import BAND_STYLE, METRICS, figure
 from pitstop.surfaces.rows import event_row, rollout_row, split_label, step_label  # noqa: F401 (re-exported)
 
 STATE_STYLE = {
@@ -145,3 +146,23 @@ def _ago(t: datetime) -> str:
     if seconds < 7200:
         return f"{seconds // 60}m ago"
     return f"{t:%Y-%m-%d %H:%M}"
+
+
+def dora_tables(report: dict[str, Any]) -> list[Table]:
+    """A rich table per service and environment: each metric per window, its band coloured."""
+    out = []
+    for group in report["services"]:
+        windows = group["windows"]
+        table = Table(title=f"{group['service']} ({group['environment']})", title_justify="left")
+        table.add_column("metric")
+        for key in windows:
+            table.add_column(key, justify="right")
+        for name, label in METRICS:
+            cells = []
+            for window in windows.values():
+                metric = window[name]
+                style = BAND_STYLE[metric["band"]]
+                cells.append(f"{figure(name, metric)} [{style}]{metric['band']}[/{style}]")
+            table.add_row(label, *cells)
+        out.append(table)
+    return out
