@@ -520,3 +520,21 @@ def test_an_unexpected_failure_is_a_500_with_a_sentence(api: Api, monkeypatch: p
     incident = re.search(r"incident (\w+)", failed["message"]).group(1)
     logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if incident in line]
     assert logged and "hunter2" in logged[0]["message"] and "Traceback" in logged[0]["stack_trace"]
+
+
+def test_only_a_project_admin_replaces_the_project_wide_sinks(api: Api) -> None:
+    doc = "notify:\n  - {name: ops, type: webhook, secret: ops-hook, min_severity: WARNING}\n"
+    refused = error(api.call("PUT", "/api/v1/notifications", OPERATOR, data=doc), 403, "insufficient_permissions")
+    assert "project-wide notifications is unchanged" in refused["message"]
+    stored = api.engine.store.db.collection("settings").document("notifications")
+    assert not stored.get().exists
+
+    response = api.call("PUT", "/api/v1/notifications", ADMIN, data=doc, content_type="application/yaml")
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["notify"][0]["name"] == "ops"
+    assert stored.get().to_dict()["applied_by"] == ADMIN
+
+    invalid = error(api.call("PUT", "/api/v1/notifications", ADMIN, json={"notify": [{"name": "x", "type": "fax"}]}),
+                    400, "invalid_request")
+    assert "notify.0.type" in invalid["message"] and "unchanged" in invalid["message"]
+    assert stored.get().to_dict()["notify"][0]["name"] == "ops"

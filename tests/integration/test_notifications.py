@@ -6,13 +6,14 @@ fails its health check and rolls back; a redelivered event, a flaky and a broken
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import yaml
+
+import blockkit
 
 from pitstop.core import notify
 
@@ -28,7 +29,6 @@ from pitstop.surfaces.notifications import ATTEMPTS, delivery_id
 pytestmark = pytest.mark.emulators
 SERVICE = "bell"
 PROBE = "probe@pitstop-test.iam.gserviceaccount.com"
-DASH = "http://dashboard.local/dashboard"
 KEY = "local-signing-key"  # the stack's demo-webhook secret
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 PIPELINE = f"""
@@ -55,20 +55,15 @@ notify:
 @pytest.fixture(scope="module")
 def stack(emulators, tmp_path_factory):
     wipe_firestore(emulators.firestore.host, emulators.project)
-    before = os.environ.get("PITSTOP_DASHBOARD_URL")
-    os.environ["PITSTOP_DASHBOARD_URL"] = DASH  # the functions inherit it
-    try:
-        with Stack(tmp_path_factory.mktemp("stack"), emulators=emulators, tick_interval=0.5) as running:
-            # Two more sinks in Secret Manager's stand-in: one fails twice, one always.
-            secrets = yaml.safe_load(running.secrets_file.read_text())
-            secrets["flaky-webhook"] = {"url": f"{running.sinks.url}/flaky?fail=2", "key": KEY}
-            secrets["broken-webhook"] = {"url": f"{running.sinks.url}/fail/broken", "key": KEY}
-            secrets["slack-bot"] = "xoxb-local-token"  # a bot token: chat.postMessage, threads per release
-            running.secrets_file.write_text(yaml.safe_dump(secrets))
-            Store.from_env(running.project).put_pipeline(load_pipeline(PIPELINE), "test", datetime.now(timezone.utc))
-            yield running
-    finally:
-        os.environ.pop("PITSTOP_DASHBOARD_URL") if before is None else os.environ.update(PITSTOP_DASHBOARD_URL=before)
+    with Stack(tmp_path_factory.mktemp("stack"), emulators=emulators, tick_interval=0.5) as running:
+        # Two more sinks in Secret Manager's stand-in: one fails twice, one always.
+        secrets = yaml.safe_load(running.secrets_file.read_text())
+        secrets["flaky-webhook"] = {"url": f"{running.sinks.url}/flaky?fail=2", "key": KEY}
+        secrets["broken-webhook"] = {"url": f"{running.sinks.url}/fail/broken", "key": KEY}
+        secrets["slack-bot"] = "xoxb-local-token"  # a bot token: chat.postMessage, threads per release
+        running.secrets_file.write_text(yaml.safe_dump(secrets))
+        Store.from_env(running.project).put_pipeline(load_pipeline(PIPELINE), "test", datetime.now(timezone.utc))
+        yield running
     print(f"--- on_event\n{Path(running.functions['on_event'].log_path).read_text()[-4000:]}")
 
 
@@ -129,16 +124,18 @@ def test_slack_chat_and_webhook_get_the_verdict_traffic_and_links(stack, store, 
     assert (rate["measured"], rate["threshold"], rate["passed"]) == (0.6, 0.05, False)
     assert event["stable_version"] == "v1" and {t["revision"]: t["percent"] for t in event["traffic"]} == \
         {event["stable_revision"]: 100, event["revision"]: 0}
-    assert event["links"]["dashboard"] == f"{DASH}/releases/{rolled_back.id}" and event["links"]["build_log"]
+    dash = stack.dashboard_url  # the local dashboard proxy: the functions link to it (PITSTOP_DASHBOARD_URL)
+    assert event["links"]["dashboard"] == f"{dash}/releases/{rolled_back.id}" and event["links"]["build_log"]
     assert event["type"] == "rolled_back"
 
     slack = wait_for("the Slack message", lambda: next(filter(about(event), bodies(stack, "/slack/demo")), None))
     text = json.dumps(slack, ensure_ascii=False)
     assert "error_rate: 0.6 vs limit 0.05 ✗" in text and event["verdict"]["rule"] in text
     assert f"v1 ({event['stable_revision']}) 100 %" in text
-    assert f"{DASH}/releases/{rolled_back.id}" in text and event["log_url"] in text
+    assert f"{dash}/releases/{rolled_back.id}" in text and event["log_url"] in text
     IMAGES.mkdir(parents=True, exist_ok=True)
     (IMAGES / "slack-message.json").write_text(json.dumps(slack, indent=2, ensure_ascii=False) + "\n")
+    blockkit.screenshot(slack, IMAGES / "slack-message.png")  # the README's picture of it
 
     chat = wait_for("the Chat card", lambda: [r for r in stack.sinks.at("/chat/demo") if about(event)(r.json)])
     assert chat[0].query["threadKey"] == rolled_back.id  # one Chat thread per release

@@ -135,7 +135,7 @@ def test_pipeline_sinks_reach_each_environment_and_names_must_be_unique():
 def test_slack_message_says_what_happened_with_values_thresholds_rule_traffic_and_links():
     event = rolled_back_event()
     message = notify.slack_message(event, DASH)
-    blocks = message["attachments"][0]["blocks"]
+    blocks = message["blocks"] + message["attachments"][0]["blocks"]
     text = json.dumps(blocks, ensure_ascii=False)
     assert blocks[0]["type"] == "header" and blocks[0]["text"]["text"] == "⏪ web v2 rolled back in " \
                                                                            "production/us-central1"

@@ -120,7 +120,7 @@ def _mrkdwn(text: str) -> str:
 
 
 def slack_message(event: dict[str, Any], dashboard: str | None = None) -> dict[str, Any]:
-    """Block Kit: header, the sentence, fields, the verdict, context, buttons; the colour bar is the severity."""
+    """Block Kit: header and the sentence, then fields, the verdict, context and buttons by the severity's colour bar."""
     title = headline(event)
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": title[:150], "emoji": True}},
@@ -155,7 +155,10 @@ def slack_message(event: dict[str, Any], dashboard: str | None = None) -> dict[s
         if any(k in found for k in ACTIONS):
             blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": ROLE_NOTE}]})
     colour = COLOURS.get(str(event.get("severity")), COLOURS["INFO"])
-    return {"text": f"{title}: {event.get('message', '')}"[:3000], "attachments": [{"color": colour, "blocks": blocks}]}
+    # What happened leads the message; the details sit beside the severity's colour bar. `text` is then only
+    # the fallback Slack shows in notifications.
+    return {"text": f"{title}: {event.get('message', '')}"[:3000], "blocks": blocks[:2],
+            "attachments": [{"color": colour, "blocks": blocks[2:]}]}
 
 
 # ---------------------------------------------------------------- Google Chat

@@ -539,7 +539,11 @@ def on_local_stack(console: Console, state_dir: Path, what: str, scenario: Calla
             cleanup.enter_context(_sigterm_as_interrupt())
             cleanup.enter_context(local_logs_to(state_dir / "local-cloud.log"))
             console.print(f"starting the local stack ({what}) in {state_dir} …")
-            result = scenario(cleanup.enter_context(Stack(state_dir, **stack_options)))
+            stack = cleanup.enter_context(Stack(state_dir, **stack_options))
+            console.print(f"dashboard: [bold]{stack.dashboard_url}/[/bold] (open it while the demo runs)")
+            result = scenario(stack)
+            for line in notification_lines(stack):
+                console.print(line, highlight=False)
             console.print("stopping the local stack …")
             return result
     except KeyboardInterrupt:
@@ -553,6 +557,27 @@ def on_local_stack(console: Console, state_dir: Path, what: str, scenario: Calla
         console.print(f"[bold red]FAILED:[/bold red] the demo stopped on {type(err).__name__}: {err}. "
                       f"Everything is stopped; logs are in {state_dir}")
         return 1
+
+
+SINK_KINDS = (("/slack/", "Slack"), ("/slack-api/", "Slack (bot, threaded)"), ("/chat/", "Google Chat"),
+              ("/webhook/", "webhook (signed)"))
+
+
+def notification_lines(stack: Stack) -> list[str]:
+    """What the demo's sinks (examples/web/pipeline.yaml `notify:`) received: a count per sink, the headlines of
+    what went wrong, and the emails."""
+    from pitstop.core.notify import headline
+
+    received = list(stack.sinks.received)
+    counts = {label: sum(1 for r in received if r.path.startswith(prefix)) for prefix, label in SINK_KINDS}
+    lines = ["notifications sent: " + ", ".join(f"{label} {n}" for label, n in counts.items() if n)
+             + f", email {len(stack.smtp.messages)} (the local sinks pitstop posted to, as to the real ones)"]
+    for r in received:  # the webhook's body is the event itself: its severity says what went wrong
+        if r.path.startswith("/webhook/") and r.json.get("severity") in ("WARNING", "ERROR", "CRITICAL"):
+            lines.append(f"  {r.json['severity'].lower()}: {headline(r.json)}")
+    for mail in stack.smtp.messages:
+        lines.append(f"  email to {mail['To']}: {mail['Subject']}")
+    return lines
 
 
 @contextmanager

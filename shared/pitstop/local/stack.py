@@ -30,6 +30,7 @@ from pitstop.local.emulators import Emulators, check_prerequisites, start_emulat
 from pitstop.local.functions import FunctionProcess, start_functions
 from pitstop.local.issuer import start_issuer
 from pitstop.surfaces.credentials import local_identity
+from pitstop.surfaces.proxy import start_proxy
 from pitstop.local.requestlog import RequestLog
 from pitstop.local.sinks import start_sinks
 from pitstop.local.smtp import start_smtp
@@ -57,6 +58,8 @@ class Stack:
     analysis: Any = None  # Artifact Analysis (Grafeas occurrences of the images `dev ship` built)
     sinks: Any = None  # Slack, Chat and webhook receivers (local/sinks.py): every POST they got
     smtp: Any = None  # an SMTP relay (local/smtp.py): every email it got
+    dashboard: Any = None  # the dashboard proxy (surfaces/proxy.py) for the person at this laptop
+    dashboard_url: str = ""  # …/dashboard: where to open it, and what notifications link to
     scan_delay: float = 1.0  # seconds before a new image's scan has finished (GCP: a minute or two)
     # Who the person at this laptop is (PITSTOP_IDENTITY, else `git config user.email`): the project admin.
     identity: str = ""
@@ -95,10 +98,16 @@ class Stack:
             self._exit.callback(self.smtp.stop)
             self._write_secrets()
             self.identity = self.identity or local_identity()
+            # The dashboard, as the person at this laptop sees it through `pitstop dashboard`'s proxy; its URL is
+            # known before the functions start, so their notifications link to it. It forwards once the api runs.
+            self.dashboard, url = start_proxy("http://127.0.0.1:1", headers=lambda: {"X-Pitstop-Token": self.token()})
+            self._exit.callback(self.dashboard.shutdown)
+            self.dashboard_url = url.rstrip("/")
             self.functions = start_functions(list(ROUTES.values()) + ["api"], FUNCTIONS_SOURCE, self.function_env,
                                              log_dir=self.state_dir / "logs")
             for process in self.functions.values():
                 self._exit.callback(process.stop)
+            self.dashboard.RequestHandlerClass.api = self.api_url
             wire(self.project, {topic: self.functions[target].url for topic, target in ROUTES.items()})
             if self.tick_interval > 0:
                 ticker = threading.Thread(target=self._tick_forever, name="ticker", daemon=True)
@@ -159,7 +168,8 @@ class Stack:
                 "PITSTOP_TOKEN_CERTS": self.issuer.certs_url, "PITSTOP_TOKEN_ISSUERS": self.issuer.url,
                 "GCE_METADATA_HOST": self.issuer.metadata_host, "GCE_METADATA_IP": self.issuer.metadata_host,
                 "PITSTOP_SAMPLER_IDENTITY": self.sampler_identity, "PITSTOP_ADMINS": f"user:{self.identity}",
-                "PITSTOP_SECRETS_FILE": str(self.secrets_file), "PITSTOP_SLACK_API": f"{self.sinks.url}/slack-api/",
+                "PITSTOP_SECRETS_FILE": str(self.secrets_file), "PITSTOP_DASHBOARD_URL": self.dashboard_url,
+                "PITSTOP_SLACK_API": f"{self.sinks.url}/slack-api/",
                 "PITSTOP_NOTIFY_BACKOFF": os.environ.get("PITSTOP_NOTIFY_BACKOFF", "0.05")}
 
     @property

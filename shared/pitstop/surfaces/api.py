@@ -16,6 +16,7 @@
     GET  /api/v1/releases/{id}/audit       its whole story: its events and its region rollouts', by time
     POST /api/v1/releases/{id}:{action}    approve | abort | rollback | pause | resume | promote | unfreeze
     PUT  /api/v1/access                    replace the project access document; project admin
+    PUT  /api/v1/notifications             replace the project-wide notification sinks; project admin
     GET  /api/v1/metrics/dora?service=&environment=&hotfix_days=   DORA metrics the caller may read
 
 Every request carries the caller's Google-signed ID token; the actor of whatever it does is
@@ -88,6 +89,7 @@ ROUTES = Map([
     Rule("/api/v1/releases/<segment:release_id>/audit", methods=["GET"], endpoint="get_release_audit"),
     Rule("/api/v1/releases/<segment:release_id>:<action>", methods=["POST"], endpoint="release_command"),
     Rule("/api/v1/access", methods=["PUT"], endpoint="put_access"),
+    Rule("/api/v1/notifications", methods=["PUT"], endpoint="put_notifications"),
     Rule("/api/v1/metrics/dora", methods=["GET"], endpoint="dora_metrics"),
 ], converters={"segment": _Segment}, strict_slashes=False, merge_slashes=False)
 
@@ -467,11 +469,7 @@ def put_access(call: Call) -> tuple[int, Any]:
     from pitstop.core.spec import SpecError
 
     me, engine = call.who(), call.engine
-    denial = access.check(me.email, "spec:write", "the project (access document)", [engine.store.project_access()],
-                          engine.config.admins, me.hosted_domain)
-    if denial is not None:
-        raise ApiError("insufficient_permissions", f"{denial.reason}; the access document is unchanged",
-                       permission=denial.permission)
+    _project_admin(call, "the access document")
     try:
         doc = _document(call, "access document")
     except SpecError as err:
@@ -489,10 +487,35 @@ def put_access(call: Call) -> tuple[int, Any]:
     return 200, {"applied_by": me.email, "access": grants.model_dump(mode="json")}
 
 
+def put_notifications(call: Call) -> tuple[int, Any]:
+    """The project-wide sinks (a document whose only key is `notify:`), for every service's events."""
+    from pitstop.core.spec import SpecError
+    from pitstop.surfaces.notifications import apply_project_sinks
+
+    me, engine = call.who(), call.engine
+    _project_admin(call, "the project-wide notifications")
+    try:
+        sinks = apply_project_sinks(engine.store.db, _document(call, "notifications document"), me.email,
+                                    engine.clock())
+    except SpecError as err:
+        raise ApiError("invalid_request", f"{err}\nNothing was applied; the project-wide sinks are unchanged.") from None
+    log("NOTICE", f"{me.email} applied the project-wide notifications", actor=me.email)
+    return 200, {"applied_by": me.email, "notify": sinks.model_dump(mode="json", exclude_none=True)["notify"]}
+
+
+def _project_admin(call: Call, what: str) -> None:
+    me, engine = call.who(), call.engine
+    denial = access.check(me.email, "spec:write", f"the project ({what})", [engine.store.project_access()],
+                          engine.config.admins, me.hosted_domain)
+    if denial is not None:
+        raise ApiError("insufficient_permissions", f"{denial.reason}; {what} is unchanged",
+                       permission=denial.permission)
+
+
 HANDLERS: dict[str, Callable[..., tuple[int, Any]]] = {
     "openapi": openapi, "whoami": whoami, "list_rollouts": list_rollouts, "get_rollout": get_rollout,
     "get_audit": get_audit, "command": command, "rollback_to": rollback_to, "deploy": deploy,
-    "list_specs": list_specs, "put_spec": put_spec, "put_access": put_access, "put_pipeline": put_pipeline,
+    "list_specs": list_specs, "put_spec": put_spec, "put_access": put_access, "put_notifications": put_notifications, "put_pipeline": put_pipeline,
     "list_releases": list_releases, "get_release": get_release, "get_release_audit": get_release_audit,
     "release_command": release_command, "dora_metrics": dora_metrics,
 }

@@ -105,7 +105,8 @@ def _require_api(what: str) -> None:
 
 @app.command()
 def apply(file: Path = typer.Argument(..., exists=True, dir_okay=False,
-                                      help="rollout spec, or a pipeline (top-level `environments:`) (YAML)"),
+                                      help="rollout spec, a pipeline (top-level `environments:`), or project-wide "
+                                           "sinks (only `notify:`) (YAML)"),
           dry_run: bool = typer.Option(False, "--dry-run", help="validate only")) -> None:
     """Register (or replace) a rollout spec or a service's pipeline."""
     from pitstop.core.spec import SpecError, load_spec_file, load_yaml
@@ -116,6 +117,9 @@ def apply(file: Path = typer.Argument(..., exists=True, dir_okay=False,
         _fail(str(e))
     if isinstance(doc, dict) and "environments" in doc:
         _apply_pipeline(file, dry_run)
+        return
+    if isinstance(doc, dict) and "notify" in doc and "service" not in doc:
+        _apply_notifications(file, doc, dry_run)
         return
     try:
         spec = load_spec_file(file)
@@ -155,6 +159,26 @@ def _apply_pipeline(file: Path, dry_run: bool) -> None:
                  content_type="application/yaml")
     console.print(f"applied the pipeline of [bold]{pipeline.service}[/bold] as {reply['applied_by']}: {summary}",
                   highlight=False)
+
+
+def _apply_notifications(file: Path, doc: dict, dry_run: bool) -> None:
+    """A file whose only key is `notify:`: the project-wide sinks, for every service's events."""
+    from pydantic import ValidationError
+
+    from pitstop.core.sinks import ProjectNotify
+    from pitstop.core.spec import validation_lines
+
+    try:
+        sinks = ProjectNotify.model_validate(doc).notify
+    except ValidationError as err:
+        _fail(f"{file}: invalid project notifications\n" + "\n".join(validation_lines(err)))
+    summary = ", ".join(f"{s.name} ({s.type})" for s in sinks) or "none"
+    if dry_run:
+        console.print(f"valid: project-wide sinks: {summary}", highlight=False)
+        return
+    _require_api("pitstop apply")
+    reply = _api("PUT", "/api/v1/notifications", content=file.read_text(), content_type="application/yaml")
+    console.print(f"project-wide sinks applied by {reply['applied_by']}: {summary}", highlight=False)
 
 
 access_app = typer.Typer(help="The project-wide access document: roles granted in every service.",

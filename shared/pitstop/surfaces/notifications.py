@@ -244,8 +244,7 @@ class Notifier:
         url = credential if credential and credential.startswith("http") else sink.url
         if not url:
             raise ValueError(f"sink {sink.name}: its secret holds neither a webhook URL nor a bot token")
-        reply = WebhookClient(url, timeout=int(TIMEOUT)).send(text=message["text"],
-                                                              attachments=message["attachments"])
+        reply = WebhookClient(url, timeout=int(TIMEOUT)).send_dict(message)
         if reply.status_code != 200:
             raise RuntimeError(f"Slack answered {reply.status_code}: {reply.body[:200]}")
 
@@ -259,8 +258,7 @@ class Notifier:
         thread = self.db.collection("notify_threads").document(delivery_id(_thread_root(event), sink.name))
         ts, root = self._thread(thread)
         try:
-            reply = client.chat_postMessage(channel=sink.channel, text=message["text"],
-                                            attachments=message["attachments"], thread_ts=ts)
+            reply = client.chat_postMessage(channel=sink.channel, thread_ts=ts, **message)
         except Exception:
             if root:  # let the next attempt (or the next event) start the thread
                 thread.delete()

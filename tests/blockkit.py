@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 from typing import Any
 
 _LINK = re.compile(r"<([^|>]+)(?:\|([^>]+))?>")
@@ -105,3 +106,19 @@ def page(payload: dict[str, Any], app: str = "pitstop", at: str = "") -> str:
             f"<div class='message'><div class='avatar'>P</div><div class='content'>"
             f"<div class='who'><b>{html.escape(app)}</b> <span class='app'>APP</span><span>{html.escape(at)}</span>"
             f"</div>{text}{blocks}{attachments}</div></div></body></html>")
+
+
+def screenshot(payload: dict[str, Any], path: Path, at: str = "10:42 AM") -> None:
+    """The message as a PNG (headless Chromium), cropped to the message."""
+    from selenium.webdriver.common.by import By
+
+    from browser import chromium
+
+    page_file = path.with_suffix(".html")
+    page_file.write_text(page(payload, at=at))
+    try:
+        with chromium(820, 1400) as browser:
+            browser.get(page_file.resolve().as_uri())
+            browser.find_element(By.CSS_SELECTOR, ".message").screenshot(str(path))
+    finally:
+        page_file.unlink()
