@@ -212,12 +212,29 @@ resource "google_project_iam_member" "function_reads_occurrences" {
 }
 
 # Notification sinks keep their credentials (webhook URLs, SMTP passwords, bot tokens) in Secret
-# Manager; on_event reads them. Granted on the project's secrets (a secret in another project, named
-# projects/P/secrets/S in a sink, needs the same role granted there on that secret).
-resource "google_project_iam_member" "function_reads_secrets" {
-  for_each = { for fn, f in local.identities : fn => f if f.reads_secrets }
+# Manager. on_event may read exactly the secrets listed in var.notify_secrets, not every secret of the
+# project: a sink naming another secret fails with a permission error that its delivery records.
+resource "google_secret_manager_secret_iam_member" "on_event_reads_secret" {
+  for_each = {
+    for name in var.notify_secrets : name => {
+      project = can(regex("^projects/", name)) ? split("/", name)[1] : var.project_id
+      secret  = can(regex("^projects/", name)) ? split("/", name)[3] : name
+    }
+  }
 
-  project = var.project_id
-  role    = "roles/secretmanager.secretAccessor"
-  member  = google_service_account.function[each.key].member
+  project   = each.value.project
+  secret_id = each.value.secret
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.function["on_event"].member
+}
+
+# `type: pubsub` sinks publish the event to a topic of your choice: on_event may publish to the topics
+# listed in var.notify_topics, and to no other.
+resource "google_pubsub_topic_iam_member" "on_event_publishes_to_sink" {
+  for_each = toset(var.notify_topics)
+
+  project = split("/", each.value)[1]
+  topic   = split("/", each.value)[3]
+  role    = "roles/pubsub.publisher"
+  member  = google_service_account.function["on_event"].member
 }

@@ -33,18 +33,18 @@ locals {
   # (a build starts one, a health sample or a tick ends a wave, a command or API call approves a
   # stage) and the next step may be a check, so all six carry checks out, as all six may deploy.
   functions = {
-    on_build   = { topic = "cloud-builds", publishes = ["pitstop-events"], reads_metrics = false, build_role = "roles/cloudbuild.builds.viewer", runs_checks = true, deploys = true, reads_secrets = false }
-    on_health  = { topic = "pitstop-health", publishes = ["pitstop-events"], reads_metrics = false, build_role = null, runs_checks = true, deploys = true, reads_secrets = false }
-    on_tick    = { topic = "pitstop-ticks", publishes = ["pitstop-events", "pitstop-health"], reads_metrics = true, build_role = null, runs_checks = true, deploys = true, reads_secrets = false }
-    on_alert   = { topic = "pitstop-alerts", publishes = ["pitstop-events"], reads_metrics = false, build_role = null, runs_checks = true, deploys = true, reads_secrets = false }
-    on_command = { topic = "pitstop-commands", publishes = ["pitstop-events"], reads_metrics = false, build_role = "roles/cloudbuild.builds.editor", runs_checks = true, deploys = true, reads_secrets = false }
-    on_event   = { topic = "pitstop-events", publishes = [], reads_metrics = false, build_role = null, runs_checks = false, deploys = false, reads_secrets = true }
+    on_build   = { topic = "cloud-builds", publishes = ["pitstop-events"], reads_metrics = false, build_role = "roles/cloudbuild.builds.viewer", runs_checks = true, deploys = true }
+    on_health  = { topic = "pitstop-health", publishes = ["pitstop-events"], reads_metrics = false, build_role = null, runs_checks = true, deploys = true }
+    on_tick    = { topic = "pitstop-ticks", publishes = ["pitstop-events", "pitstop-health"], reads_metrics = true, build_role = null, runs_checks = true, deploys = true }
+    on_alert   = { topic = "pitstop-alerts", publishes = ["pitstop-events"], reads_metrics = false, build_role = null, runs_checks = true, deploys = true }
+    on_command = { topic = "pitstop-commands", publishes = ["pitstop-events"], reads_metrics = false, build_role = "roles/cloudbuild.builds.editor", runs_checks = true, deploys = true }
+    on_event   = { topic = "pitstop-events", publishes = [], reads_metrics = false, build_role = null, runs_checks = false, deploys = false }
   }
 
   # HTTP entry points (@functions_framework.http): no topic feeds them; callers need run.invoker.
   # `api` does what on_command does over HTTP, including POST /api/v1/deploy (a build trigger run).
   http_functions = {
-    api = { topic = null, publishes = ["pitstop-events"], reads_metrics = false, build_role = "roles/cloudbuild.builds.editor", runs_checks = true, deploys = true, reads_secrets = false }
+    api = { topic = null, publishes = ["pitstop-events"], reads_metrics = false, build_role = "roles/cloudbuild.builds.editor", runs_checks = true, deploys = true }
   }
 
   # Every function, event-driven or HTTP: one runtime identity each, and the grants that go with it.

@@ -299,9 +299,31 @@ variable "alert_error_ratio" {
 }
 
 variable "dashboard_url" {
-  description = "Base URL of the pitstop dashboard (e.g. https://REGION-PROJECT.cloudfunctions.net/pitstop-api/dashboard): notifications link to its release and rollout pages and one-click actions. Empty: no dashboard links."
+  description = "Base URL of the dashboard that notifications link to (release and rollout pages, one-click actions). The api function is IAM-protected, so a browser reaches it through `pitstop dashboard` (a proxy on the person's machine that adds their ID token, default http://127.0.0.1:8765/dashboard) or through an identity-aware proxy you put in front of it. Empty: no dashboard links."
   type        = string
-  default     = ""
+  default     = "http://127.0.0.1:8765/dashboard"
+}
+
+variable "notify_secrets" {
+  description = "Secret Manager secrets the notification sinks name (a name in project_id, or projects/P/secrets/S): on_event may read these and no other secret."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for s in var.notify_secrets : can(regex("^([A-Za-z0-9_-]{1,255}|projects/[^/]+/secrets/[A-Za-z0-9_-]{1,255})$", s))])
+    error_message = "Each notify_secrets entry is a secret name (slack-hook) or projects/P/secrets/S."
+  }
+}
+
+variable "notify_topics" {
+  description = "Pub/Sub topics that `type: pubsub` sinks publish to (projects/P/topics/T): on_event may publish to these."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for t in var.notify_topics : can(regex("^projects/[^/]+/topics/[A-Za-z][A-Za-z0-9._~%+-]{2,254}$", t))])
+    error_message = "Each notify_topics entry is a full topic name: projects/P/topics/T."
+  }
 }
 
 variable "labels" {

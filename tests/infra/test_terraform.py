@@ -925,6 +925,15 @@ def test_on_event_reads_secrets_and_deploys_nothing(tf: dict[str, Any]) -> None:
     """Notifications (issue #11): only on_event reads Secret Manager, and it gets no Cloud Run role."""
     identities = _identities(tf)
     assert identities["on_event"]["topic"] == "pitstop-events"
-    assert {fn for fn, spec in identities.items() if spec["reads_secrets"]} == {"on_event"}
-    grant = _of_type(tf, "google_project_iam_member")["function_reads_secrets"]
-    assert grant["role"] == "roles/secretmanager.secretAccessor" and "if f.reads_secrets" in grant["for_each"]
+    # Only the secrets the sinks name (var.notify_secrets), never every secret of the project.
+    assert not any(b["role"] == "roles/secretmanager.secretAccessor"
+                   for b in _of_type(tf, "google_project_iam_member").values())
+    grant = _of_type(tf, "google_secret_manager_secret_iam_member")["on_event_reads_secret"]
+    assert grant["role"] == "roles/secretmanager.secretAccessor" and "var.notify_secrets" in grant["for_each"]
+    assert 'function["on_event"]' in grant["member"]
+    publish = _of_type(tf, "google_pubsub_topic_iam_member")["on_event_publishes_to_sink"]
+    assert publish["role"] == "roles/pubsub.publisher" and "var.notify_topics" in publish["for_each"]
+    secrets, topics = _validation_regexes(tf, "notify_secrets")[0], _validation_regexes(tf, "notify_topics")[0]
+    assert secrets.search("slack-hook") and secrets.search("projects/acme/secrets/chat-hook")
+    assert not secrets.search("projects/acme/secrets/a/versions/1")
+    assert topics.search("projects/acme-audit/topics/deployments") and not topics.search("deployments")

@@ -106,3 +106,12 @@ def test_a_failed_build_is_recorded_new_exactly_once_under_concurrent_deliveries
     for t in threads:
         t.join()
     assert sorted(results) == [False] * 5 + [True], "one delivery notifies, the others find it recorded"
+
+
+def test_in_flight_reads_the_unfinished_rollouts_only(store):
+    done = start(store, "aaaaaaaa-1", "v1").decision.rollout  # the first version: succeeded once applied
+    inp = Applied(id="applied-g1", generation=1, observed=done.desired)
+    store.apply(done.id, inp.id, lambda x: machine.decide(x, inp, T0 + timedelta(seconds=1)))
+    moving = start(store, "bbbbbbbb-2", "v2", T0 + timedelta(minutes=1)).decision.rollout
+    rollouts, releases = store.in_flight()
+    assert [r.id for r in rollouts] == [moving.id] and releases == []

@@ -337,6 +337,19 @@ class Store:
         query = self.db.collection("rollouts").where(filter=FieldFilter("state", "in", sorted(WATCHED)))
         return [Rollout.from_doc(s.to_dict()) for s in query.stream()]
 
+    def in_flight(self, limit: int = 500) -> tuple[list[Rollout], list[Release]]:
+        """Rollouts and releases not finished yet (the dashboard's live parts): two single-field queries, so a
+        refresh reads what is moving, not the history."""
+        from google.cloud.firestore_v1 import FieldFilter
+
+        from pitstop.core.models import TERMINAL
+        from pitstop.core.release import RELEASE_DONE
+
+        rollouts = self.db.collection("rollouts").where(filter=FieldFilter("state", "not-in", sorted(TERMINAL)))
+        releases = self.db.collection("releases").where(filter=FieldFilter("state", "not-in", sorted(RELEASE_DONE)))
+        return ([Rollout.from_doc(s.to_dict()) for s in rollouts.limit(limit).stream()],
+                [_release(s.to_dict()) for s in releases.limit(limit).stream()])
+
     def recent(self, service: str | None = None, limit: int = 20) -> list[Rollout]:
         from google.cloud import firestore
         from google.cloud.firestore_v1 import FieldFilter
