@@ -223,3 +223,14 @@ def test_a_stage_stopped_before_it_deployed_is_no_attempt() -> None:
                   build_id="b-v2", route=["production"], created_at=T0, updated_at=T0,
                   stages={"production": stage("production", "failed", {}, 5)})
     assert dora.history([], [rel]) == ([], [])
+
+
+def test_the_weekly_series_counts_each_week_of_the_generated_month() -> None:
+    group = dora.report(thirty_days(), [], NOW).services[0]
+    assert len(group.weeks) == dora.WEEKS and group.weeks[-1].end == NOW
+    assert [w.end - w.start for w in group.weeks] == [timedelta(weeks=1)] * dora.WEEKS
+    # The latest week is the 7-day window: 13 succeeded, 2 failed (day 1 rolled back, day 2 hotfixed).
+    assert (group.weeks[-1].succeeded, group.weeks[-1].failed) == (13, 2)
+    # Oldest first: days 21-27 all good; days 14-20 with day 20's rollback; days 7-13 with day 10's.
+    assert [(w.succeeded, w.failed) for w in group.weeks[-4:-1]] == [(14, 0), (13, 1), (13, 1)]
+    assert sum(w.succeeded for w in group.weeks) == 57 and all(w.succeeded == w.failed == 0 for w in group.weeks[:8])  # days 28-29: 4

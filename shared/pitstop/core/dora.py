@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from pitstop.core.release import Release
 
 WINDOWS = (7, 30, 90)
+WEEKS = 13  # the weekly series the dashboard charts: about the 90-day window
 HOTFIX_DAYS = 7
 LEAD_TIME_FROM = "build created"
 DAY, WEEK, MONTH, HOUR = 86400.0, 7 * 86400.0, 30 * 86400.0, 3600.0
@@ -156,10 +157,20 @@ class Window(_Out):
     time_to_restore: Restore
 
 
+class Week(_Out):
+    """One week of a group's changes, for the dashboard's chart: how many went out, how many of them failed."""
+
+    start: datetime
+    end: datetime
+    succeeded: int  # changes that succeeded in the week (deployment frequency's count)
+    failed: int  # changes that ended in the week and failed (rolled back, hotfixed or reverted later)
+
+
 class Group(_Out):
     service: str
     environment: str
     windows: dict[str, Window]  # "7d", "30d", "90d"
+    weeks: list[Week] = Field(default_factory=list)  # the last WEEKS weeks, oldest first
 
 
 class Report(_Out):
@@ -259,6 +270,17 @@ def window(judged: list[Judged], days: int, now: datetime) -> Window:
     )
 
 
+def weekly(judged: list[Judged], now: datetime, weeks: int = WEEKS) -> list[Week]:
+    """Changes per week over the last `weeks` weeks ending `now`, by when they ended (as the windows count)."""
+    out = []
+    for n in range(weeks, 0, -1):
+        end = now - timedelta(weeks=n - 1)
+        inside = [j for j in judged if end - timedelta(weeks=1) < j.change.ended_at <= end]
+        out.append(Week(start=end - timedelta(weeks=1), end=end, succeeded=sum(j.change.succeeded for j in inside),
+                        failed=sum(bool(j.failed_by) for j in inside)))
+    return out
+
+
 def report(changes: list[Change], reverts: list[Revert], now: datetime, hotfix_days: int = HOTFIX_DAYS,
            windows: tuple[int, ...] = WINDOWS, truncated: bool = False) -> Report:
     """The four keys per service and environment (sorted), per window ending `now`."""
@@ -268,7 +290,8 @@ def report(changes: list[Change], reverts: list[Revert], now: datetime, hotfix_d
     for service, environment in keys:
         mine = [j for j in judged if (j.change.service, j.change.environment) == (service, environment)]
         groups.append(Group(service=service, environment=environment,
-                            windows={f"{days}d": window(mine, days, now) for days in windows}))
+                            windows={f"{days}d": window(mine, days, now) for days in windows},
+                            weeks=weekly(mine, now)))
     return Report(now=now, hotfix_days=hotfix_days, truncated=truncated, services=groups)
 
 
