@@ -140,7 +140,7 @@ def test_slack_message_says_what_happened_with_values_thresholds_rule_traffic_an
     assert blocks[0]["type"] == "header" and blocks[0]["text"]["text"] == "⏪ web v2 rolled back in " \
                                                                            "production/us-central1"
     assert event["message"] in text  # the sentence explain.py rendered, unchanged
-    assert "error_rate: 0.3 vs limit 0.05 ✗" in text and "requests: 400 vs minimum" in text
+    assert "error rate 30.0 % &gt; limit 5.0 % ✗" in text and "requests 400 ≥ minimum" in text  # escaped mrkdwn
     assert event["verdict"]["rule"][:40] in text
     assert "v1 (web-v1-aaaa) 100 %" in text and "Traffic now" in text
     buttons = {b["action_id"]: b["url"] for b in blocks[-1]["elements"]} if blocks[-1]["type"] == "actions" else {}
@@ -168,13 +168,13 @@ def test_chat_card_and_email_carry_the_same_content():
     card = notify.chat_message(event, DASH)["cardsV2"][0]["card"]
     text = json.dumps(card, ensure_ascii=False)
     assert card["header"]["title"] == notify.headline(event)
-    assert "error_rate: 0.3 vs limit 0.05 ✗" in text and f"{DASH}/rollouts/{event['rollout_id']}" in text
+    assert "error rate 30.0 % &gt; limit 5.0 % ✗" in text and f"{DASH}/rollouts/{event['rollout_id']}" in text
     mail = notify.email_message({**event, "release_id": "web-rel1"}, "pitstop@acme.test", ["ops@acme.test"], DASH)
     assert mail["Subject"] == notify.headline(event) and mail["To"] == "ops@acme.test"
     assert mail["In-Reply-To"] == mail["References"] == "<web-rel1@acme.test>"  # one thread per release
     plain = mail.get_body(("plain",)).get_content()
-    assert event["message"] in plain and "error_rate: 0.3 vs limit 0.05 ✗" in plain
-    assert "error_rate: 0.3 vs limit 0.05 ✗" in mail.get_body(("html",)).get_content()
+    assert event["message"] in plain and "error rate 30.0 % > limit 5.0 % ✗" in plain
+    assert "error rate 30.0 % &gt; limit 5.0 % ✗" in mail.get_body(("html",)).get_content()
 
 
 def test_webhook_signature_verifies_with_the_documented_snippet():

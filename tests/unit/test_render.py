@@ -21,7 +21,7 @@ def test_watch_view_shows_state_step_split_verdict_and_decisions():
     s.sample(requests=400, errors=2, p99=180)
     out = text_of(render.rollout_detail(s.rollout, s.audit))
     for fragment in ("rollout web-r1", "progressing", "step 1/3 (5%)", "stable 95%, canary 5%",
-                     "PASS", "error_rate                      0.005  limit     0.05  ok", "latency_p99_ms", "judged"):
+                     "PASS", "error rate 0.5 % ≤ limit 5.0 % ✓", "latency p99 180 ms", "judged"):
         assert fragment in out, (fragment, out)
 
 

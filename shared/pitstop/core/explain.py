@@ -203,10 +203,56 @@ def render_all(reasons: list[Reason]) -> list[str]:
 
 
 def _show(value: Any) -> str:
-    if value is None:
-        return "n/a"
     if isinstance(value, datetime):
         return f"{value:%H:%M:%S} UTC"
+    return number(value)
+
+
+def number(value: Any) -> str:
+    """A value as people read it: `n/a` when unknown, floats to four significant digits."""
+    if value is None:
+        return "n/a"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+# ---------------------------------------------------------------- a verdict's checks
+# One line per check, the same in the CLI, the dashboard, notifications and the demo:
+# `error rate 60.0 % > limit 5.0 % ✗`, `latency p99 412 ms ≤ limit 2000 ms ✓`, `requests 37 ≥ minimum 10 ✓`.
+
+def check_label(name: str) -> str:
+    """`error_rate` -> `error rate`, `latency_p99_ms` -> `latency p99` (the unit goes with the values)."""
+    return name.removesuffix("_ms").replace("_", " ")
+
+
+def check_value(name: str, value: float | None) -> str:
+    """A measured value or threshold in the check's unit: rates in percent, `*_ms` in ms, requests counted."""
+    if value is None:
+        return "n/a"
+    if name.endswith("_rate"):
+        percent = value * 100
+        return f"{percent:.1f} %" if percent == 0 or abs(percent) >= 0.1 else f"{percent:.2g} %"
+    if name.endswith("_ms"):
+        return f"{number(float(value))} ms"
+    if name == "requests":
+        return f"{value:.0f}"
+    return number(value)
+
+
+def check_measure(name: str, measured: float | None, threshold: float | None, passed: bool | None) -> str:
+    """`60.0 % > limit 5.0 %`: the measured value against its threshold (a minimum for requests)."""
+    bound = "minimum" if name == "requests" else "limit"
+    relation = {True: "≥", False: "<"} if bound == "minimum" else {True: "≤", False: ">"}
+    return f"{check_value(name, measured)} {relation.get(passed, 'vs')} {bound} {check_value(name, threshold)}"
+
+
+def check_mark(passed: bool | None) -> str:
+    return {True: "✓", False: "✗"}.get(passed, "?")
+
+
+def check_line(check: Any) -> str:
+    """A verdict's check (a `Check` or its dict) in one line: `error rate 60.0 % > limit 5.0 % ✗`."""
+    get = check.get if isinstance(check, dict) else lambda key: getattr(check, key, None)
+    name, passed = str(get("name")), get("passed")
+    return f"{check_label(name)} {check_measure(name, get('measured'), get('threshold'), passed)} {check_mark(passed)}"

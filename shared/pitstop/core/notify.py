@@ -13,6 +13,7 @@ import html
 from typing import Any
 from urllib.parse import quote
 
+from pitstop.core.explain import check_line
 from pitstop.core.sinks import event_type
 
 COLOURS = {"INFO": "#1f6feb", "NOTICE": "#2eb886", "WARNING": "#daa038", "ERROR": "#e01e5a", "CRITICAL": "#8b0000"}
@@ -48,24 +49,9 @@ def traffic_line(event: dict[str, Any]) -> str | None:
     return " · ".join(parts)
 
 
-def _num(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def check_lines(event: dict[str, Any]) -> list[str]:
-    """Each check of the verdict: `error_rate: 0.12 vs limit 0.05 ✗` (requests: `vs minimum`)."""
-    verdict = event.get("verdict") or {}
-    lines = []
-    for check in verdict.get("checks") or []:
-        mark = {True: "✓", False: "✗"}.get(check.get("passed"), "?")
-        bound = "minimum" if check.get("name") == "requests" else "limit"
-        lines.append(f"{check.get('name')}: {_num(check.get('measured'))} vs {bound} "
-                     f"{_num(check.get('threshold'))} {mark}")
-    return lines
+    """Each check of the verdict, as everywhere else: `error rate 12.0 % > limit 5.0 % ✗`."""
+    return [check_line(check) for check in (event.get("verdict") or {}).get("checks") or []]
 
 
 def links(event: dict[str, Any], dashboard: str | None) -> dict[str, str]:
@@ -122,24 +108,43 @@ def _mrkdwn(text: str) -> str:
 def slack_message(event: dict[str, Any], dashboard: str | None = None) -> dict[str, Any]:
     """Block Kit: header and the sentence, then fields, the verdict, context and buttons by the severity's colour bar."""
     title = headline(event)
+def _clip(text: str, limit: int) -> str:
+    """`text` as Slack mrkdwn in at most `limit` characters (Slack refuses longer ones). Cut before escaping,
+    so no `&amp;` is cut in half; the cut is marked with … and an open code span or block is closed again."""
+    out = _mrkdwn(text)
+    if len(out) <= limit:
+        return out
+    kept, size = [], 0
+    for char in text:
+        piece = _mrkdwn(char)
+        if size + len(piece) > limit - 5:  # room for "…" and at most "\n```"
+            break
+        kept.append(piece)
+        size += len(piece)
+    cut = "".join(kept) + "…"
+    if cut.count("```") % 2:
+        return cut + "\n```"
+    return cut + "`" if cut.replace("```", "").count("`") % 2 else cut
+
+
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": title[:150], "emoji": True}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": _mrkdwn(str(event.get("message", "")))[:3000]}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": _clip(str(event.get("message", "")), 3000)}},
     ]
-    fields = [{"type": "mrkdwn", "text": f"*{k}*\n{_mrkdwn(v)}"} for k, v in facts(event)]
+    fields = [{"type": "mrkdwn", "text": f"*{k}*\n{_clip(v, 2000 - len(k) - 3)}"} for k, v in facts(event)]
     if fields:
         blocks.append({"type": "section", "fields": fields[:10]})
     verdict = event.get("verdict")
     if verdict:
         lines = "\n".join(f"• `{_mrkdwn(line)}`" for line in check_lines(event))
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": (
-            f"*Verdict: {_mrkdwn(str(verdict.get('outcome')))}* — {_mrkdwn(str(verdict.get('rule', '')))}\n"
-            f"{lines}")[:3000]}})
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": (  # a few short check lines
+            f"*Verdict: {_mrkdwn(str(verdict.get('outcome')))}* — {_clip(str(verdict.get('rule', '')), 1500)}\n"
+            f"{lines}")}})
     context = [f"{event.get('severity', 'INFO')} · {event.get('at', '')}"]
     if verdict and verdict.get("request_count") is not None:
         context.append(f"window {verdict.get('window_start', '')} – {verdict.get('window_end', '')}, "
                        f"{verdict['request_count']} requests ({verdict.get('source', '')})")
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _mrkdwn(c)} for c in context]})
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(c, 3000)} for c in context]})
     found = links(event, dashboard)
     if found:
         buttons = []
@@ -157,7 +162,7 @@ def slack_message(event: dict[str, Any], dashboard: str | None = None) -> dict[s
     colour = COLOURS.get(str(event.get("severity")), COLOURS["INFO"])
     # What happened leads the message; the details sit beside the severity's colour bar. `text` is then only
     # the fallback Slack shows in notifications.
-    return {"text": f"{title}: {event.get('message', '')}"[:3000], "blocks": blocks[:2],
+    return {"text": _clip(f"{title}: {event.get('message', '')}", 3000), "blocks": blocks[:2],
             "attachments": [{"color": colour, "blocks": blocks[2:]}]}
 
 

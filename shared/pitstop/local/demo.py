@@ -38,6 +38,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pitstop.local.load import APP_5XX, OK, Load, Result
+from pitstop.core.explain import check_line
 from pitstop.core.models import TERMINAL, AuditEvent, Rollout
 from pitstop.surfaces.render import split_label, step_label
 
@@ -189,7 +190,7 @@ class View:
             line.append(f"verdict {v.outcome.upper()}", style=style)
             seconds = (v.window_end - v.window_start).total_seconds()
             line.append(f" ({v.request_count} requests in {seconds:.1f}s, {v.source}): ")
-            line.append(" · ".join(_check(c.name, c.measured, c.threshold, c.passed) for c in v.checks))
+            line.append(" · ".join(check_line(c) for c in v.checks))
             line.append(f" — {v.rule}", style=style)
             if e.decision != "judged":
                 line.append(f" ⇒ {e.decision}", style="bold")
@@ -211,14 +212,6 @@ class View:
         for rev, (n, e) in self.traffic.items():
             table.add_row(rev, self.versions.get(rev, "?"), str(n), Text(str(e), style="red" if e else ""))
         return Group(head, table)
-
-
-def _check(name: str, measured: float | None, threshold: float, passed: bool | None) -> str:
-    if measured is None:
-        return f"{name} n/a"
-    fmt = (lambda x: f"{x:.1%}") if name == "error_rate" else (lambda x: f"{x:.4g}")
-    relation = {True: "≤" if name != "requests" else "≥", False: ">" if name != "requests" else "<", None: "vs"}
-    return f"{name} {fmt(measured)} {relation[passed]} {fmt(threshold)}"
 
 
 def _clock() -> str:

@@ -8,6 +8,10 @@ slow or broken sink never holds up another.
 Once per event and sink, however often Pub/Sub delivers the event: a sink's delivery is claimed by creating
 `deliveries/{hash(event_id)}-{sink}`. The claim is a lease: a delivery whose function died is taken over
 when its lease ran out (the event is redelivered until then), a delivered or failed one is never sent again.
+Every write after the claim renews the lease and holds only while this instance still owns the delivery
+(nobody wrote the document since its own last write); an instance whose delivery was taken over stops and
+leaves it to the new owner. When the lease left is too short for one more attempt (its waits overran), the
+delivery is recorded failed rather than retried outside its lease.
 A sink that fails every attempt is recorded (the delivery document, an ERROR log line, and an entry in the
 audit trail of the rollout or release), and the event is acknowledged: retrying forever helps nobody.
 """
@@ -30,7 +34,8 @@ from pitstop.log import log
 
 ATTEMPTS = 4  # per sink and event; waits between them: 1, 2, 4 s (times PITSTOP_NOTIFY_BACKOFF)
 TIMEOUT = 10.0  # seconds for one HTTP request or SMTP conversation
-LEASE = timedelta(seconds=120)  # longer than ATTEMPTS tries with their timeouts and waits
+LEASE = timedelta(seconds=120)  # renewed after each attempt; much longer than one attempt and its wait
+ATTEMPT = timedelta(seconds=30)  # the most one attempt should take: a request (TIMEOUT) or an SMTP conversation
 SINKS_CACHE_SECONDS = 30.0
 REQUIRED = ("event_id", "kind", "severity", "message")
 
@@ -114,7 +119,7 @@ class Notifier:
                 sinks += spec.notify if spec else []
             else:
                 sinks += [s for spec in self.store.specs() if spec.service == service for s in spec.notify]
-        unique = list({s.name: s for s in reversed(sinks)}.values())[::-1]  # one per name; the nearest wins
+        unique = list({s.name: s for s in sinks}.values())  # one per name: the nearest (listed last) wins
         with self._lock:
             self._cache[key] = (now, unique)
         return unique
@@ -133,32 +138,40 @@ class Notifier:
 
     def _deliver(self, sink: Sink, event: dict[str, Any]) -> str:
         ref = self.db.collection("deliveries").document(delivery_id(event["event_id"], sink.name))
-        if not self._claim(ref, sink, event):
+        owned = self._claim(ref, sink, event)  # the time of this instance's last write to the delivery
+        if owned is None:
             return "duplicate"
-        error = ""
-        for attempt in range(1, ATTEMPTS + 1):
+        error, attempt = "", 0
+        while attempt < ATTEMPTS:
+            attempt += 1
             try:
                 self.send(sink, event)
             except Exception as err:  # any failure of a sink is retried, then reported; never raised
                 error = f"{type(err).__name__}: {err}"[:500]
-                ref.update({"attempts": attempt, "last_error": error, "last_attempt_at": self.clock()})
+                owned, lease_until = self._record(ref, owned, sink, event, {
+                    "attempts": attempt, "last_error": error, "last_attempt_at": self.clock()})
                 log("WARNING", f"notification {event['event_id']} to sink {sink.name} ({sink.type}) failed, "
                                f"attempt {attempt} of {ATTEMPTS}: {error}", sink=sink.name, event_id=event["event_id"])
                 if attempt < ATTEMPTS:
                     self.sleep(self.backoff * 2 ** (attempt - 1))
+                    if self.clock() + ATTEMPT > lease_until:  # another try could outlive the lease: stop here
+                        error += f"; not retried: the lease ends at {lease_until:%H:%M:%S} UTC"
+                        break
                 continue
-            ref.update({"state": "delivered", "attempts": attempt, "delivered_at": self.clock()})
+            self._record(ref, owned, sink, event, {"state": "delivered", "attempts": attempt,
+                                                   "delivered_at": self.clock()})
             return "delivered"
-        ref.update({"state": "failed", "failed_at": self.clock()})
-        log("ERROR", f"notification {event['event_id']} to sink {sink.name} ({sink.type}) failed {ATTEMPTS} times "
+        self._record(ref, owned, sink, event, {"state": "failed", "failed_at": self.clock(), "last_error": error})
+        log("ERROR", f"notification {event['event_id']} to sink {sink.name} ({sink.type}) failed {attempt} times "
                      f"and is given up; last error: {error}. The other sinks were not held up; the event is "
                      f"acknowledged and recorded in the audit trail.", sink=sink.name, event_id=event["event_id"],
             service=event.get("service"), rollout_id=event.get("rollout_id"))
-        self._audit_failure(sink, event, error)
+        self._audit_failure(sink, event, error, attempt)
         return "failed"
 
-    def _claim(self, ref: Any, sink: Sink, event: dict[str, Any]) -> bool:
-        """True: this instance delivers. False: delivered or given up before. Busy: another holds the lease."""
+    def _claim(self, ref: Any, sink: Sink, event: dict[str, Any]) -> Any:
+        """The claim's update time: this instance delivers. None: delivered or given up before. Busy: another
+        instance holds the lease, or took the delivery over a moment ago."""
         from google.api_core import exceptions
 
         now = self.clock()
@@ -167,8 +180,7 @@ class Notifier:
                  "release_id": event.get("release_id"), "rollout_id": event.get("rollout_id"),
                  "attempts": 0, "claimed_at": now, "lease_until": now + LEASE}
         try:
-            ref.create(claim)
-            return True
+            return ref.create(claim).update_time
         except exceptions.AlreadyExists:
             pass
         snap = ref.get()
@@ -176,17 +188,35 @@ class Notifier:
         if doc.get("state") in ("delivered", "failed"):
             log("INFO", f"notification {event['event_id']} to sink {sink.name} was already {doc['state']}; "
                         f"not sent again", sink=sink.name, event_id=event["event_id"])
-            return False
+            return None
         if doc.get("lease_until") and doc["lease_until"] > now:
             raise Busy(f"sink {sink.name}: another delivery of {event['event_id']} is under way until "
                        f"{doc['lease_until']}")
         try:  # the holder died: take its lease over, unless someone else just did
-            ref.update({**claim, "taken_over_at": now}, option=self.db.write_option(last_update_time=snap.update_time))
+            return ref.update({**claim, "taken_over_at": now},
+                              option=self.db.write_option(last_update_time=snap.update_time)).update_time
         except exceptions.FailedPrecondition:
             raise Busy(f"sink {sink.name}: another instance took over {event['event_id']}") from None
-        return True
 
-    def _audit_failure(self, sink: Sink, event: dict[str, Any], error: str) -> None:
+    def _record(self, ref: Any, owned: Any, sink: Sink, event: dict[str, Any],
+                fields: dict[str, Any]) -> tuple[Any, datetime]:
+        """Write `fields` and renew the lease, only if nobody wrote the delivery since this instance's last
+        write (`owned`). Returns the new write time and lease end. Busy: another instance took the delivery
+        over (this one's lease ran out); it is its now, and this instance writes and sends nothing more."""
+        from google.api_core import exceptions
+
+        lease_until = self.clock() + LEASE
+        try:
+            result = ref.update({**fields, "lease_until": lease_until},
+                                option=self.db.write_option(last_update_time=owned))
+        except exceptions.FailedPrecondition:
+            log("WARNING", f"notification {event['event_id']} to sink {sink.name}: another instance took the "
+                           f"delivery over after this one's lease ran out; it finishes it",
+                sink=sink.name, event_id=event["event_id"])
+            raise Busy(f"sink {sink.name}: {event['event_id']} was taken over by another instance") from None
+        return result.update_time, lease_until
+
+    def _audit_failure(self, sink: Sink, event: dict[str, Any], error: str, attempts: int) -> None:
         """A line in the audit trail of the rollout or release the event was about (a build has none)."""
         from pitstop.core.explain import render
         from pitstop.core.models import AuditEvent, Reason
@@ -194,7 +224,7 @@ class Notifier:
         if self.store is None:
             return
         reason = Reason(code="notification_failed", values={
-            "event": event_type(event), "sink": sink.name, "type": sink.type, "attempts": ATTEMPTS, "error": error})
+            "event": event_type(event), "sink": sink.name, "type": sink.type, "attempts": attempts, "error": error})
         input_id = f"notify-{delivery_id(event['event_id'], sink.name)}"[:500]
 
         def audit(state: str) -> AuditEvent:
@@ -224,14 +254,19 @@ class Notifier:
         getattr(self, f"_send_{sink.type}")(sink, credential, event)
 
     def _resolve(self, sink: Sink) -> tuple[Sink, str | None]:
-        """The sink with what its secret holds: a credential, or (a JSON object) fields and a credential."""
+        """The sink with what its secret holds: a credential, or (a JSON or YAML mapping) fields and a credential."""
+        import yaml
+
         if not sink.secret:
             return sink, None
         raw = self.secrets.get(sink.secret)
-        if raw.lstrip().startswith("{"):
-            fields = json.loads(raw)
+        try:
+            fields = yaml.safe_load(raw)
+        except yaml.YAMLError:  # not YAML at all: then it is the credential itself
+            fields = None
+        if isinstance(fields, dict):
             credential = next((str(fields[k]) for k in ("key", "password", "token") if fields.get(k)), None)
-            return sink.with_fields(fields), credential
+            return sink.with_fields({str(k): v for k, v in fields.items()}), credential
         return sink, raw.strip()
 
     def _send_slack(self, sink: Sink, credential: str | None, event: dict[str, Any]) -> None:
@@ -289,9 +324,10 @@ class Notifier:
         url = credential if credential and credential.startswith("http") else sink.url
         if not url:
             raise ValueError(f"sink {sink.name}: its secret holds no Chat webhook URL")
-        reply = httpx.post(url, json=notify.chat_message(event, self.dashboard), timeout=TIMEOUT,
-                           params={"threadKey": _thread_root(event),
-                                   "messageReplyOption": "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD"})
+        # One thread per release: the key goes in the message (the `threadKey` parameter is deprecated).
+        message = {**notify.chat_message(event, self.dashboard), "thread": {"threadKey": _thread_root(event)}}
+        reply = httpx.post(url, json=message, timeout=TIMEOUT,
+                           params={"messageReplyOption": "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD"})
         reply.raise_for_status()
 
     def _send_webhook(self, sink: Sink, credential: str | None, event: dict[str, Any]) -> None:
@@ -311,15 +347,20 @@ class Notifier:
 
     def _send_email(self, sink: Sink, credential: str | None, event: dict[str, Any]) -> None:
         import smtplib
+        import ssl
 
         if not sink.smtp_host:
             raise ValueError(f"sink {sink.name}: no `smtp_host` (in the spec or in its secret)")
         message = notify.email_message(event, sink.from_ or "", sink.to, self.dashboard)
         port = sink.smtp_port or (465 if sink.ssl else 587 if sink.starttls else 25)
-        smtp = smtplib.SMTP_SSL if sink.ssl else smtplib.SMTP
-        with smtp(sink.smtp_host, port, timeout=TIMEOUT) as conn:
+        tls = ssl.create_default_context()  # verifies the server's certificate and host name
+        if sink.ssl:
+            smtp = smtplib.SMTP_SSL(sink.smtp_host, port, timeout=TIMEOUT, context=tls)
+        else:
+            smtp = smtplib.SMTP(sink.smtp_host, port, timeout=TIMEOUT)
+        with smtp as conn:
             if sink.starttls and not sink.ssl:
-                conn.starttls()
+                conn.starttls(context=tls)
             if credential:
                 conn.login(sink.username or sink.from_ or "", credential)
             conn.send_message(message)

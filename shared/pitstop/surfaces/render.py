@@ -11,6 +11,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from pitstop.core.explain import check_line
 from pitstop.core.models import AuditEvent, Rollout, Verdict
 from pitstop.core.release import Release
 from pitstop.surfaces.metrics import BAND_STYLE, METRICS, figure
@@ -80,9 +81,7 @@ def verdict_text(v: Verdict) -> Text:
     text = Text(f"{v.outcome.upper()}", style=f"bold {style}")
     text.append(f"  {v.rule}\n")
     for c in v.checks:
-        mark = {True: "ok", False: "over", None: "n/a"}[c.passed]
-        text.append(f"    {c.name:<26} {_num(c.measured):>10}  limit {_num(c.threshold):>8}  {mark}\n",
-                    style="red" if c.passed is False else "")
+        text.append(f"    {check_line(c)}\n", style="red" if c.passed is False else "")
     text.append(f"    window {v.window_start:%H:%M:%S}–{v.window_end:%H:%M:%S} UTC, {v.request_count} requests, "
                 f"source {v.source}", style="dim")
     return text
@@ -131,12 +130,6 @@ def events_table(events: list[AuditEvent], title: str = "Audit trail", compact: 
         else:
             table.add_row(f"{e.at:%H:%M:%S}", e.input, e.actor, e.decision, state, e.traffic_after or "", why)
     return table
-
-
-def _num(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.4g}"
 
 
 def _ago(t: datetime) -> str:
