@@ -107,6 +107,11 @@ class FakeStore:
     def releases(self, service=None, limit=20):
         return []
 
+    def in_flight(self):
+        from pitstop.core.models import TERMINAL
+
+        return [r for r in self._rollouts.values() if r.state not in TERMINAL], []
+
     def history_since(self, since, service=None):  # what DORA reads: rollouts, releases, truncated
         return list(self._rollouts.values()), [], False
 
@@ -162,7 +167,7 @@ def test_a_rolled_back_rollout_shows_its_reason_and_the_verdict_values(page):
     html = page("/dashboard/rollouts/web-production-us-central1-v3", VIEWER).get_data(as_text=True)
     reason = re.search(r"<div class=\"reason\" data-reason>(.*?)</div>", html, re.S).group(1)
     assert "error rate 30.0% is above the 5.0% limit" in reason
-    assert "30.0% &gt; 5.0%" in html and "✗" in html  # measured vs threshold, failed
+    assert "30.0 % &gt; limit 5.0 %" in html and "✗" in html  # measured vs threshold, failed
     assert 'class="line-new" data-points="1"' in html
 
 
@@ -200,6 +205,10 @@ def test_the_metrics_page_shows_each_dora_metric_per_window_with_its_band(page):
     for window in ("7d", "30d", "90d"):
         cell = re.search(rf'data-metric="change_failure_rate" data-window="{window}">(.*?)</td>', html, re.S).group(1)
         assert 'class="band band-' in cell and "%" in cell  # v3 rolled back: a failure rate, with its band
+    # The weekly chart's bars add up to the 90-day window's failures (13 weeks hold those 90 days).
+    chart = html[html.index('data-dora-chart="web/production"'):html.index('data-dora="web/production"')]
+    failed = sum(map(int, re.findall(r'data-failed="(\d+)"', chart)))
+    assert failed >= 1 and f"({failed} of " in cell  # `cell` is the 90-day one, the loop's last
     assert "/dashboard/metrics" in page("/dashboard/", ADMIN).get_data(as_text=True)
 
 
@@ -241,6 +250,7 @@ def test_a_release_page_shows_each_stage_its_waves_and_a_split_per_region(monkey
     store = FakeStore(list(w.rollouts.values()), {})
     store.release = lambda release_id: rel if release_id == rel.id else None
     store.releases = lambda service=None, limit=20: [rel]
+    store.in_flight = lambda: ([], [rel])
     monkeypatch.setattr(releases, "release_rollouts", lambda store, r: list(w.rollouts.values()))
     monkeypatch.setattr(releases, "release_story", lambda store, r: (
         releases.timeline(w.audit, []), SimpleNamespace(ok=True, problems=[])))

@@ -222,3 +222,9 @@ def test_an_event_that_can_never_be_delivered_is_refused_with_its_reason(event, 
 
     with pytest.raises(BadMessage, match=problem):  # functions/main.py logs it and acknowledges
         Notifier(db=None, secrets=None).on_event(event)
+
+
+def test_a_direct_rollback_names_the_version_it_went_back_to() -> None:
+    event = {"kind": "rollout", "reason": "note_direct_done", "service": "web", "version": "v2", "state": "succeeded",
+             "environment": "production", "region": "us-central1", "severity": "WARNING", "message": "…"}
+    assert notify.headline(event) == "⏪ web rolled back to v2 in production/us-central1"

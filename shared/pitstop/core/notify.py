@@ -35,7 +35,10 @@ def headline(event: dict[str, Any]) -> str:
     subject = " ".join(str(p) for p in (event.get("service") or f"build {event.get('build_id', '')}",
                                          event.get("version")) if p)
     where = "/".join(str(p) for p in (event.get("environment"), event.get("region")) if p)
-    return f"{EMOJI.get(kind, 'ℹ️')} {subject} {WHAT.get(kind, kind.replace('_', ' '))}" + (f" in {where}" if where else "")
+    what = WHAT.get(kind, kind.replace("_", " "))
+    if event.get("reason") == "note_direct_done":  # a direct rollback's version is where it went back to
+        subject, what = str(event.get("service")), f"rolled back to {event.get('version')}"
+    return f"{EMOJI.get(kind, 'ℹ️')} {subject} {what}" + (f" in {where}" if where else "")
 
 
 def traffic_line(event: dict[str, Any]) -> str | None:
@@ -105,9 +108,6 @@ def _mrkdwn(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def slack_message(event: dict[str, Any], dashboard: str | None = None) -> dict[str, Any]:
-    """Block Kit: header and the sentence, then fields, the verdict, context and buttons by the severity's colour bar."""
-    title = headline(event)
 def _clip(text: str, limit: int) -> str:
     """`text` as Slack mrkdwn in at most `limit` characters (Slack refuses longer ones). Cut before escaping,
     so no `&amp;` is cut in half; the cut is marked with … and an open code span or block is closed again."""
@@ -127,6 +127,9 @@ def _clip(text: str, limit: int) -> str:
     return cut + "`" if cut.replace("```", "").count("`") % 2 else cut
 
 
+def slack_message(event: dict[str, Any], dashboard: str | None = None) -> dict[str, Any]:
+    """Block Kit: header and the sentence, then fields, the verdict, context and buttons by the severity's colour bar."""
+    title = headline(event)
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": title[:150], "emoji": True}},
         {"type": "section", "text": {"type": "mrkdwn", "text": _clip(str(event.get("message", "")), 3000)}},

@@ -561,6 +561,12 @@ def notification_lines(stack: Stack) -> list[str]:
     what went wrong, and the emails."""
     from pitstop.core.notify import headline
 
+    # The last decisions' events are still on their way (Pub/Sub, on_event, retries): let them land first.
+    seen, deadline = -1, time.monotonic() + 10
+    while time.monotonic() < deadline and seen != len(stack.sinks.received) + len(stack.smtp.messages):
+        seen = len(stack.sinks.received) + len(stack.smtp.messages)
+        time.sleep(1.5)
+
     received = list(stack.sinks.received)
     counts = {label: sum(1 for r in received if r.path.startswith(prefix)) for prefix, label in SINK_KINDS}
     lines = ["notifications sent: " + ", ".join(f"{label} {n}" for label, n in counts.items() if n)

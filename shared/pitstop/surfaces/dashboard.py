@@ -20,6 +20,8 @@ Reading goes through the engine's store; the sentences, rows and the release sto
 from __future__ import annotations
 
 import re
+import time
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
 TEMPLATES = Path(__file__).with_name("templates")
 REFRESH_S = 3  # how often the live parts of a page are fetched again
 RECENT = 20  # rollouts on the overview
-SCAN = 200  # rollouts and releases read to find those in flight (the API's MAX_LIMIT)
+SCAN = 60  # recent rollouts read to find the RECENT the person may read (a refresh reads them again)
 
 PAGES = Map([
     Rule("/dashboard", endpoint="overview"),
@@ -75,19 +77,21 @@ def respond(call: Call) -> flask.Response:
 # ---------------------------------------------------------------- pages
 
 def overview(call: Call) -> str:
-    from pitstop.core.release import RELEASE_DONE
     from pitstop.surfaces.releases import release_row
     from pitstop.surfaces.rows import rollout_row
 
     store = call.engine.store
     services = sorted((s for s in store.services() if _may_read(call, s["service"], s["environment"])),
                       key=lambda s: (s["service"], s["environment"], s["region"]))
-    releases = [r for r in store.releases(limit=SCAN) if r.state not in RELEASE_DONE and _may_read_release(call, r)]
-    rollouts = [r for r in store.recent(limit=SCAN) if _may_read(call, r.service, r.environment)]
+    moving, releases = store.in_flight()
+    releases = sorted((r for r in releases if _may_read_release(call, r)), key=lambda r: r.created_at, reverse=True)
+    moving = sorted((r for r in moving if not r.release_id and _may_read(call, r.service, r.environment)),
+                    key=lambda r: r.created_at, reverse=True)
+    recent = [r for r in store.recent(limit=SCAN) if _may_read(call, r.service, r.environment)][:RECENT]
     return render("overview.html", services=services,
                   releases=[{**release_row(r), "stage": _stage_view(r.stage)} for r in releases],
-                  live=[_rollout_view(r) for r in rollouts if r.state not in TERMINAL and not r.release_id],
-                  recent=[rollout_row(r) for r in rollouts[:RECENT]],
+                  live=[_rollout_view(r) for r in moving],
+                  recent=[rollout_row(r) for r in recent],
                   # DORA reads 90 days of history, and changes by the day: not again for each refresh.
                   dora=[] if call.request.args.get("live") else _dora(call, window="30d"))
 
@@ -113,7 +117,8 @@ def release(call: Call, release_id: str) -> str:
         stages.append({**row, "region_views": regions})
     events, chain = release_story(store, rel)
     events = [e for e in events if e["region"] is None or _may_read(call, rel.service, e["environment"])]
-    environment = call.request.args.get("environment") or _where(rel)
+    asked = call.request.args.get("environment")  # an action link's environment, if the release has it
+    environment = asked if asked in rel.stages else _where(rel)
     live = rel.state not in RELEASE_DONE
     may = _permissions(call, rel.service, environment)
     return render("release.html", rel=detail, stages=stages, events=events, chain=chain,
@@ -307,17 +312,50 @@ def chart_svg(series: list[tuple[str, list[tuple[float, float]]]], limit: float 
     return Markup("".join(parts))
 
 
+def weeks_svg(weeks: list[dict[str, Any]], title: str = "changes per week", width: int = 260,
+              height: int = 70) -> Markup:
+    """DORA's weekly series as inline SVG bars: each week's successful changes, its failed ones stacked on top."""
+    from markupsafe import Markup, escape
+
+    pad, top = 4, max((w["succeeded"] + w["failed"] for w in weeks), default=0) or 1
+    step = (width - 2 * pad) / max(len(weeks), 1)
+    parts = [f'<svg class="chart bars" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="{escape(title)}"><title>{escape(title)}</title>']
+    for i, w in enumerate(weeks):
+        x, base = pad + i * step, height - pad
+        for kind, count in (("succeeded", w["succeeded"]), ("failed", w["failed"])):
+            if count:
+                tall = count / top * (height - 2 * pad - 10)
+                base -= tall
+                parts.append(f'<rect class="bar-{kind}" data-week="{escape(w["start"][:10])}" data-{kind}="{count}" '
+                             f'x="{x + 1:.1f}" y="{base:.1f}" width="{max(step - 2, 1):.1f}" height="{tall:.1f}">'
+                             f'<title>week of {escape(w["start"][:10])}: {count} {kind}</title></rect>')
+    parts.append(f'<text x="{pad + 2}" y="{pad + 8}">{escape(title)}</text><text x="{width - pad}" y="{pad + 8}" '
+                 f'text-anchor="end">max {top}</text></svg>')
+    return Markup("".join(parts))
+
+
 def _figure(value: float) -> str:
     return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 
 # ---------------------------------------------------------------- DORA (surfaces/metrics.py)
 
+DORA_TTL_S = 300  # a report reads up to 90 days of history; it changes by the day, not by the page view
+_dora_cache: weakref.WeakKeyDictionary[Any, tuple[float, dict[str, Any]]] = weakref.WeakKeyDictionary()  # per store
+
+
 def _dora(call: Call, window: str | None = None) -> list[dict[str, Any]]:
-    """The DORA report the API serves, cut to what the caller may read."""
+    """The DORA report the API serves (kept for DORA_TTL_S per function instance), cut to what the caller may
+    read."""
     from pitstop.surfaces.metrics import dora_report
 
-    return readable_dora(dora_report(call.engine.store), lambda s, e: _may_read(call, s, e), window)
+    store, now = call.engine.store, time.monotonic()
+    until, report = _dora_cache.get(store, (0.0, {}))
+    if until <= now:
+        report = dora_report(store)
+        _dora_cache[store] = (now + DORA_TTL_S, report)
+    return readable_dora(report, lambda s, e: _may_read(call, s, e), window)
 
 
 def readable_dora(report: dict[str, Any], may_read: Callable[[str, str], bool],
@@ -332,7 +370,7 @@ def readable_dora(report: dict[str, Any], may_read: Callable[[str, str], bool],
             continue
         windows = {w: {name: {**m, "figure": figure(name, m)} for name, m in metrics.items() if name in dict(METRICS)}
                    for w, metrics in group["windows"].items() if window is None or w == window}
-        out.append({**group, "windows": windows})
+        out.append({**group, "windows": windows, "chart": weeks_svg(group.get("weeks", []))})
     return out
 
 
@@ -374,11 +412,10 @@ def _pct(value: float | None) -> str:
 
 
 def _value(check: dict[str, Any]) -> str:
-    """A verdict check's measured value and threshold, in its unit: 'error_rate 2.0% ≤ 5.0%'."""
-    name, measured, threshold, passed = check["name"], check["measured"], check["threshold"], check["passed"]
-    fmt = _pct if name == "error_rate" else (lambda v: "n/a" if v is None else f"{v:.4g}")
-    relation = {True: "≥" if name == "requests" else "≤", False: "<" if name == "requests" else ">", None: "vs"}
-    return f"{fmt(measured)} {relation[passed]} {fmt(threshold)}"
+    """A verdict check's measured value against its threshold, worded as everywhere: `2.0 % ≤ limit 5.0 %`."""
+    from pitstop.core.explain import check_measure
+
+    return check_measure(check["name"], check["measured"], check["threshold"], check["passed"])
 
 
 def _error_page(err: ApiError) -> str:
