@@ -158,6 +158,10 @@ def test_action_links_fit_the_event_and_need_a_dashboard():
                "reason": "note_release_gate"}
     assert notify.links(release, DASH)["approve"] == f"{DASH}/releases/web-abc?action=approve&environment=production"
     assert notify.links(gate, None) == {}  # no dashboard configured: no links to it
+    # Only what the state accepts (core/actions.py), and only while the event waits for a person.
+    paused = {**gate, "reason": "note_paused_no_data", "state": "paused"}
+    assert [k for k in notify.links(paused, DASH) if k in notify.ACTIONS] == ["promote", "abort"]
+    assert not set(notify.links(rolled_back_event(), DASH)) & set(notify.ACTIONS)
     slack = json.dumps(notify.slack_message(gate, DASH))
     assert notify.ROLE_NOTE in slack
     assert notify.ROLE_NOTE not in json.dumps(notify.slack_message(rolled_back_event(), DASH))

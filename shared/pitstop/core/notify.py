@@ -58,25 +58,26 @@ def check_lines(event: dict[str, Any]) -> list[str]:
 
 
 def links(event: dict[str, Any], dashboard: str | None) -> dict[str, str]:
-    """Dashboard page, Cloud Build log and the one-click actions that fit the event (label -> URL). Actions
-    open the dashboard page with `?action=…`; the dashboard checks the person's role before acting."""
+    """Dashboard page, Cloud Build log and, when the event waits for a person, the one-click actions its state
+    accepts (label -> URL). Actions open the dashboard page with `?action=…`; the dashboard checks the person's
+    role before acting."""
+    from pitstop.core.actions import release_actions, rollout_actions
+
     out: dict[str, str] = {}
     base = (dashboard or "").rstrip("/")
-    kind = event_type(event)
+    kind, state = event_type(event), str(event.get("state"))
     release, rollout = event.get("release_id"), event.get("rollout_id")
     if base and (release or rollout):
-        page = f"{base}/releases/{quote(release)}" if release else f"{base}/rollouts/{quote(rollout)}"
-        out["dashboard"] = page
-        if release and not rollout and kind == "awaiting_approval":
-            out["approve"] = f"{page}?action=approve&environment={quote(str(event.get('environment') or ''))}"
-        elif rollout:
-            page = f"{base}/rollouts/{quote(rollout)}"
-            if kind == "awaiting_approval":
-                out["approve"] = f"{page}?action=approve"
-            if kind in ("awaiting_approval", "paused"):
-                if kind == "paused":
-                    out["promote"] = f"{page}?action=promote"
-                out["abort"] = f"{page}?action=abort"
+        if rollout:
+            page, query = f"{base}/rollouts/{quote(rollout)}", ""
+            offered = rollout_actions(state)
+        else:
+            page = f"{base}/releases/{quote(release)}"
+            query = f"&environment={quote(str(event.get('environment') or ''))}"
+            offered = release_actions(state, "awaiting_approval" if kind == "awaiting_approval" else None)
+        out["dashboard"] = f"{base}/releases/{quote(release)}" if release else page
+        if kind in WAITS_FOR_A_PERSON:
+            out.update({a: f"{page}?action={a}{query}" for a in ACTIONS if a in offered})
     if event.get("log_url"):
         out["build_log"] = str(event["log_url"])
     return out
@@ -84,7 +85,8 @@ def links(event: dict[str, Any], dashboard: str | None) -> dict[str, str]:
 
 LINK_LABELS = {"dashboard": "Open in dashboard", "build_log": "Cloud Build log", "approve": "Approve",
                "promote": "Promote", "abort": "Abort"}
-ACTIONS = ("approve", "promote", "abort")
+ACTIONS = ("approve", "promote", "abort")  # the one-click links a message offers, among what the state accepts
+WAITS_FOR_A_PERSON = ("awaiting_approval", "paused")
 
 
 def facts(event: dict[str, Any]) -> list[tuple[str, str]]:

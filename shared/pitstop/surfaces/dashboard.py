@@ -32,6 +32,7 @@ import flask
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
+from pitstop.core.actions import release_actions, rollout_actions  # noqa: F401 (the pages' own names)
 from pitstop.core.models import DOC_ID, TERMINAL, AuditEvent, Rollout
 from pitstop.surfaces.api import ACTIONS, ApiError, Call, _Segment, _unexpected, _where
 
@@ -164,30 +165,6 @@ def _permissions(call: Call, service: str, environment: str) -> Callable[[str], 
     from pitstop.core import access
 
     return lambda action: call.may(access.PERMISSION_OF_ACTION[action], service, environment) is None
-
-
-def rollout_actions(state: str, may: Callable[[str], bool]) -> list[str]:
-    """What a person may do to a rollout in `state`: what its state accepts, among what their roles grant."""
-    if state in TERMINAL:
-        return []
-    fitting = {"pause": state not in ("paused", "rolling_back"), "resume": state == "paused",
-               "approve": state == "awaiting_approval", "promote": state != "rolling_back",
-               "abort": state != "rolling_back", "rollback": state != "rolling_back"}
-    return [a for a in ACTIONS if fitting[a] and may(a)]
-
-
-def release_actions(state: str, stage_state: str | None, may: Callable[[str], bool],
-                    paused: bool = False) -> list[str]:
-    """The same for a release in flight: its current stage's state decides approve, and whether a region of
-    it is paused decides pause or resume."""
-    from pitstop.core.release import RELEASE_DONE
-
-    if state in RELEASE_DONE:
-        return []
-    fitting = {"approve": stage_state == "awaiting_approval" or state == "waiting",
-               "pause": state == "running" and not paused, "resume": paused, "promote": True, "abort": True,
-               "rollback": True}
-    return [a for a in ("approve", "promote", "pause", "resume", "abort", "rollback") if fitting[a] and may(a)]
 
 
 @dataclass
