@@ -357,10 +357,12 @@ def readable_dora(report: dict[str, Any], may_read: Callable[[str, str], bool],
 def _templates() -> Any:
     import jinja2
 
+    from pitstop.core.explain import check_label
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True,
                              lstrip_blocks=True)
     env.globals.update(refresh_s=REFRESH_S)
-    env.filters.update(when=_when, pct=_pct, value=_value)
+    env.filters.update(when=_when, pct=_pct, value=_value, label=check_label)
     env.globals.update(dora_metrics=_dora_metrics())
     return env
 
