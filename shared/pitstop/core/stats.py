@@ -13,7 +13,7 @@ Two tests, plus today's absolute limits as hard limits (`judge_statistically` co
   rates range over 0.1-2 % and failures over ×2..×30), it reads the same on any window so it can be
   asked again every minute, and its statistic is a probability a person understands. Repeated looks
   inflate its false rollback rate; `bench/judge.py` measures that and the defaults are tuned there.
-  Deterministic: the posterior is integrated on a fixed grid of the stable posterior's quantiles.
+  Deterministic: the posterior is integrated on a fixed grid around the stable posterior's mean.
 - **Latency: Mann–Whitney U on histogram buckets** (what Cloud Monitoring returns for
   request_latencies). Requests in one bucket tie; the tie-corrected normal approximation gives a
   one-sided p-value ("the canary is slower"). The effect size is the probability that a canary request
@@ -22,9 +22,12 @@ Two tests, plus today's absolute limits as hard limits (`judge_statistically` co
   2 % shift does not roll back; it passes when the effect's upper bound (at `pass_confidence`) is below
   the allowed effect. Fewer than `min_latency_requests` canary requests make no distribution: inconclusive.
   Closed form, no scipy.
+- **Hard limits** (today's max_error_rate, max_p99_ms) fail on their own whatever stable does, judged with the
+  same confidence on the rate itself (a beta posterior with a prior at the limit), not on a noisy minute.
 - No requests, or too few, is inconclusive: never a pass.
 
-scipy and numpy are imported inside `prob_worse` and `prob_above` only: the functions' cold start does not pay for it.
+Defaults (`Settings`) were tuned with bench/judge.py: ≤ 5 false rollbacks per 1,000 healthy canaries judged
+every minute. scipy and numpy are imported inside `prob_worse` and `prob_above` only: cold start does not pay.
 """
 
 from __future__ import annotations
