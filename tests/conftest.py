@@ -6,7 +6,10 @@ unit tests stay fast and need no gcloud.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,10 +20,55 @@ from pitstop.local.functions import FunctionProcess, start_functions
 PROJECT = "pitstop-test"
 
 
+SHARED = "PITSTOP_TEST_EMULATORS"  # "FIRESTORE_HOST,PUBSUB_HOST", set by the xdist controller for its workers
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist the controller starts one pair of emulators for all its workers (each worker then has its own
+    project in them, so wipes and topics never cross): two JVMs instead of two per worker, on 2 cores."""
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    config.stash[_RUNNING] = start_emulators(PROJECT)
+    running = config.stash[_RUNNING]
+    os.environ[SHARED] = f"{running.firestore.host},{running.pubsub.host}"  # the workers inherit it
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    running = config.stash.get(_RUNNING, None)
+    if running is not None:
+        running.stop()
+
+
+_RUNNING = pytest.StashKey[Emulators]()
+
+
+@dataclass
+class _Attached:
+    """An emulator another process runs: its address, nothing to stop."""
+
+    host: str
+    variable: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {self.variable: self.host}
+
+    def stop(self) -> None:
+        pass
+
+
 @pytest.fixture(scope="session")
-def emulators() -> Iterator[Emulators]:
-    """Both emulators for project "pitstop-test", with their env set in os.environ."""
-    with start_emulators(PROJECT) as running, pytest.MonkeyPatch.context() as mp:
+def emulators(worker_id: str) -> Iterator[Emulators]:
+    """Both emulators, with their env set in os.environ: the controller's (project "pitstop-test-gwN") under
+    xdist, else started here (project "pitstop-test")."""
+    shared = os.environ.get(SHARED)
+    if shared:
+        firestore, pubsub = shared.split(",")
+        context = nullcontext(Emulators(f"{PROJECT}-{worker_id}", _Attached(firestore, "FIRESTORE_EMULATOR_HOST"),
+                                        _Attached(pubsub, "PUBSUB_EMULATOR_HOST")))
+    else:
+        context = start_emulators(PROJECT)
+    with context as running, pytest.MonkeyPatch.context() as mp:
         for name, value in running.env.items():
             mp.setenv(name, value)
         yield running
