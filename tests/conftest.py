@@ -1,7 +1,8 @@
 """Fixtures shared by the whole suite.
 
-Emulators start only when a test asks for them, once per session, so pure
-unit tests stay fast and need no gcloud.
+Without xdist, emulators start only when a test asks for them, once per session, so
+pure unit tests stay fast and need no gcloud; under xdist (`make test`) the controller
+starts one pair that every worker shares, each worker in its own project.
 """
 
 from __future__ import annotations
