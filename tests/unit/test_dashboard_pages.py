@@ -14,7 +14,8 @@ from pitstop.core.models import AuditEvent, Rollout, Verdict
 from pitstop.gcp.identity import Identity, Unverified
 from pitstop.surfaces import api, dashboard
 
-T0 = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
+# A day ago: the DORA windows (7, 30, 90 days) count back from the real clock the page reads.
+T0 = (datetime.now(timezone.utc) - timedelta(days=1)).replace(microsecond=0)
 ADMIN, VIEWER, STRANGER = "admin@example.com", "vera@example.com", "eve@elsewhere.org"
 
 

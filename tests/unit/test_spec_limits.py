@@ -54,7 +54,8 @@ def test_an_anchor_without_alias_is_fine() -> None:
 ])
 def test_deep_nesting_is_refused_before_anything_is_built(text: str) -> None:
     started = time.perf_counter()
-    with pytest.raises(SpecError, match=f"nests deeper than {limits.MAX_DEPTH} levels"):
+    # PyYAML >= 6.0.3 refuses very deep flow nesting itself, before our own bound: either refusal will do.
+    with pytest.raises(SpecError, match=f"nests deeper than {limits.MAX_DEPTH} levels|exceeded maximum nesting depth"):
         load_yaml(text, "spec deep")
     assert time.perf_counter() - started < 1
 

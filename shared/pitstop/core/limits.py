@@ -22,6 +22,7 @@ MAX_NAME = 63  # Cloud Run service and revision names, regions, environments
 MAX_LABEL = 256  # git refs, repository and trigger names, actors, Pub/Sub attribute keys
 MAX_TEXT = 1000  # free text: summaries, reasons, status details, policy names, URLs
 MAX_ITEMS = 100  # list entries and map keys kept in an audit document
+MAX_BUCKETS = 100  # latency histogram buckets in a sample (Monitoring's layouts hold fewer)
 MAX_ENTRIES = 200  # map entries in an input: Cloud Build substitutions, Pub/Sub attributes (at most 100)
 
 # Real messages are a few KiB (a Cloud Build resource with many steps stays well under 64 KiB), but an

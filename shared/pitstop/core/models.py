@@ -138,13 +138,62 @@ def last_step(strategy: Strategy) -> int:
     return len(strategy.canary.steps) if strategy.canary else 1
 
 
+METRIC_NAME = r"^[a-z][a-z0-9_]{0,39}$"  # a CEL identifier: canary.NAME, stable.NAME
+OnFail = Literal["rollback", "pause"]
+
+
+class Limit(Model):
+    """A resource metric's limit (a share, 0-1) and what a breach does."""
+
+    max: float = Field(gt=0, le=1)
+    dry_run: bool = False  # judged and recorded, never acts
+    on_fail: OnFail = "rollback"
+
+
+class MetricQuery(Model):
+    """A Cloud Monitoring query: pitstop adds the resource labels (project, location, service, revision) and
+    reads one value per revision over the health window."""
+
+    filter: str = Field(min_length=1, max_length=2000)  # e.g. metric.type = "custom.googleapis.com/checkouts"
+    aligner: str = Field(default="ALIGN_RATE", pattern=r"^ALIGN_[A-Z0-9_]+$")
+    reducer: str = Field(default="REDUCE_SUM", pattern=r"^REDUCE_[A-Z0-9_]+$")
+
+
+class CustomMetric(Model):
+    """A metric of the spec's own, judged by a CEL condition over `canary`, `stable` and `thresholds`."""
+
+    name: str = Field(pattern=METRIC_NAME)
+    query: MetricQuery | None = None  # Monitoring filter; or
+    log_metric: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_./-]{1,100}$")  # a log-based metric
+    condition: str = Field(min_length=1, max_length=1000)  # true = healthy
+    dry_run: bool = False
+    on_fail: OnFail = "rollback"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CustomMetric:
+        if self.query is not None and self.log_metric is not None:
+            raise ValueError(f"metric {self.name}: give either query or log_metric, not both")
+        return self
+
+
 class Health(Model):
+    # How a window is read: `threshold` (the absolute and relative limits below, on the window as it is) or
+    # `statistical` (core/stats.py: the canary against stable with confidence; the limits stay as hard limits).
+    judge: Literal["threshold", "statistical"] = "threshold"
+    confidence: float = Field(default=0.99, gt=0.5, lt=1)  # statistical: fail at this confidence
     min_requests: int = Field(default=50, ge=0)
     max_error_rate: float = Field(default=0.05, ge=0, le=1)
     max_p99_ms: float = Field(default=1000, gt=0)
     max_latency_increase: float = Field(default=0.20, ge=0)  # canary p99 vs stable p99
     # ... but never for an increase of this many ms or less: 5 ms -> 7 ms is +40 % and harmless.
     min_latency_increase_ms: float = Field(default=50, ge=0)
+    # A p99 of fewer requests is their slowest one: relative latency (p99 vs stable, or Mann–Whitney) needs this
+    # many canary requests in the window before it can fail or pass anything.
+    min_latency_requests: int = Field(default=100, ge=1)
+    cpu: Limit = Field(default_factory=lambda: Limit(max=0.80))  # p95 of container/cpu/utilizations
+    memory: Limit = Field(default_factory=lambda: Limit(max=0.85))  # p95 of container/memory/utilizations
+    metrics: list[CustomMetric] = Field(default_factory=list, max_length=20)
+    thresholds: dict[Annotated[str, Field(pattern=METRIC_NAME)], float] = Field(default_factory=dict, max_length=50)
     interval: Duration = Field(default=60, ge=1)  # one health window; also the shortest watch at 100 %
     # A step waits this long past its deadline for a healthy window that reaches the deadline (on GCP
     # Monitoring's 180 s lag and a one-minute tick use about 4 minutes of it), then pauses for a person.
@@ -287,6 +336,10 @@ Name = Annotated[str, Field(min_length=1, max_length=limits.MAX_NAME)]  # Cloud 
 Label = Annotated[str, Field(max_length=limits.MAX_LABEL)]  # git refs, repository names, actors
 Count = Annotated[int, Field(ge=0, le=limits.INT64_MAX)]
 Millis = Annotated[float, Field(ge=0, le=limits.MAX_LATENCY_MS, allow_inf_nan=False)]
+Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Buckets = Annotated[list[Count], Field(max_length=limits.MAX_BUCKETS)]
+MetricValues = Annotated[dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")],
+                              Annotated[float, Field(allow_inf_nan=False)]], Field(max_length=20)]
 Timestamp = Annotated[AwareDatetime, AfterValidator(limits.plausible_time)]  # zoned, in 2000..2100
 Digest = Annotated[str, AfterValidator(_digest)]
 
@@ -385,6 +438,10 @@ class Baseline(Model):
     request_count: int = Field(ge=0)
     error_count: int = Field(ge=0)
     latency_p99_ms: float | None = Field(default=None, ge=0)
+    latency_buckets: Buckets | None = None
+    cpu_utilization: Share | None = None
+    memory_utilization: Share | None = None
+    metrics: MetricValues = Field(default_factory=dict)
 
 
 # Firestore document ids: no '/', not '__x__', bounded.
@@ -404,6 +461,12 @@ class HealthSample(Inbound):
     latency_p50_ms: Millis | None = None
     latency_p95_ms: Millis | None = None
     latency_p99_ms: Millis | None = None
+    # Counts per bucket of Monitoring's request_latencies distribution (core/stats.py LATENCY_LAYOUT); what the
+    # statistical judge compares. Utilizations: p95 over the window (0-1). metrics: the spec's custom metrics.
+    latency_buckets: Buckets | None = None
+    cpu_utilization: Share | None = None
+    memory_utilization: Share | None = None
+    metrics: MetricValues = Field(default_factory=dict)
     source: Id
     rollout_id: str | None = Field(default=None, pattern=DOC_ID)
     stable: Baseline | None = None  # the stable revision over the same window, when the sender measured it
@@ -547,8 +610,24 @@ class Check(Model):
 
     name: str
     measured: float | None
-    threshold: float
+    threshold: float | None
     passed: bool | None  # None: could not be measured
+    stable: float | None = None  # the stable revision's value over the same window, where compared
+    condition: str | None = None  # a custom metric's CEL condition
+    dry_run: bool = False  # recorded, never acts
+
+
+class TestResult(Model):
+    """One statistical test of a verdict (core/stats.py `Result`): what it computed and what it decided."""
+
+    test: str  # beta-binomial, mann-whitney, max_error_rate, max_p99_ms
+    statistic: str
+    value: float | None
+    p: float | None
+    confidence: float
+    effect: float | None
+    decision: Literal["pass", "fail", "inconclusive"]
+    sentence: str
 
 
 class Verdict(Model):
@@ -560,6 +639,27 @@ class Verdict(Model):
     window_end: datetime
     request_count: int
     source: str
+    tests: list[TestResult] = Field(default_factory=list)  # the statistical judge's, when it judged
+    on_fail: OnFail = "rollback"  # what a fail does: the rule that fired says which
+    dry_run: list[str] = Field(default_factory=list)  # sentences of dry-run rules that failed: recorded, no action
+
+
+class Measurement(Model):
+    """One metric of one verdict, kept with the rollout: the history `status --watch` and `history` show."""
+
+    at: datetime  # the window's end
+    step: int
+    metric: str
+    value: float | None
+    stable: float | None = None
+    threshold: float | None = None
+    condition: str | None = None
+    outcome: Literal["pass", "fail", "inconclusive"]
+    source: str
+    dry_run: bool = False
+
+
+MAX_MEASUREMENTS = 200  # kept per rollout (the newest); the audit trail keeps every verdict
 
 
 # Fields the store keeps on a rollout's document beside the model: the last input, and the head of the
@@ -606,6 +706,7 @@ class Rollout(Model):
     apply_failing_since: datetime | None = None  # first Cloud Run error of the pending split
     retry_at: datetime | None = None
     verdict: Verdict | None = None  # latest verdict on the new revision in this step
+    measurements: list[Measurement] = Field(default_factory=list)  # newest last, at most MAX_MEASUREMENTS
     baseline: HealthSample | None = None  # latest sample of the stable revision
     superseded_by: str | None = None
     # In a release (core/release.py), a region's rollout moves only as far as its wave is cleared: it enters
