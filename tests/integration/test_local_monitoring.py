@@ -319,7 +319,10 @@ def test_pages_together_hold_every_series(client):
     [
         (dict(filter='resource.type = "cloud_run_revision"'), "metric type"),
         (dict(filter=f'metric.type = "{COUNT}" OR resource.type = "x"'), "'OR'"),
-        (dict(filter='metric.type = "run.googleapis.com/container/cpu/utilizations"'), "not served"),
+        (dict(filter='metric.type = "run.googleapis.com/container/network/received_bytes_count"'), "not served"),
+        (dict(filter='metric.type = "logging.googleapis.com/user/checkouts"'), "no log-based metrics"),
+        (dict(filter='metric.type = "run.googleapis.com/container/cpu/utilizations" AND '
+                     'metric.labels.response_code = "200"'), "known metric labels: none"),
         (dict(filter=f'metric.type = "{COUNT}" AND metric.labels.route = "/"'), "metric.labels.route"),
         (dict(name="proj"), "projects/PROJECT_ID"),
         (dict(aggregation=dict(per_series_aligner=Aligner.ALIGN_RATE, alignment_period="60s"),

@@ -69,7 +69,10 @@ def test_negated_one_of_excludes_the_listed_values():
         (f'metric.type = "{COUNT}" OR resource.type = "x"', "'OR'"),
         (f'NOT metric.type = "{COUNT}"', "'NOT'"),
         (f'metric.type = "{COUNT}" and resource.type = "x"', "'and'"),
-        (f'(metric.type = "{COUNT}")', "'('"),
+        (f'(metric.type = "{COUNT}" OR resource.type = "x")', "'OR'"),
+        (f'(metric.type = "{COUNT}"', "not closed"),
+        (f'metric.type = "{COUNT}")', "no group to close"),
+        (f'metric.type = "{COUNT}" AND ()', "empty group"),
         (f'metric.type = "{COUNT}" AND -resource.type = "x"', "'-'"),
         (f'metric.type = "{COUNT}" AND resource.labels.service_name : "web"', "':'"),
         (f'metric.type = "{COUNT}" AND metric.labels.response_code > "500"', "'>'"),
@@ -91,3 +94,12 @@ def test_unsupported_or_malformed_filters_are_refused_by_name(text: str, named: 
     with pytest.raises(FilterError) as error:
         parse_filter(text)
     assert named in str(error.value)
+
+
+def test_groups_of_ands_are_flattened():
+    """pitstop wraps a spec's own filter in parentheses next to its resource clauses (gcp/metrics.py)."""
+    parsed = parse_filter(f'(metric.type = "{COUNT}" AND metric.labels.response_code_class = "2xx") '
+                          f'AND (resource.labels.revision_name = one_of("a", "b"))')
+    assert parsed.metric_type == COUNT
+    assert {c.field for c in parsed.conditions} == {"metric.labels.response_code_class",
+                                                   "resource.labels.revision_name"}

@@ -1,7 +1,8 @@
-"""A local Cloud Monitoring: `ListTimeSeries` for Cloud Run's request metrics.
+"""A local Cloud Monitoring: `ListTimeSeries` for Cloud Run's request and container metrics.
 
-It answers from the `RequestLog` the local router fills, over gRPC, so the
-production `monitoring_v3.MetricServiceClient` talks to it unchanged:
+It answers from the `RequestLog` the local router and the revisions' usage
+sampler fill, over gRPC, so the production `monitoring_v3.MetricServiceClient`
+talks to it unchanged:
 
     server = start_monitoring_server(log, "127.0.0.1", 0, lag=3.0)
     addr = f"127.0.0.1:{server.bound_port}"   # the port actually bound
@@ -12,7 +13,14 @@ What it serves (resource `cloud_run_revision`, labels project_id, location,
 service_name, revision_name; metric labels response_code, response_code_class):
 - `run.googleapis.com/request_count`     DELTA INT64
 - `run.googleapis.com/request_latencies` DELTA DISTRIBUTION, ms, exponential
-  buckets (`LATENCY_BUCKETS`)
+  buckets (`LATENCY_BUCKETS`: scale 1, growth 1.25, 70 finite buckets)
+- `run.googleapis.com/container/cpu/utilizations` and
+  `run.googleapis.com/container/memory/utilizations` DELTA DISTRIBUTION of
+  ratios (0-1, linear buckets of 0.01: `UTILIZATION_BUCKETS`), no metric
+  labels: one value per usage sample of a revision's processes (about every
+  0.5 s, revisions.UsageSampler): CPU time over wall time of its CPU limit
+  (1 vCPU unless set), resident memory over its memory limit (512 MiB unless
+  set). GCP's own sampling and layout differ; the percentiles mean the same.
 
 Semantics, chosen to match Cloud Monitoring where it matters to pitstop:
 - Interval: start exclusive, end inclusive; a missing start means start = end
@@ -37,13 +45,16 @@ Semantics, chosen to match Cloud Monitoring where it matters to pitstop:
   lower bound). So they are exact to within one bucket.
 - ALIGN_COUNT counts raw (per-minute) points, as on GCP — not requests.
 - REDUCE_MEAN over distributions is the mean of all their values.
-- Anything outside this subset (other metrics, labels, aligners, reducers,
+- The lag hides usage samples exactly like requests.
+- Anything outside this subset (other metrics, log-based metrics
+  `logging.googleapis.com/user/...`, labels, aligners, reducers,
   filter syntax, order_by, secondary_aggregation, group_by_fields without a
   reducer) is INVALID_ARGUMENT with a message naming it, never ignored.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import time
@@ -58,11 +69,13 @@ from google.cloud import monitoring_v3
 from google.protobuf import timestamp_pb2
 
 from pitstop.local.monitoring_filter import FilterError, parse_filter
-from pitstop.local.requestlog import RequestLog, Served
+from pitstop.local.requestlog import RequestLog, Served, Usage
 
 SERVICE_NAME = "google.monitoring.v3.MetricService"
 REQUEST_COUNT = "run.googleapis.com/request_count"
 REQUEST_LATENCIES = "run.googleapis.com/request_latencies"
+CPU_UTILIZATIONS = "run.googleapis.com/container/cpu/utilizations"
+MEMORY_UTILIZATIONS = "run.googleapis.com/container/memory/utilizations"
 CLOUD_RUN_REVISION = "cloud_run_revision"
 RESOURCE_LABELS = ("project_id", "location", "service_name", "revision_name")
 METRIC_LABELS = ("response_code", "response_code_class")
@@ -76,6 +89,10 @@ LATENCY_BUCKETS = distribution_pb2.Distribution.BucketOptions(
         num_finite_buckets=70, growth_factor=1.25, scale=1.0
     )
 )
+# Utilizations are ratios: 1 % wide buckets make a p95 exact to within a point.
+UTILIZATION_BUCKETS = distribution_pb2.Distribution.BucketOptions(
+    linear_buckets=distribution_pb2.Distribution.BucketOptions.Linear(num_finite_buckets=100, width=0.01, offset=0.0)
+)
 
 Aligner = monitoring_v3.Aggregation.Aligner
 Reducer = monitoring_v3.Aggregation.Reducer
@@ -88,8 +105,23 @@ DELTA, GAUGE = metric_pb2.MetricDescriptor.MetricKind.DELTA, metric_pb2.MetricDe
 def _type_name(value_type: ValueType) -> str:
     return _VALUE_TYPES.Name(value_type)
 
-_METRIC_VALUE_TYPE = {REQUEST_COUNT: INT64, REQUEST_LATENCIES: DISTRIBUTION}
-_METRIC_UNIT = {REQUEST_COUNT: "1", REQUEST_LATENCIES: "ms"}
+
+
+@dataclass(frozen=True)
+class _MetricDef:
+    value_type: ValueType
+    unit: str
+    labels: tuple[str, ...]  # metric labels its series carry
+    buckets: distribution_pb2.Distribution.BucketOptions | None  # a DISTRIBUTION's layout
+    source: str  # "served" (the router's requests) or "usage" (the revisions' usage samples)
+
+
+_METRICS = {
+    REQUEST_COUNT: _MetricDef(INT64, "1", METRIC_LABELS, None, "served"),
+    REQUEST_LATENCIES: _MetricDef(DISTRIBUTION, "ms", METRIC_LABELS, LATENCY_BUCKETS, "served"),
+    CPU_UTILIZATIONS: _MetricDef(DISTRIBUTION, "10^2.%", (), UTILIZATION_BUCKETS, "usage"),
+    MEMORY_UTILIZATIONS: _MetricDef(DISTRIBUTION, "10^2.%", (), UTILIZATION_BUCKETS, "usage"),
+}
 # Aligner and Reducer are IntEnums whose numbers overlap: never mix them in one dict.
 _ALIGNER_PERCENTILE = {
     Aligner.ALIGN_PERCENTILE_99: 99.0,
@@ -180,8 +212,9 @@ class LocalMetricService:
 
     def list_time_series(self, request: monitoring_v3.ListTimeSeriesRequest) -> monitoring_v3.ListTimeSeriesResponse:
         query = _Query.from_request(request)
-        ingested_until = self._clock() - self.lag  # newer requests are not visible yet
-        series = _select(self._log.between(query.start, min(query.end, ingested_until)), query)
+        ingested_until = self._clock() - self.lag  # newer requests and usage samples are not visible yet
+        read = self._log.between if query.metric.source == "served" else self._log.usage_between
+        series = _select(read(query.start, min(query.end, ingested_until)), query)
         if query.aligner == Aligner.ALIGN_NONE:
             out = _raw_series(series, query)
         else:
@@ -217,13 +250,17 @@ class _Query:
         if project is None:
             raise QueryError(f"name must be projects/PROJECT_ID, got {request.name!r}")
         flt = parse_filter(request.filter)
-        if flt.metric_type not in _METRIC_VALUE_TYPE:
+        if flt.metric_type.startswith("logging.googleapis.com/user/"):
+            raise QueryError(f"metric type {flt.metric_type!r}: the local Monitoring keeps no log-based metrics "
+                             f"(only {', '.join(_METRICS)})")
+        if flt.metric_type not in _METRICS:
             raise QueryError(
                 f"metric type {flt.metric_type!r} is not served by the local Monitoring "
-                f"(only {REQUEST_COUNT}, {REQUEST_LATENCIES})"
+                f"(only {', '.join(_METRICS)})"
             )
+        metric = _METRICS[flt.metric_type]
         for field in flt.label_fields():
-            _check_label_field(field, "filter")
+            _check_label_field(field, "filter", metric)
         if "end_time" not in request.interval:
             raise QueryError("interval.end_time is required")
         end = request.interval.end_time.timestamp()
@@ -242,7 +279,7 @@ class _Query:
         aligner, reducer = Aligner(aggregation.per_series_aligner), Reducer(aggregation.cross_series_reducer)
         period = aggregation.alignment_period.total_seconds()
         group_by = tuple(aggregation.group_by_fields)
-        _check_aggregation(_METRIC_VALUE_TYPE[flt.metric_type], flt.metric_type, aligner, reducer, period, group_by)
+        _check_aggregation(metric.value_type, flt.metric_type, aligner, reducer, period, group_by)
         return cls(
             project=project.group(1),
             metric_type=flt.metric_type,
@@ -252,27 +289,32 @@ class _Query:
             period=period,
             aligner=aligner,
             reducer=reducer,
-            group_by=tuple(_canonical_group_field(f) for f in group_by),
+            group_by=tuple(_canonical_group_field(f, metric) for f in group_by),
             headers_only=request.view == monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.HEADERS,
             page_size=request.page_size or MAX_PAGE_SIZE,
             offset=int(request.page_token or 0),
         )
 
     @property
+    def metric(self) -> _MetricDef:
+        return _METRICS[self.metric_type]
+
+    @property
     def value_type(self) -> ValueType:
-        return _METRIC_VALUE_TYPE[self.metric_type]
+        return self.metric.value_type
 
 
-def _check_label_field(field: str, where: str) -> None:
+def _check_label_field(field: str, where: str, metric: _MetricDef) -> None:
     scope, _, name = field.partition(".labels.")
-    known = RESOURCE_LABELS if scope == "resource" else METRIC_LABELS
+    known = RESOURCE_LABELS if scope == "resource" else metric.labels
     if name not in known:
         raise QueryError(
-            f"{where}: the local Monitoring has no label {field} (known {scope} labels: {', '.join(known)})"
+            f"{where}: the local Monitoring has no label {field} "
+            f"(known {scope} labels: {', '.join(known) or 'none'})"
         )
 
 
-def _canonical_group_field(field: str) -> str:
+def _canonical_group_field(field: str, metric: _MetricDef) -> str:
     match = re.fullmatch(r"(resource|metric)\.labels?\.([A-Za-z_][A-Za-z0-9_]*)", field)
     if match is None:
         raise QueryError(
@@ -280,7 +322,7 @@ def _canonical_group_field(field: str) -> str:
             "(only resource.labels.NAME and metric.labels.NAME)"
         )
     canonical = f"{match.group(1)}.labels.{match.group(2)}"
-    _check_label_field(canonical, "group_by_fields")
+    _check_label_field(canonical, "group_by_fields", metric)
     return canonical
 
 
@@ -318,9 +360,17 @@ class _SeriesKey:
     metric: Labels
 
 
-def _select(served: Iterable[Served], query: _Query) -> dict[_SeriesKey, list[Served]]:
-    series: dict[_SeriesKey, list[Served]] = defaultdict(list)
-    for item in served:
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    """One measurement of a series: when, and its value (a latency, a ratio; unused for counts)."""
+
+    at: float
+    value: float
+
+
+def _select(items: Iterable[Served | Usage], query: _Query) -> dict[_SeriesKey, list[_Sample]]:
+    series: dict[_SeriesKey, list[_Sample]] = defaultdict(list)
+    for item in items:
         if item.project != query.project:
             continue
         key = _series_key(item)
@@ -328,29 +378,38 @@ def _select(served: Iterable[Served], query: _Query) -> dict[_SeriesKey, list[Se
         fields.update((f"resource.labels.{k}", v) for k, v in key.resource)
         fields.update((f"metric.labels.{k}", v) for k, v in key.metric)
         if query.matches(fields):
-            series[key].append(item)
+            series[key].append(_Sample(item.at, _sample_value(item, query.metric_type)))
     return series
 
 
-def _series_key(item: Served) -> _SeriesKey:
+def _sample_value(item: Served | Usage, metric_type: str) -> float:
+    if isinstance(item, Usage):
+        return item.cpu if metric_type == CPU_UTILIZATIONS else item.memory
+    return item.latency_ms
+
+
+def _series_key(item: Served | Usage) -> _SeriesKey:
     resource = (
         ("project_id", item.project),
         ("location", item.location),
         ("service_name", item.service),
         ("revision_name", item.revision),
     )
+    if isinstance(item, Usage):
+        return _SeriesKey(resource, ())
     metric = (("response_code", str(item.status)), ("response_code_class", f"{item.status // 100}xx"))
     return _SeriesKey(resource, metric)
 
 
 @dataclass(frozen=True)
-class _Latencies:
-    """A distribution value, kept as the raw latencies until it is sent."""
+class _Values:
+    """A distribution value, kept as the raw values until it is sent, with its bucket layout."""
 
     values: tuple[float, ...]
+    buckets: distribution_pb2.Distribution.BucketOptions
 
 
-Value = int | float | _Latencies
+Value = int | float | _Values
 
 
 @dataclass
@@ -363,7 +422,7 @@ class _Series:
     raw: bool = False
 
     def to_proto(self, query: _Query) -> monitoring_v3.TimeSeries:
-        unit = "1/s" if query.aligner == Aligner.ALIGN_RATE else _METRIC_UNIT[query.metric_type]
+        unit = "1/s" if query.aligner == Aligner.ALIGN_RATE else query.metric.unit
         series = monitoring_v3.TimeSeries(
             metric={"type": query.metric_type, "labels": dict(self.metric)},
             resource={"type": CLOUD_RUN_REVISION, "labels": dict(self.resource)},
@@ -389,24 +448,24 @@ class _Series:
         )
 
 
-def _raw_series(series: dict[_SeriesKey, list[Served]], query: _Query) -> list[_Series]:
+def _raw_series(series: dict[_SeriesKey, list[_Sample]], query: _Query) -> list[_Series]:
     out = []
     for key, items in series.items():
-        by_minute: dict[int, list[Served]] = defaultdict(list)
+        by_minute: dict[int, list[_Sample]] = defaultdict(list)
         for item in items:
             by_minute[math.ceil(item.at / RAW_POINT_SECONDS)].append(item)  # minute (m-1, m] in minutes
-        points = {m: _delta(query.value_type, group) for m, group in by_minute.items()}
+        points = {m: _delta(query, group) for m, group in by_minute.items()}
         out.append(_Series(key.resource, key.metric, DELTA, query.value_type, points, raw=True))
     return out
 
 
-def _align(series: dict[_SeriesKey, list[Served]], query: _Query) -> list[_Series]:
+def _align(series: dict[_SeriesKey, list[_Sample]], query: _Query) -> list[_Series]:
     aligner = query.aligner
     kind = GAUGE if aligner in _GAUGE_ALIGNERS else DELTA
     value_type = _ALIGNED_TYPE[(query.value_type, aligner)]
     out = []
     for key, items in series.items():
-        by_period: dict[int, list[Served]] = defaultdict(list)
+        by_period: dict[int, list[_Sample]] = defaultdict(list)
         for item in items:
             # period k covers (end - (k+1)P, end - kP]
             by_period[math.floor((query.end - item.at) / query.period)].append(item)
@@ -415,21 +474,21 @@ def _align(series: dict[_SeriesKey, list[Served]], query: _Query) -> list[_Serie
     return out
 
 
-def _delta(value_type: ValueType, items: list[Served]) -> Value:
-    if value_type == DISTRIBUTION:
-        return _Latencies(tuple(i.latency_ms for i in items))
+def _delta(query: _Query, items: list[_Sample]) -> Value:
+    if query.value_type == DISTRIBUTION:
+        return _Values(tuple(i.value for i in items), query.metric.buckets)
     return len(items)
 
 
-def _aligned_value(query: _Query, items: list[Served]) -> Value:
+def _aligned_value(query: _Query, items: list[_Sample]) -> Value:
     aligner = query.aligner
     if aligner in (Aligner.ALIGN_DELTA, Aligner.ALIGN_SUM):
-        return _delta(query.value_type, items)
+        return _delta(query, items)
     if aligner == Aligner.ALIGN_RATE:
         return len(items) / query.period
     if aligner == Aligner.ALIGN_COUNT:
         return len({math.ceil(i.at / RAW_POINT_SECONDS) for i in items})
-    return percentile(_Latencies(tuple(i.latency_ms for i in items)), _ALIGNER_PERCENTILE[aligner])
+    return percentile(_Values(tuple(i.value for i in items), query.metric.buckets), _ALIGNER_PERCENTILE[aligner])
 
 
 def _reduce(aligned: list[_Series], query: _Query) -> list[_Series]:
@@ -455,8 +514,8 @@ def _group_key(series: _Series, group_by: tuple[str, ...]) -> _SeriesKey:
 
 
 def _reduced_value(reducer: Reducer, values: list[Value]) -> Value:
-    if isinstance(values[0], _Latencies):
-        merged = _Latencies(tuple(v for d in values for v in d.values))  # type: ignore[union-attr]
+    if isinstance(values[0], _Values):
+        merged = _Values(tuple(v for d in values for v in d.values), values[0].buckets)  # type: ignore[union-attr]
         if reducer == Reducer.REDUCE_SUM:
             return merged
         if reducer == Reducer.REDUCE_MEAN:
@@ -473,45 +532,54 @@ def _reduced_value(reducer: Reducer, values: list[Value]) -> Value:
 # --- distributions ----------------------------------------------------------------------------
 
 
-def bucket_counts(values: Iterable[float]) -> list[int]:
-    """Counts per bucket of LATENCY_BUCKETS: [underflow, finite..., overflow], trailing zeros dropped."""
-    exp = LATENCY_BUCKETS.exponential_buckets
-    counts = [0] * (exp.num_finite_buckets + 2)
+def bucket_counts(values: Iterable[float],
+                  buckets: distribution_pb2.Distribution.BucketOptions = LATENCY_BUCKETS) -> list[int]:
+    """Counts per bucket of the layout: [underflow, finite..., overflow], trailing zeros dropped (as GCP)."""
+    edges = _edges(buckets)
+    counts = [0] * (len(edges) + 1)
     for value in values:
-        counts[_bucket_index(value)] += 1
+        counts[_bucket_index(value, edges)] += 1
     while counts and counts[-1] == 0:
         counts.pop()
     return counts
 
 
-def _bucket_index(value: float) -> int:
-    exp = LATENCY_BUCKETS.exponential_buckets
-    if value < exp.scale:
-        return 0
-    index = min(int(math.log(value / exp.scale, exp.growth_factor)) + 1, exp.num_finite_buckets + 1)
-    # log() can land a hair off at a bucket edge; settle on the bucket whose bounds hold the value
-    while index > 1 and value < _bucket_bounds(index)[0]:
-        index -= 1
-    while index <= exp.num_finite_buckets and value >= _bucket_bounds(index)[1]:
-        index += 1
-    return index
+def _edges(buckets: distribution_pb2.Distribution.BucketOptions) -> tuple[float, ...]:
+    """The finite bucket boundaries: bucket i in 1..n holds [edges[i-1], edges[i])."""
+    key = buckets.SerializeToString()
+    if key not in _EDGES:
+        if buckets.WhichOneof("options") == "exponential_buckets":
+            exp = buckets.exponential_buckets
+            _EDGES[key] = tuple(exp.scale * exp.growth_factor**i for i in range(exp.num_finite_buckets + 1))
+        else:
+            lin = buckets.linear_buckets
+            _EDGES[key] = tuple(lin.offset + lin.width * i for i in range(lin.num_finite_buckets + 1))
+    return _EDGES[key]
 
 
-def _bucket_bounds(index: int) -> tuple[float, float]:
-    exp = LATENCY_BUCKETS.exponential_buckets
-    lower = 0.0 if index == 0 else exp.scale * exp.growth_factor ** (index - 1)
-    upper = math.inf if index > exp.num_finite_buckets else exp.scale * exp.growth_factor**index
+_EDGES: dict[bytes, tuple[float, ...]] = {}
+
+
+def _bucket_index(value: float, edges: tuple[float, ...]) -> int:
+    # bisect on the very floats the bounds are computed from: an edge value lands in the bucket it opens
+    return bisect.bisect_right(edges, value)
+
+
+def _bucket_bounds(index: int, edges: tuple[float, ...]) -> tuple[float, float]:
+    lower = min(0.0, edges[0]) if index == 0 else edges[index - 1]  # latencies and ratios are never negative
+    upper = math.inf if index >= len(edges) else edges[index]
     return lower, upper
 
 
-def percentile(latencies: _Latencies, p: float) -> float:
+def percentile(values: _Values, p: float) -> float:
     """The p-th percentile estimated from the buckets, as Cloud Monitoring does (see module doc)."""
-    counts = bucket_counts(latencies.values)
-    rank = p * len(latencies.values) / 100
+    edges = _edges(values.buckets)
+    counts = bucket_counts(values.values, values.buckets)
+    rank = p * len(values.values) / 100
     below = 0
     for index, count in enumerate(counts):
         if count and below + count >= rank:
-            lower, upper = _bucket_bounds(index)
+            lower, upper = _bucket_bounds(index, edges)
             if math.isinf(upper):
                 return lower
             return lower + (upper - lower) * max(rank - below, 0) / count
@@ -519,20 +587,20 @@ def percentile(latencies: _Latencies, p: float) -> float:
     raise ValueError("percentile of an empty distribution")
 
 
-def _distribution(latencies: _Latencies) -> distribution_pb2.Distribution:
-    values = latencies.values
-    mean = sum(values) / len(values)
+def _distribution(values: _Values) -> distribution_pb2.Distribution:
+    items = values.values
+    mean = sum(items) / len(items)
     return distribution_pb2.Distribution(
-        count=len(values),
+        count=len(items),
         mean=mean,
-        sum_of_squared_deviation=sum((v - mean) ** 2 for v in values),
-        bucket_options=LATENCY_BUCKETS,
-        bucket_counts=bucket_counts(values),
+        sum_of_squared_deviation=sum((v - mean) ** 2 for v in items),
+        bucket_options=values.buckets,
+        bucket_counts=bucket_counts(items, values.buckets),
     )
 
 
 def _typed_value(value: Value) -> monitoring_v3.TypedValue:
-    if isinstance(value, _Latencies):
+    if isinstance(value, _Values):
         return monitoring_v3.TypedValue(distribution_value=_distribution(value))
     if isinstance(value, int):
         return monitoring_v3.TypedValue(int64_value=value)

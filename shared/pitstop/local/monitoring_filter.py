@@ -4,13 +4,15 @@ Grammar (the subset pitstop and its users write):
 
     filter   := term ( ["AND"] term )*          # juxtaposition means AND, as on GCP
     term     := field ( "=" | "!=" ) rhs
+              | "(" filter ")"                  # a group of ANDs: pitstop wraps a spec's own filter so
     field    := metric.type | resource.type
               | resource.labels.NAME | metric.labels.NAME   (".label." also accepted)
     rhs      := STRING | one_of(STRING, ...) | starts_with(STRING)
     STRING   := "..." or '...'  (backslash escapes the next character)
 
 `metric.type` must appear exactly once, as `metric.type = "<one metric type>"`:
-ListTimeSeries reads one metric. Everything else (OR, NOT, parentheses,
+ListTimeSeries reads one metric. (Parentheses only group ANDs, so they change
+nothing and are flattened.) Everything else (OR, NOT,
 `:`, `<`, other functions, other fields) is rejected with `FilterError`
 naming it, so a filter is never half-understood.
 """
@@ -74,14 +76,34 @@ class Filter:
 
 def parse_filter(text: str) -> Filter:
     tokens = _tokenize(text)
+    conditions, pos = _parse_conjunction(tokens, 0, nested=False)
+    if pos < len(tokens):  # only a stray ")" stops the top level early
+        raise FilterError(f"filter: unexpected {tokens[pos][1]!r} (no group to close)")
+    return _with_metric_type(conditions)
+
+
+def _parse_conjunction(tokens: list[tuple[str, str]], pos: int, nested: bool) -> tuple[list[Condition], int]:
+    """Terms joined by AND (or nothing) up to the end, or up to the ")" closing a group."""
     conditions: list[Condition] = []
-    pos = 0
-    while pos < len(tokens):
+    while pos < len(tokens) and tokens[pos] != ("op", ")"):
         if conditions and tokens[pos] == ("word", "AND"):
             pos += 1
+            if pos >= len(tokens):
+                raise FilterError("filter: AND at the end of the filter")
+        if tokens[pos] == ("op", "("):
+            group, pos = _parse_conjunction(tokens, pos + 1, nested=True)
+            if pos >= len(tokens):
+                raise FilterError("filter: a '(' is not closed")
+            if not group:
+                raise FilterError("filter: an empty group ()")
+            conditions.extend(group)
+            pos += 1  # the ")"
+            continue
         condition, pos = _parse_term(tokens, pos)
         conditions.append(condition)
-    return _with_metric_type(conditions)
+    if not nested and not conditions and pos < len(tokens):
+        raise FilterError(f"filter: unexpected {tokens[pos][1]!r}")
+    return conditions, pos
 
 
 def _tokenize(text: str) -> list[tuple[str, str]]:
@@ -104,8 +126,8 @@ def _parse_term(tokens: list[tuple[str, str]], pos: int) -> tuple[Condition, int
     kind, text = tokens[pos]
     if kind == "word" and text in _NOT_SUPPORTED_WORDS:
         raise FilterError(f"filter: {text!r} is not supported by the local Monitoring (only AND)")
-    if kind == "op" and text in ("(", "-"):
-        raise FilterError(f"filter: {text!r} (grouping or negation) is not supported by the local Monitoring")
+    if kind == "op" and text == "-":
+        raise FilterError(f"filter: {text!r} (negation) is not supported by the local Monitoring")
     if kind != "word":
         raise FilterError(f"filter: expected a field name, found {text!r}")
     field = _canonical_field(text)
