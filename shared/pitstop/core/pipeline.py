@@ -277,15 +277,27 @@ class Pipeline(Model):
 
 def load_pipeline(text: str, source: str = "pipeline") -> Pipeline:
     """A pipeline from its YAML (read as specs are: no aliases, bounded nesting, YAML 1.2 booleans)."""
+    from pitstop.core.spec import load_yaml
+
+    return parse_pipeline(load_yaml(text, source), source)
+
+
+def parse_pipeline(doc: Any, source: str = "pipeline") -> Pipeline:
+    """A pipeline from its document already parsed (by load_yaml, or a JSON body), refused with a SpecError
+    naming each invalid field, custom metrics' conditions included (core/spec.py `health_lines`)."""
     from pydantic import ValidationError
 
-    from pitstop.core.spec import SpecError, load_yaml, validation_lines
+    from pitstop.core.spec import SpecError, health_lines, validation_lines
 
-    doc = load_yaml(text, source)
     if not isinstance(doc, dict):
         raise SpecError(f"{source}: expected a mapping with service and environments")
     try:
-        return Pipeline.model_validate(doc, strict=False)
+        pipeline = Pipeline.model_validate(doc, strict=False)
     except ValidationError as err:
         raise SpecError(f"{source}: invalid pipeline\n" + "\n".join(validation_lines(err))) from None
+    problems = [line for name, env in pipeline.environments.items()
+                for line in health_lines(env.health, f"environments.{name}.health")]
+    if problems:
+        raise SpecError(f"{source}: invalid pipeline\n" + "\n".join(problems))
+    return pipeline
 

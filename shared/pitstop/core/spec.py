@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pitstop.core import limits
-from pitstop.core.models import BuildFinished, RolloutSpec
+from pitstop.core.models import BuildFinished, Health, RolloutSpec
 
 MAX_ERRORS = 20  # problems listed in a SpecError; a list of 100,000 wrong items is still one sentence per field
 
@@ -99,11 +99,29 @@ def parse_spec(doc: dict[str, Any], source: str = "spec") -> RolloutSpec:
     if not isinstance(doc, dict):
         raise SpecError(f"{source}: expected a mapping with service, regions, match, strategy, health")
     try:
-        return RolloutSpec.model_validate(doc, strict=False)
+        spec = RolloutSpec.model_validate(doc, strict=False)
     except ValidationError as err:
         raise SpecError(f"{source}: invalid rollout spec\n" + "\n".join(validation_lines(err))) from None
     except RecursionError:  # a JSON body nested deep enough for pydantic to give up
         raise SpecError(f"{source}: nests too deeply to be a rollout spec") from None
+    problems = health_lines(spec.health, "health")
+    if problems:
+        raise SpecError(f"{source}: invalid rollout spec\n" + "\n".join(problems))
+    return spec
+
+
+def health_lines(health: Health, at: str) -> list[str]:
+    """The custom metrics' problems (core/cel.py `health_problems`) as validation_lines shows fields, under `at`.
+    Checked when a spec or pipeline is applied, not in the model: reading a stored rollout never loads CEL."""
+    if not health.metrics and not health.thresholds:
+        return []
+    from pitstop.core import cel  # late: only specs with custom metrics pay for cel-python
+
+    problems = cel.health_problems(health)
+    lines = [f"  {at}.{path}: {limits.truncate(problem, 600)}" for path, problem in problems[:MAX_ERRORS]]
+    if len(problems) > MAX_ERRORS:
+        lines.append(f"  ... and {len(problems) - MAX_ERRORS} more")
+    return lines
 
 
 def load_spec_file(path: Path) -> RolloutSpec:

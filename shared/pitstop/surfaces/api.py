@@ -428,9 +428,9 @@ def put_spec(call: Call, key: str) -> tuple[int, Any]:
 
 def put_pipeline(call: Call, service: str) -> tuple[int, Any]:
     """A pipeline and a spec per environment (`Store.put_pipeline`): spec:write on each, as `put_spec`."""
-    from pitstop.core.pipeline import Pipeline
+    from pitstop.core.pipeline import parse_pipeline
     from pitstop.core.routing import spec_collisions
-    from pitstop.core.spec import SpecError, validation_lines
+    from pitstop.core.spec import SpecError
 
     me, engine = call.who(), call.engine
     what = f"pipeline {service}"
@@ -442,10 +442,9 @@ def put_pipeline(call: Call, service: str) -> tuple[int, Any]:
     if not isinstance(doc, dict):
         raise ApiError("invalid_request", f"{what}: expected a mapping with service and environments. {unchanged}")
     try:
-        pipeline = Pipeline.model_validate(doc, strict=False)
-    except ValidationError as err:
-        raise ApiError("invalid_request", f"{what}: invalid pipeline\n" + "\n".join(validation_lines(err))
-                       + f"\n{unchanged}") from None
+        pipeline = parse_pipeline(doc, what)
+    except SpecError as err:
+        raise ApiError("invalid_request", f"{err}\n{unchanged}") from None
     if pipeline.service != service:
         raise ApiError("invalid_request", f"the body is the pipeline of {pipeline.service} but the URL names "
                                           f"{service}; nothing was applied")
