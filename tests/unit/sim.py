@@ -69,6 +69,7 @@ class Sim:
         return str(self.n)
 
     def send(self, inp) -> machine.Decision:
+        self.last_input = inp
         return self._take(machine.decide(self.rollout, inp, self.now))
 
     def advance(self, seconds: float) -> None:
@@ -87,6 +88,16 @@ class Sim:
             id=f"h-{self.next_id()}", service=r.service, region=r.region, revision=revision or r.revision,
             window_start=start, window_end=end, request_count=requests, error_count=errors,
             latency_p99_ms=p99, source="test"))
+
+    def sample_with(self, requests: int = 200, errors: int = 0, p99: float | None = 120, source: str = "test",
+                    **fields) -> machine.Decision:
+        """A sample from the end of what is judged up to now, with any other field (utilizations, buckets...)."""
+        r = self.rollout
+        start = r.judged_until or r.step_started_at or self.now - timedelta(seconds=60)
+        return self.send(HealthSample(
+            id=f"h-{self.next_id()}", service=r.service, region=r.region, revision=r.revision, window_start=start,
+            window_end=self.now, request_count=requests, error_count=errors, latency_p99_ms=p99, source=source,
+            **fields))
 
     def command(self, action: str, **kw) -> machine.Decision:
         return self.send(Command(id=f"c-{self.next_id()}", action=action, rollout_id=self.rollout.id,

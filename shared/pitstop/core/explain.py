@@ -47,6 +47,10 @@ TEMPLATES: dict[str, str] = {
     "baseline_older": "an equal or newer sample of the stable revision is already held",
     "other_revision": "sample is for revision {revision}, neither the new {new} nor the stable {stable}",
     "verdict": "{rule}",
+    "dry_run_failed": "{rule}: recorded, no action (dry_run)",
+    "logs_fail_only": "a {outcome} verdict from the request logs: they report failures only (Monitoring's counts "
+                      "pass a step)",
+    "paused_by_metric": "paused at {percent} % because {rule}; it rolls back if not resumed by {until}",
     "covered": "healthy and contiguous: the new revision is judged healthy from its start up to {until}",
     "already_covered": "a healthy window ending {end}, already covered (judged healthy up to {until})",
     "coverage_gap": "healthy, but its window starts {start}, after {until}, the end of what is judged so far: "
@@ -177,6 +181,8 @@ TEMPLATES.update({
                    "({error}). Wanted {desired}; traffic is as last observed: {observed}.",
     "note_rolled_back": "{cause}. {verb} {service} to version {stable}. {impact}",
     "note_superseded": "Version {version} superseded by {by_version} before it finished.",
+    "note_paused_metric": "Rollout of {service} version {version} paused at {percent} %: {rule}. A person decides: "
+                          "`pitstop resume {id}` or `pitstop abort {id}`.",
     "note_paused_no_data": "Rollout of {service} version {version} paused at {percent} %: its traffic is not judged "
                            "healthy up to the step's deadline (not enough health data). Run `pitstop promote {id}` "
                            "or `pitstop abort {id}`.",
@@ -230,7 +236,7 @@ def check_value(name: str, value: float | None) -> str:
     """A measured value or threshold in the check's unit: rates in percent, `*_ms` in ms, requests counted."""
     if value is None:
         return "n/a"
-    if name.endswith("_rate"):
+    if name.endswith(("_rate", "_utilization")):
         percent = value * 100
         return f"{percent:.1f} %" if percent == 0 or abs(percent) >= 0.1 else f"{percent:.2g} %"
     if name.endswith("_ms"):
@@ -255,4 +261,10 @@ def check_line(check: Any) -> str:
     """A verdict's check (a `Check` or its dict) in one line: `error rate 60.0 % > limit 5.0 % ✗`."""
     get = check.get if isinstance(check, dict) else lambda key: getattr(check, key, None)
     name, passed = str(get("name")), get("passed")
-    return f"{check_label(name)} {check_measure(name, get('measured'), get('threshold'), passed)} {check_mark(passed)}"
+    dry = " (dry run)" if get("dry_run") else ""
+    if get("condition"):  # a custom metric: its value, stable's, and the CEL condition that judged them
+        stable = f" vs stable {check_value(name, get('stable'))}" if get("stable") is not None else ""
+        return f"{check_label(name)} {check_value(name, get('measured'))}{stable}: {get('condition')} " \
+               f"{check_mark(passed)}{dry}"
+    return f"{check_label(name)} {check_measure(name, get('measured'), get('threshold'), passed)} " \
+           f"{check_mark(passed)}{dry}"

@@ -31,10 +31,12 @@ from typing import Any
 from pitstop.core.explain import render, render_all
 from pitstop.core.judge import judge
 from pitstop.core.models import (
-    TERMINAL, Alert, Applied, ApplyFailed, ApplyTraffic, Artifact, AuditEvent, Command, Effect, HealthSample, Input,
-    Notify, Observed, Proceed, RECONCILE_AFTER, Reason, Rollout, RolloutSpec, Superseded, Target, Tick,
-    describe_split, last_step,
+    MAX_MEASUREMENTS, TERMINAL, Alert, Applied, ApplyFailed, ApplyTraffic, Artifact, AuditEvent, Command, Effect,
+    HealthSample, Input, Measurement, Notify, Observed, Proceed, RECONCILE_AFTER, Reason, Rollout, RolloutSpec,
+    Superseded, Target, Tick, describe_split, last_step,
 )
+
+REQUEST_LOGS = "request-logs"  # the source of samples estimated from Cloud Run's request logs (issue #12)
 
 BACKOFF_BASE = 2  # seconds; doubles per attempt, capped, with jitter
 BACKOFF_CAP = 60
@@ -58,7 +60,7 @@ TRANSITIONS: dict[str, dict[str, set[str]]] = {
         **_LIVE,
     },
     "verifying": {  # blue-green: at 0 % on its tagged URL, judged until the verify deadline
-        "health": {"verifying", "switching", "awaiting_approval", "rolling_back"},
+        "health": {"verifying", "switching", "awaiting_approval", "paused", "rolling_back"},
         "tick": {"verifying", "switching", "awaiting_approval", "paused", "rolling_back"},
         "alert": {"verifying", "rolling_back"},
         "command": {"verifying", "paused", "switching", "awaiting_approval", "rolling_back"},
@@ -68,7 +70,7 @@ TRANSITIONS: dict[str, dict[str, set[str]]] = {
         **_LIVE,
     },
     "progressing": {  # canary: a step's weight on the new revision, judged until the step's deadline
-        "health": {"progressing", "switching", "awaiting_approval", "rolling_back"},
+        "health": {"progressing", "switching", "awaiting_approval", "paused", "rolling_back"},
         "tick": {"progressing", "switching", "awaiting_approval", "paused", "rolling_back"},
         "alert": {"progressing", "rolling_back"},
         "command": {"progressing", "paused", "switching", "awaiting_approval", "rolling_back"},
@@ -88,7 +90,7 @@ TRANSITIONS: dict[str, dict[str, set[str]]] = {
         **_LIVE,
     },
     "baking": {  # the final watch at 100 %: succeeds once judged healthy up to its end
-        "health": {"baking", "succeeded", "rolling_back"},
+        "health": {"baking", "succeeded", "paused", "rolling_back"},
         "tick": {"baking", "succeeded", "paused", "rolling_back"},
         "alert": {"baking", "rolling_back"},
         "command": {"baking", "paused", "succeeded", "rolling_back"},
@@ -433,6 +435,14 @@ def _health(p: _Plan, s: HealthSample) -> Decision:
     verdict = judge(s, r.health, s.stable or r.baseline)
     p.verdict = verdict
     p.why("verdict", rule=verdict.rule)
+    if s.source == REQUEST_LOGS and verdict.outcome != "fail":
+        # An estimate from a sampled share of the requests: evidence of failure, never coverage to step on.
+        return p.ignore("logs_fail_only", outcome=verdict.outcome)
+    for rule in verdict.dry_run:
+        p.why("dry_run_failed", rule=rule)
+    p.set(measurements=_measured(r, verdict))
+    if verdict.outcome == "fail" and verdict.on_fail == "pause":
+        return _pause_for(p, verdict)
     if verdict.outcome == "fail":  # whatever the window's age or the state: never discarded
         if r.state == "rolling_back":
             return p.ignore("already_rolling_back")
@@ -460,6 +470,37 @@ def _health(p: _Plan, s: HealthSample) -> Decision:
     if _step_done(p.r, p.now):
         return _advance(p)
     return p.done("judged")
+
+
+def _pause_for(p: _Plan, verdict) -> Decision:
+    """A metric with `on_fail: pause` failed: a person decides, within `max_hold` (then it rolls back)."""
+    r = p.r
+    p.set(verdict=verdict)
+    if r.state not in ("verifying", "progressing", "baking"):
+        return p.done("judged")  # already paused, waiting for approval or past its steps: nothing more to hold
+    until = p.now + timedelta(seconds=r.max_hold)
+    p.set(state="paused", paused_from=r.state, hold_until=until)
+    p.why("paused_by_metric", rule=verdict.rule, percent=r.new_percent, until=until)
+    p.notify("WARNING", "note_paused_metric", service=r.service, version=r.version, percent=r.new_percent,
+             rule=verdict.rule, id=r.id)
+    return p.done("paused")
+
+
+def _measured(r: Rollout, verdict) -> list[Measurement]:
+    """The verdict's values, one per metric, added to the rollout's history (the newest MAX_MEASUREMENTS)."""
+    new = [Measurement(at=verdict.window_end, step=r.step, metric=c.name, value=c.measured, stable=c.stable,
+                       threshold=c.threshold, condition=c.condition, outcome=_outcome(c.passed),
+                       source=verdict.source, dry_run=c.dry_run)
+           for c in verdict.checks if c.name != "requests"]
+    # A redelivered sample (or another one over the same window) replaces its measurements: deciding twice
+    # changes nothing.
+    fresh = {(m.at, m.source, m.metric) for m in new}
+    kept = [m for m in r.measurements if (m.at, m.source, m.metric) not in fresh]
+    return [*kept, *new][-MAX_MEASUREMENTS:]
+
+
+def _outcome(passed: bool | None) -> str:
+    return {True: "pass", False: "fail"}.get(passed, "inconclusive")
 
 
 def _alert(p: _Plan, a: Alert) -> Decision:

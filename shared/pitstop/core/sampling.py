@@ -99,6 +99,8 @@ def _clearly_failing(sample: HealthSample, r: Rollout, baseline) -> bool:
     verdict = judge(sample, r.health, sample.stable or baseline)
     if verdict.outcome != "fail":
         return False
+    if r.health.judge == "statistical":
+        return True  # its tests already demand `confidence` before they fail
     rate = next((c for c in verdict.checks if c.name == "error_rate"), None)
     if rate is None or rate.passed is not False:
         return True  # latency, or errors that exceed the minimum sample's whole budget
