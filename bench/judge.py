@@ -11,7 +11,9 @@ shared by both revisions: they serve the same users in the same minute). The can
 default spec (`Canary()`: 5 → 10 → 25 % for 5 minutes each); every minute is judged, and the first
 fail rolls back. A *healthy* canary differs from stable only by a little real noise (its error rate
 ×0.9-1.1, its latency ×0.98-1.02); the bad ones have errors ×2, ×5, ×30 of stable, 0.1 % → 3 %, or
-every latency ×1.3 and ×2 (so p99 +30 % and +100 %), from the first request.
+every latency ×1.3 and ×2 (so p99 +30 % and +100 %), or CPU saturation (the canary's CPU utilization p95
+at 85-100 % and its latencies ×1.5), from the first request. Every service runs at a CPU utilization of
+10-65 % (p95, each minute ±4 points of noise), its canary alike.
 
 Judges, each fed exactly what it would see:
 - *threshold, per minute*: `core.judge.judge(HealthSample, Health(), Baseline)` on each minute's window,
@@ -19,8 +21,10 @@ Judges, each fed exactly what it would see:
 - *threshold, as sampled*: the same judge behind today's sampler (core/sampling.py, without the lag):
   a minute fails only when clearly failing (errors: the Wilson low bound over the limit), the step's
   whole window fails when clearly failing, and at the step's end whatever the judge says of it;
-- *statistical*: `core.stats.judge_statistically` each minute on everything since the canary started
-  (a sequential test: canary against stable over the same minutes).
+- *statistical*: `core.judge.judge(HealthSample, Health(judge="statistical"), Baseline)` each minute on
+  everything since the canary started, with Monitoring's latency buckets (a sequential test: canary against
+  stable over the same minutes; core/stats.py).
+All three read the CPU limit (80 %) the same way.
 
 Figures: false rollbacks per 1,000 healthy canaries, healthy steps judged *pass* at their deadline,
 detection per failure kind, and the bad requests served before the rollback (errors above the stable
@@ -52,6 +56,7 @@ KINDS = {  # failure kind -> (error multiplier, latency multiplier, fixed stable
     "0.1 % → 3 %": (None, 1.0, (0.001, 0.03)),
     "p99 +30 %": (1.0, 1.3, None),
     "p99 +100 %": (1.0, 2.0, None),
+    "CPU saturation": (1.0, 1.5, None),
 }
 JUDGES = ("threshold, per minute", "threshold, as sampled", "statistical")
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -75,6 +80,8 @@ class Canary:
     tail: float  # share of requests in the Pareto tail
     tail_alpha: float
     canary_slowdown: float
+    cpu: float  # the service's CPU utilization, p95
+    canary_cpu: float
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,7 @@ class Minute:
     last_of_step: bool
     canary: stats.Traffic
     stable: stats.Traffic
+    canary_cpu: float | None  # p95 over the minute; None without traffic
 
 
 def make_corpus(seed: int, healthy: int, per_kind: int) -> list[Canary]:
@@ -99,10 +107,13 @@ def _canary(seed: int, index: int, kind: str) -> Canary:
     else:
         times, slowdown, fixed = KINDS[kind]
         stable_rate, canary_rate = fixed if fixed else (stable_rate, min(1.0, stable_rate * times))
+    cpu = float(rng.uniform(0.10, 0.65))
+    canary_cpu = float(rng.uniform(0.85, 1.0)) if kind == "CPU saturation" else cpu
     return Canary(index=index, kind=kind, rps=rps, hour=float(rng.uniform(0, 24)), stable_rate=stable_rate,
                   canary_rate=float(canary_rate), median_ms=float(rng.uniform(30, 150)),
                   sigma=float(rng.uniform(0.35, 0.6)), tail=float(rng.uniform(0.01, 0.03)),
-                  tail_alpha=float(rng.uniform(2.5, 3.5)), canary_slowdown=float(slowdown))
+                  tail_alpha=float(rng.uniform(2.5, 3.5)), canary_slowdown=float(slowdown), cpu=cpu,
+                  canary_cpu=canary_cpu)
 
 
 def bucket_probabilities(c: Canary, slowdown: float) -> np.ndarray:
@@ -132,7 +143,8 @@ def simulate(c: Canary, seed: int) -> list[Minute]:
             burst = rng.gamma(4.0, 0.25)  # errors come in bursts, for both revisions alike
             canary = _traffic(rng, n_canary, min(1.0, c.canary_rate * burst), canary_probs)
             stable = _traffic(rng, total - n_canary, min(1.0, c.stable_rate * burst), stable_probs)
-            minutes.append(Minute(step, m == length - 1, canary, stable))
+            cpu = float(np.clip(c.canary_cpu + rng.normal(0, 0.04), 0, 1)) if n_canary else None
+            minutes.append(Minute(step, m == length - 1, canary, stable, cpu))
             clock += 1
     return minutes
 
@@ -144,21 +156,28 @@ def _traffic(rng: np.random.Generator, n: int, rate: float, probs: np.ndarray) -
 
 # ---------------------------------------------------------------- the judges: minute -> rolled back?
 
-def _sample(t: stats.Traffic, start: int, end: int) -> HealthSample:
+def _sample(t: stats.Traffic, start: int, end: int, cpu: float | None) -> HealthSample:
     return HealthSample(service="svc", region="r", revision="svc-new", window_start=T0 + timedelta(minutes=start),
                         window_end=T0 + timedelta(minutes=end), request_count=t.requests, error_count=t.errors,
-                        latency_p99_ms=stats.percentile(t.latency_buckets, 99), source="bench")
+                        latency_p99_ms=stats.percentile(t.latency_buckets, 99),
+                        latency_buckets=list(t.latency_buckets), cpu_utilization=cpu, source="bench")
 
 
 def _baseline(t: stats.Traffic) -> Baseline:
     return Baseline(revision="svc-old", request_count=t.requests, error_count=t.errors,
-                    latency_p99_ms=stats.percentile(t.latency_buckets, 99))
+                    latency_p99_ms=stats.percentile(t.latency_buckets, 99), latency_buckets=list(t.latency_buckets))
 
 
-def _threshold(canary: stats.Traffic, stable: stats.Traffic, start: int, end: int):
+def _judged(health: Health, canary: stats.Traffic, stable: stats.Traffic, start: int, end: int, cpu: list):
     if not canary.requests:
         return None  # no traffic is no sample
-    return judge(_sample(canary, start, end), HEALTH, _baseline(stable) if stable.requests else None)
+    seen = [x for x in cpu if x is not None]
+    p95 = float(np.percentile(seen, 95)) if seen else None  # the window's p95 from its minutes' p95s
+    return judge(_sample(canary, start, end, p95), health, _baseline(stable) if stable.requests else None)
+
+
+def _threshold(canary: stats.Traffic, stable: stats.Traffic, start: int, end: int, cpu: list):
+    return _judged(HEALTH, canary, stable, start, end, cpu)
 
 
 def _clearly_failing(verdict, traffic: stats.Traffic) -> bool:
@@ -185,12 +204,12 @@ class Outcome:
     deadline_passes: int  # steps whose deadline verdict was a pass
 
 
-def run_judges(minutes: list[Minute], settings: stats.Settings) -> dict[str, Outcome]:
+def run_judges(minutes: list[Minute], statistical: Health) -> dict[str, Outcome]:
     out = {}
     # threshold, per minute: a step passes when its last minute does
     first, passes = None, 0
     for i, m in enumerate(minutes):
-        v = _threshold(m.canary, m.stable, i, i + 1)
+        v = _threshold(m.canary, m.stable, i, i + 1, [m.canary_cpu])
         if v is not None and v.outcome == "fail":
             first = i
             break
@@ -203,8 +222,8 @@ def run_judges(minutes: list[Minute], settings: stats.Settings) -> dict[str, Out
         if i and minutes[i - 1].last_of_step:
             step_c, step_s, step_start = EMPTY, EMPTY, i
         step_c, step_s = _add(step_c, m.canary), _add(step_s, m.stable)
-        whole = _threshold(step_c, step_s, step_start, i + 1)
-        recent = _threshold(m.canary, m.stable, i, i + 1)
+        whole = _threshold(step_c, step_s, step_start, i + 1, [x.canary_cpu for x in minutes[step_start:i + 1]])
+        recent = _threshold(m.canary, m.stable, i, i + 1, [m.canary_cpu])
         if _clearly_failing(recent, m.canary) or _clearly_failing(whole, step_c) or (
                 m.last_of_step and whole is not None and whole.outcome == "fail"):
             first = i
@@ -218,7 +237,8 @@ def run_judges(minutes: list[Minute], settings: stats.Settings) -> dict[str, Out
         all_c, all_s = _add(all_c, m.canary), _add(all_s, m.stable)
         if not m.canary.requests and not m.last_of_step:
             continue  # nothing new to judge
-        decision = stats.judge_statistically(all_c, all_s, settings).decision
+        v = _judged(statistical, all_c, all_s, 0, i + 1, [x.canary_cpu for x in minutes[:i + 1]])
+        decision = v.outcome if v is not None else "inconclusive"
         if decision == "fail":
             first = i
             break
@@ -237,13 +257,13 @@ def bad_served(c: Canary, minutes: list[Minute], until: int | None) -> float:
 
 # ---------------------------------------------------------------- the table
 
-def evaluate(seed: int, healthy: int, per_kind: int, settings: stats.Settings = stats.Settings()) -> dict:
+def evaluate(seed: int, healthy: int, per_kind: int, statistical: Health = Health(judge="statistical")) -> dict:
     figures = {j: {"false": 0, "steps": 0, "passes": 0,
                    **{k: {"caught": 0, "n": 0, "busy_caught": 0, "busy": 0, "bad": []} for k in KINDS}}
                for j in JUDGES}
     for c in make_corpus(seed, healthy, per_kind):
         minutes = simulate(c, seed)
-        for name, o in run_judges(minutes, settings).items():
+        for name, o in run_judges(minutes, statistical).items():
             f = figures[name]
             if c.kind == "healthy":
                 f["false"] += o.rolled_back_at is not None
@@ -289,18 +309,19 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--canaries", type=int, default=1000, help="healthy canaries")
     parser.add_argument("--per-kind", type=int, default=200, help="bad canaries per failure kind")
-    for name, value in vars(stats.Settings()).items():
-        if isinstance(value, (int, float)):
-            parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    knobs = ("confidence", "min_requests", "min_latency_requests")  # the spec's health fields the judge reads
+    for name in knobs:
+        value = Health.model_fields[name].default
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args()
-    settings = stats.Settings(**{k: getattr(args, k) for k, v in vars(stats.Settings()).items()
-                                 if isinstance(v, (int, float))})
+    settings = Health(judge="statistical", **{k: getattr(args, k) for k in knobs})
     began = time.process_time()
     figures = evaluate(args.seed, args.canaries, args.per_kind, settings)
     print(f"seed {args.seed}; {args.canaries} healthy canaries + {args.per_kind} per failure kind "
           f"({args.canaries + args.per_kind * len(KINDS)} in all); steps "
           f"{' → '.join(f'{s.weight} %' for s in _default_steps())}, judged every minute")
-    print(f"statistical judge: {settings}")
+    print(f"statistical judge: health {settings.model_dump(include={'judge', *knobs})}, core/stats.py's "
+          f"defaults {stats.Settings()}")
     print(table(figures, args.canaries))
     print(f"({time.process_time() - began:.0f} s CPU)")
     return 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta, timezone
 
+from hypothesis import given, settings, strategies as st
+
 from pitstop.core import machine
 from pitstop.core.judge import judge
 from pitstop.core.models import MAX_MEASUREMENTS, Baseline, Health, HealthSample
@@ -125,6 +127,41 @@ def test_on_fail_pause_pauses_for_a_person_and_a_rollback_rule_wins_over_it():
     assert d.audit.decision == "paused"
 
 
+# ---------------------------------------------------------------- custom metrics (CEL)
+
+CHECKOUTS = {"name": "checkouts", "query": {"filter": 'metric.type = "custom.googleapis.com/checkouts"'},
+             "condition": "canary.checkouts >= 0.9 * stable.checkouts"}
+
+
+def test_a_custom_metric_fails_a_canary_with_its_values_and_condition():
+    health = Health(metrics=[CHECKOUTS])
+    base = stable().model_copy(update={"metrics": {"checkouts": 20.0}})
+    v = judge(sample(metrics={"checkouts": 12.0}), health, base)
+    assert v.outcome == "fail"
+    assert v.rule.startswith("checkouts 12 vs stable 20: `canary.checkouts >= 0.9 * stable.checkouts` does not hold")
+    check = next(c for c in v.checks if c.name == "checkouts")
+    assert (check.measured, check.stable, check.passed) == (12.0, 20.0, False)
+    assert judge(sample(metrics={"checkouts": 19.0}), health, base).outcome == "pass"
+
+
+def test_a_custom_metric_without_data_is_never_a_pass_and_other_sources_are_not_judged_on_it():
+    health = Health(metrics=[CHECKOUTS])
+    v = judge(sample(), health, stable().model_copy(update={"metrics": {"checkouts": 20.0}}))
+    assert v.outcome == "inconclusive" and "cannot be judged" in v.rule and "canary.checkouts" in v.rule
+    assert judge(sample(source="smoke"), health, stable()).outcome == "pass"  # a probe measures no checkouts
+
+
+def test_a_dry_run_custom_metric_is_recorded_and_does_not_act():
+    health = Health(metrics=[{**CHECKOUTS, "dry_run": True}, {"name": "errors_vs_stable", "query": {
+        "filter": 'metric.type = "run.googleapis.com/request_count"'},
+        "condition": "canary.error_rate <= stable.error_rate + 0.01"}])
+    base = stable().model_copy(update={"metrics": {"checkouts": 20.0, "errors_vs_stable": 1.0}})
+    v = judge(sample(metrics={"checkouts": 1.0, "errors_vs_stable": 1.0}), health, base)
+    assert v.outcome == "pass" and v.dry_run[0].startswith("[dry run] checkouts 1 vs stable 20")
+    bad = judge(sample(errors=60, metrics={"checkouts": 1.0, "errors_vs_stable": 1.0}), health, base)
+    assert bad.outcome == "fail" and "canary.error_rate <= stable.error_rate + 0.01" in bad.rule
+
+
 # ---------------------------------------------------------------- the request logs: failures only
 
 def test_request_log_samples_roll_back_but_never_cover_a_step():
@@ -155,3 +192,18 @@ def test_every_judged_sample_adds_its_measurements_once_and_the_history_is_bound
     after = machine.decide(many, HealthSample(**{**s.last_input.model_dump(), "id": "other",
                                                  "window_end": s.now + timedelta(seconds=1)}), s.now)
     assert len(after.rollout.measurements) == MAX_MEASUREMENTS
+
+
+# ---------------------------------------------------------------- the wiring is what bench/judge.py measures
+
+@given(st.integers(0, 3000), st.floats(0, 0.2), st.integers(0, 30000), st.floats(0, 0.05),
+       st.floats(20, 400), st.floats(20, 400), st.integers(0, 2**16))
+@settings(max_examples=60, deadline=None)
+def test_the_statistical_verdict_is_core_stats_decision(n, rate, ns, stable_rate, median, stable_median, seed):
+    from pitstop.core import stats
+    rng = random.Random(seed)
+    canary = stats.Traffic(n, round(n * rate), buckets_of(latencies(n, median, rng.random())))
+    base = stats.Traffic(ns, round(ns * stable_rate), buckets_of(latencies(ns, stable_median, rng.random())))
+    v = judge(sample(requests=n, errors=canary.errors, p99=None, buckets=list(canary.latency_buckets)), STATISTICAL,
+              stable(requests=ns, errors=base.errors, buckets=list(base.latency_buckets)))
+    assert v.outcome == stats.judge_statistically(canary, base if ns else None).decision

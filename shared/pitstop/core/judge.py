@@ -228,11 +228,7 @@ def _custom(sample: HealthSample, health: Health, baseline: HealthSample | Basel
 
     canary = _values(sample)
     stable = _values(baseline) if baseline else None
-    thresholds = {"max_error_rate": health.max_error_rate, "max_p99_ms": health.max_p99_ms,
-                  "max_latency_increase": health.max_latency_increase,
-                  "min_latency_increase_ms": health.min_latency_increase_ms,
-                  "min_requests": float(health.min_requests), "max_cpu": health.cpu.max,
-                  "max_memory": health.memory.max, **health.thresholds}
+    thresholds = cel.thresholds_of(health)
     readings = []
     for metric in health.metrics:
         result = cel.evaluate(metric.condition, canary, stable, thresholds)
