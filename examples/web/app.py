@@ -4,8 +4,10 @@
   LATENCY_MS  typical latency; each request sleeps about this long
   SLOW_FACTOR multiplies latency (3 = p99 about three times the healthy one)
   SMOKE_FAIL  1: /healthz answers 503 (a smoke check of the new revision fails; users' requests are fine)
+  CPU_BURN    share of one CPU a background thread keeps busy (1 = a whole core: the revision's CPU utilization
+              near 100 %, what Cloud Run's container/cpu/utilizations shows; 0.5 = half of it)
   FAIL_REGIONS comma-separated regions (europe-west1,asia-northeast1): FAIL_RATE and SLOW_FACTOR
-              apply only where the revision runs in one of them; elsewhere it is healthy
+              apply only where the revision runs in one of them (CPU_BURN too); elsewhere it is healthy
 
 Cloud Run (or the local one) sets PORT, K_SERVICE and K_REVISION. The region: the local Cloud Run sets
 PITSTOP_LOCAL_REGION (real Cloud Run sets no region variable); otherwise the metadata server's
@@ -15,9 +17,11 @@ when FAIL_REGIONS is set.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +33,7 @@ VERSION = os.environ.get("APP_VERSION", "dev")
 REVISION = os.environ.get("K_REVISION", "local")
 SMOKE_FAIL = os.environ.get("SMOKE_FAIL") == "1"
 FAIL_REGIONS = {r.strip() for r in os.environ.get("FAIL_REGIONS", "").split(",") if r.strip()}
+CPU_BURN = min(max(float(os.environ.get("CPU_BURN", "0")), 0.0), 1.0)
 
 
 def _region() -> str | None:
@@ -49,7 +54,19 @@ def _region() -> str | None:
 
 REGION = _region()
 if FAIL_REGIONS and REGION not in FAIL_REGIONS:
-    FAIL_RATE, SLOW_FACTOR = 0.0, 1.0  # the bad behaviour is for other regions: healthy here
+    FAIL_RATE, SLOW_FACTOR, CPU_BURN = 0.0, 1.0, 0.0  # the bad behaviour is for other regions: healthy here
+
+
+def _burn(share: float) -> None:
+    """Keep `share` of one core busy, in 100 ms slices. Hashing a large buffer releases the GIL, so the
+    requests still get theirs: the revision's CPU goes up, its latency hardly."""
+    block = os.urandom(1 << 20)
+    while True:
+        until = time.monotonic() + 0.1 * share
+        while time.monotonic() < until:
+            hashlib.sha256(block).digest()
+        if share < 1:
+            time.sleep(0.1 * (1 - share))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -76,6 +93,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
+    if CPU_BURN > 0:
+        threading.Thread(target=_burn, args=(CPU_BURN,), name="cpu-burn", daemon=True).start()
     server = ThreadingHTTPServer(("127.0.0.1", int(os.environ.get("PORT", "8080"))), Handler)
     server.daemon_threads = True
     server.serve_forever()

@@ -940,23 +940,38 @@ class Engine:
 
     def _sample(self, r: Rollout, now: datetime) -> None:
         """Read Monitoring over the windows the sampler policy names; publish what can change a decision."""
+        from dataclasses import replace
+
         from pitstop.core import messages
-        from pitstop.gcp.metrics import MetricsUnavailable
+        from pitstop.gcp.metrics import MetricQueryRefused, MetricsUnavailable
 
         windows = sampling.windows(r, now, self.config.health_lag)
         if windows is None:
             return
         revisions = [r.revision] + ([r.stable_revision] if r.stable_revision else [])
         read = {}
+        refused: dict[str, MetricQueryRefused] = {}
         try:
             self._metrics = self._metrics or self._metrics_factory()
             for window in dict.fromkeys(windows):  # the recent window may be the whole one
                 read[window] = self._metrics.revision_health(r.project, r.region, r.service, revisions,
                                                              window.start, window.end)
+                if r.health.metrics:  # one list call per custom metric; none for a spec that declares none
+                    custom = self._metrics.custom_values(r.project, r.region, r.service, revisions, window.start,
+                                                         window.end, r.health.metrics,
+                                                         on_refused=lambda e: refused.setdefault(e.metric, e))
+                    read[window] = {rev: replace(h, metrics=custom.get(rev, {})) for rev, h in read[window].items()}
         except MetricsUnavailable as err:
             log("WARNING", f"health of {r.service} not sampled: {err}. Not a verdict; retried next tick.",
                 **rollout_fields(r))
             return
+        for err in refused.values():
+            # The spec is wrong, not Monitoring: asking again will not help. The other measures are still
+            # published; this metric has no value in them, so its condition cannot be judged (never a pass on
+            # no data): the step waits, then pauses at no_data_timeout, until the spec is fixed and applied again.
+            log("ERROR", f"{err}. Until the spec's query is fixed, custom metric {err.metric!r} of {r.service} has "
+                         f"no value: its condition cannot be judged and never passes, so the step waits and pauses "
+                         f"at no_data_timeout; the other measures are still sampled.", **rollout_fields(r))
         whole, recent = (sampling.sample_of(r, w, read[w].get(r.revision), read[w].get(r.stable_revision))
                          for w in windows)
         for sample in sampling.to_publish(r, whole, recent):

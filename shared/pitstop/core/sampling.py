@@ -74,19 +74,29 @@ def _floor(t: datetime, seconds: int) -> datetime:
 
 
 def sample_of(r: Rollout, window: Window, new, old) -> HealthSample | None:
-    """The new revision's health over a window (`new`, `old`: what Monitoring counted for the new and the stable
-    revision: request_count, error_count, latency_p50/p95/p99_ms), the stable one beside it; None without traffic."""
+    """The new revision's health over a window (`new`, `old`: what Monitoring measured for the new and the stable
+    revision, gcp.metrics.RevisionHealth: counts, latency percentiles and buckets, utilizations, custom metric
+    values), the stable one beside it; None without traffic."""
     if new is None or not new.request_count:  # no traffic is no data: nothing to judge
         return None
     # At 100 % the stable revision serves nothing now: its share of the window is older minutes, no fair baseline.
     comparable = r.stable_revision and r.new_percent < 100 and old is not None and old.request_count
     stable = Baseline(revision=r.stable_revision, request_count=old.request_count, error_count=old.error_count,
-                      latency_p99_ms=old.latency_p99_ms) if comparable else None
+                      latency_p99_ms=old.latency_p99_ms, **_measured(old)) if comparable else None
     return HealthSample(
         service=r.service, region=r.region, revision=r.revision, rollout_id=r.id, window_start=window.start,
         window_end=window.end, request_count=new.request_count, error_count=new.error_count,
         latency_p50_ms=new.latency_p50_ms, latency_p95_ms=new.latency_p95_ms, latency_p99_ms=new.latency_p99_ms,
-        source="cloud-monitoring", stable=stable)
+        source="cloud-monitoring", stable=stable, **_measured(new))
+
+
+def _measured(health) -> dict:
+    """What a sample and a baseline share beyond the counts: buckets, utilizations, custom metric values."""
+    buckets = getattr(health, "latency_buckets", None)
+    return {"latency_buckets": list(buckets) if buckets is not None else None,
+            "cpu_utilization": getattr(health, "cpu_utilization", None),
+            "memory_utilization": getattr(health, "memory_utilization", None),
+            "metrics": dict(getattr(health, "metrics", None) or {})}
 
 
 def _clearly_failing(sample: HealthSample, r: Rollout, baseline) -> bool:

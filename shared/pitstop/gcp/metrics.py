@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -143,48 +143,59 @@ class Metrics:
         start: datetime,
         end: datetime,
         metrics: Sequence[CustomMetric],
+        on_refused: Callable[[MetricQueryRefused], None] | None = None,
     ) -> dict[str, dict[str, float]]:
         """revision -> {metric name: value} over (start, end]: each metric's filter AND this service's
         revisions, its aligner over the whole window, its reducer grouped by revision. A revision with no
         point for a metric has no value for it (no data, never zero). One list call per metric.
 
-        Raises MetricQueryRefused when Monitoring refuses a metric's query, MetricsUnavailable otherwise."""
+        A metric whose query Monitoring refuses raises MetricQueryRefused, or, given `on_refused`, is handed
+        to it and left without values while the others are read. Any other failure: MetricsUnavailable."""
         query = _window(project, location, service, revisions, start, end)
         values: dict[str, dict[str, float]] = {r: {} for r in revisions}
         if query is None:
             return values
+        for metric in metrics:
+            try:
+                self._custom(query, metric, values)
+            except MetricQueryRefused as refused:
+                if on_refused is None:
+                    raise
+                on_refused(refused)
+        return values
+
+    def _custom(self, query: _WindowQuery, metric: CustomMetric, values: dict[str, dict[str, float]]) -> None:
+        """One custom metric's values into `values`, one list call."""
         from google.cloud import monitoring_v3
 
-        for metric in metrics:
-            if metric.log_metric is not None:
-                # a log-based counter: how many matching entries per revision over the window
-                base, aligner, reducer = f"metric.type = {_quote(LOG_METRIC_PREFIX + metric.log_metric)}", \
-                    "ALIGN_DELTA", "REDUCE_SUM"
-            elif metric.query is not None:
-                base, aligner, reducer = metric.query.filter, metric.query.aligner, metric.query.reducer
-            else:
-                continue  # a condition over the built-in values (canary.p99_ms, ...): nothing to read
-            # Parenthesised: whatever the spec's filter says (an OR too) stays one clause next to ours.
-            text = f"({base}) AND {query.resource_clauses()}"
-            if aligner not in monitoring_v3.Aggregation.Aligner.__members__:
-                raise MetricQueryRefused(metric.name, text, f"Cloud Monitoring has no aligner {aligner}")
-            if reducer not in monitoring_v3.Aggregation.Reducer.__members__:
-                raise MetricQueryRefused(metric.name, text, f"Cloud Monitoring has no reducer {reducer}")
-            for series in self._list(query, text, f"custom metric {metric.name!r}", aligner, reducer, [],
-                                     refused_as=metric.name):
-                revision = series.resource.labels.get("revision_name")
-                if revision not in values or not series.points:
-                    continue
-                value = _number(series.points[0].value)
-                if value is None:
-                    raise MetricQueryRefused(
-                        metric.name, text, f"{aligner} and {reducer} give a distribution, not a number: use a "
-                                           f"percentile or mean reducer (e.g. REDUCE_PERCENTILE_99)")
-                if len(series.points) > 1 or not math.isfinite(value):
-                    raise MetricsUnavailable(f"custom metric {metric.name!r} for revision {revision} came back in "
-                                             f"{len(series.points)} periods or not finite; expected one value")
-                values[revision][metric.name] = value
-        return values
+        if metric.log_metric is not None:
+            # a log-based counter: matching entries per second per revision, as a query's default aligner reads
+            base, aligner, reducer = f"metric.type = {_quote(LOG_METRIC_PREFIX + metric.log_metric)}", \
+                "ALIGN_RATE", "REDUCE_SUM"
+        elif metric.query is not None:
+            base, aligner, reducer = metric.query.filter, metric.query.aligner, metric.query.reducer
+        else:
+            return  # a condition over the built-in values (canary.p99_ms, ...): nothing to read
+        # Parenthesised: whatever the spec's filter says (an OR too) stays one clause next to ours.
+        text = f"({base}) AND {query.resource_clauses()}"
+        if aligner not in monitoring_v3.Aggregation.Aligner.__members__:
+            raise MetricQueryRefused(metric.name, text, f"Cloud Monitoring has no aligner {aligner}")
+        if reducer not in monitoring_v3.Aggregation.Reducer.__members__:
+            raise MetricQueryRefused(metric.name, text, f"Cloud Monitoring has no reducer {reducer}")
+        for series in self._list(query, text, f"custom metric {metric.name!r}", aligner, reducer, [],
+                                 refused_as=metric.name):
+            revision = series.resource.labels.get("revision_name")
+            if revision not in values or not series.points:
+                continue
+            value = _number(series.points[0].value)
+            if value is None:
+                raise MetricQueryRefused(
+                    metric.name, text, f"{aligner} and {reducer} give a distribution, not a number: use a "
+                                       f"percentile or mean reducer (e.g. REDUCE_PERCENTILE_99)")
+            if len(series.points) > 1 or not math.isfinite(value):
+                raise MetricsUnavailable(f"custom metric {metric.name!r} for revision {revision} came back in "
+                                         f"{len(series.points)} periods or not finite; expected one value")
+            values[revision][metric.name] = value
 
     def close(self) -> None:
         if self._client is not None:

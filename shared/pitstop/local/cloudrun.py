@@ -54,7 +54,16 @@ from pitstop.local.googleapi import ApiError, GoogleApiHandler, LocalServer, inv
 from pitstop.local.images import ImageNotFound, resolve_image
 from pitstop.local.jobs import LocalJobs
 from pitstop.local.requestlog import RequestLog
-from pitstop.local.revisions import REGION_ENV, RevisionFailed, RevisionProcess, launch_spec
+from pitstop.local.revisions import (
+    REGION_ENV,
+    Measured,
+    RevisionFailed,
+    RevisionProcess,
+    UsageSampler,
+    launch_spec,
+    parse_cpu,
+    parse_memory,
+)
 from pitstop.local.router import Backend, Router
 
 log = logging.getLogger(__name__)
@@ -142,11 +151,14 @@ class LocalCloudRun(LocalServer):
         self._faults = random.Random(fault_seed)
         self._faults_lock = threading.Lock()
         self.jobs = LocalJobs(self.state_dir)
+        # What the revisions use, for the local Monitoring's container/cpu and memory/utilizations.
+        self.usage = UsageSampler(self.request_log, self._measured)
         super().__init__(_ApiHandler, host, port, "cloud run api")
 
     def start(self) -> LocalCloudRun:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._serve()
+        self.usage.start()
         log.info("local Cloud Run API listening", extra={"url": self.url})
         return self
 
@@ -156,11 +168,29 @@ class LocalCloudRun(LocalServer):
         with self._lock:
             self._stopped = True
             processes = [r.process for s in self._services.values() for r in s.revisions.values() if r.process]
+        self.usage.stop()
         self._close()
         self.router.stop()
         _stop_processes(processes)
         self.jobs.stop()
         log.info("local Cloud Run stopped", extra={"revision_processes_stopped": len(processes)})
+
+    def _measured(self) -> list[Measured]:
+        """The ready revisions' processes with their labels and limits (Cloud Run's defaults unless set)."""
+        out = []
+        with self._lock:
+            for state in self._services.values():
+                _, project, _, location, _, service = state.resource.name.split("/")
+                for name, revision in state.revisions.items():
+                    if not (revision.ready and revision.process):
+                        continue
+                    limits = revision.resource.containers[0].resources.limits
+                    try:
+                        cpu, memory = parse_cpu(limits.get("cpu")), parse_memory(limits.get("memory"))
+                    except ValueError:
+                        continue  # refused when the revision was created; never measured against nonsense
+                    out.append(Measured(project, location, service, name, revision.process, cpu, memory))
+        return out
 
     def revision_pids(self) -> list[int]:
         """Pids of all revision processes started so far (for checks that none outlive stop)."""
@@ -260,6 +290,11 @@ class LocalCloudRun(LocalServer):
             raise invalid("The local Cloud Run runs one container per revision; sidecars are not supported.")
         if not template.containers[0].image:
             raise invalid("service.template.containers[0].image is required.")
+        limits = template.containers[0].resources.limits
+        try:  # what the usage sampler divides by (revisions.parse_cpu, parse_memory)
+            parse_cpu(limits.get("cpu")), parse_memory(limits.get("memory"))
+        except ValueError as e:
+            raise invalid(f"service.template.containers[0].resources.limits: {e}") from e
         key = _template_key(template)
         new_revision: str | None = None
         if template.revision:
