@@ -226,7 +226,7 @@ def list_rollouts(call: Call) -> tuple[int, Any]:
 
 
 def get_rollout(call: Call, rollout_id: str) -> tuple[int, Any]:
-    from pitstop.surfaces.rows import rollout_row
+    from pitstop.surfaces.rows import measurement_rows, rollout_row
 
     r = _readable_rollout(call, rollout_id)
     return 200, {
@@ -239,6 +239,7 @@ def get_rollout(call: Call, rollout_id: str) -> tuple[int, Any]:
         "baseline": r.baseline.model_dump(mode="json", exclude_none=True) if r.baseline else None,
         "hold_until": _iso(r.hold_until), "started_by": r.started_by, "promoted_by": r.promoted_by,
         "superseded_by": r.superseded_by, "finished_at": _iso(r.finished_at),
+        "measurements": measurement_rows(r),  # per step and metric, oldest first (the newest MAX_MEASUREMENTS)
     }
 
 

@@ -266,7 +266,8 @@ def _publish(caller, payload: dict) -> None:
 def status(service: Optional[str] = typer.Argument(None, help="only this service; or a rollout or release id: "
                                                              "its outcome, as an exit code"),
            as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
-           watch: bool = typer.Option(False, "--watch", "-w", help="live view until Ctrl-C"),
+           watch: bool = typer.Option(False, "--watch", "-w", help="live view until Ctrl-C; with a rollout id, "
+                                                                   "that rollout: its verdict and measurements"),
            limit: int = typer.Option(10, help="how many recent rollouts (and releases)"),
            wait: bool = typer.Option(False, "--wait", help="with a rollout or release id: wait until it finishes"),
            timeout: float = typer.Option(0.0, "--timeout", min=0.0, metavar="SECONDS",
@@ -280,6 +281,9 @@ def status(service: Optional[str] = typer.Argument(None, help="only this service
     from pitstop.surfaces import render
 
     store = _store()
+    if service and watch and not wait and store.rollout(service) is not None:  # watch this one rollout
+        _watch(store, None, limit, focus=service)
+        return
     if service and (wait or store.rollout(service) is not None or _release(store, service) is not None):
         _outcome(store, service, wait, timeout, as_json)
         return
@@ -357,20 +361,25 @@ def _outcome(store, target: str, wait: bool, timeout: float, as_json: bool) -> N
     raise typer.Exit(code)
 
 
-def _watch(store, service: Optional[str], limit: int) -> None:
+def _watch(store, service: Optional[str], limit: int, focus: Optional[str] = None) -> None:
+    """A live view: the focused rollout (the one given, else the newest unfinished) in detail, with its latest
+    verdict and measurements, above the releases and recent rollouts."""
     from rich.console import Group
     from rich.live import Live
 
     from pitstop.surfaces import render
 
     def frame():
-        rollouts = store.recent(service, limit)
-        focus = next((r for r in rollouts if r.state not in ("succeeded", "rolled_back", "failed", "superseded")),
-                     rollouts[0] if rollouts else None)
-        if focus is None:
+        chosen = store.rollout(focus) if focus else None
+        within = chosen.service if chosen else service  # a rollout given: its service's recent ones below it
+        rollouts = store.recent(within, limit)
+        shown = chosen or next((r for r in rollouts if r.state not in ("succeeded", "rolled_back", "failed",
+                                                                        "superseded")),
+                               rollouts[0] if rollouts else None)
+        if shown is None:
             return render.rollouts_table([], "no rollouts yet")
-        releases = store.releases(service, limit)
-        return Group(render.rollout_detail(focus, store.events(focus.id)),
+        releases = store.releases(within, limit)
+        return Group(render.rollout_detail(shown, store.events(shown.id)),
                      *([render.releases_table(releases)] if releases else []), render.rollouts_table(rollouts))
 
     try:
@@ -387,8 +396,10 @@ def history(service: str = typer.Argument(..., help="service name, or a release 
             rollout: Optional[str] = typer.Option(None, help="one rollout id (default: the latest)"),
             as_json: bool = typer.Option(False, "--json"),
             all_rollouts: bool = typer.Option(False, "--all", help="every recent rollout of the service")) -> None:
-    """The audit trail: every input, decision, reason and traffic change (of a release: across environments)."""
+    """The audit trail: every input, decision, reason and traffic change (of a release: across environments),
+    and each rollout's measurements per step and metric (value, stable's, condition or limit, outcome)."""
     from pitstop.surfaces import render
+    from pitstop.surfaces.rows import measurement_rows
 
     store = _store()
     release = _release(store, service) if rollout is None else None
@@ -405,11 +416,14 @@ def history(service: str = typer.Argument(..., help="service name, or a release 
         if as_json:
             out.append({"rollout": render.rollout_row(r), "events": [render.event_row(e) for e in events],
                         "refused": [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in c.items()}
-                                    for c in refused]})
+                                    for c in refused],
+                        "measurements": measurement_rows(r)})
         else:
             console.print(render.events_table(events, title=f"{r.id}: {r.service} {r.version} — {r.state}"))
             for c in refused:  # changed nothing, but who tried what is part of the trail
                 console.print(f"[red]refused[/red] {c['at']:%H:%M:%S} {c['action']} by {c['actor']}: {c['reason']}")
+            if r.measurements:  # what the judge measured, per step and metric, window by window
+                console.print(render.measurements_table(r))
             console.print(f"[dim]{r.message}[/dim]\n")
     if as_json:
         print(json.dumps(out, indent=2))

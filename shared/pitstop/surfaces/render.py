@@ -11,11 +11,13 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from pitstop.core.explain import check_line
-from pitstop.core.models import AuditEvent, Rollout, Verdict
+from pitstop.core.explain import check_label, check_line, check_mark, check_value
+from pitstop.core.models import AuditEvent, Measurement, Rollout, Verdict
 from pitstop.core.release import Release
 from pitstop.surfaces.metrics import BAND_STYLE, METRICS, figure
-from pitstop.surfaces.rows import event_row, rollout_row, split_label, step_label  # noqa: F401 (re-exported)
+from pitstop.surfaces.rows import (  # noqa: F401 (re-exported)
+    event_row, measurement_step_label, rollout_row, split_label, step_label,
+)
 
 STATE_STYLE = {
     "succeeded": "green", "rolled_back": "yellow", "rolling_back": "yellow", "failed": "bold red",
@@ -111,8 +113,69 @@ def rollout_detail(r: Rollout, events: list[AuditEvent]) -> Group:
     if r.verdict:
         parts.append(Text("last verdict", style="dim"))
         parts.append(verdict_text(r.verdict))
+    if r.measurements:
+        parts.append(measurements_table(r, latest=True))
     parts.append(events_table(events[-8:], title="recent decisions", compact=True))
     return Group(*parts)
+
+
+OUTCOME_STYLE = {"pass": "green", "fail": "bold red", "inconclusive": "yellow"}
+TRAIL = 12  # outcomes of earlier windows shown per step and metric in the live view
+
+
+def measurements_table(r: Rollout, latest: bool = False, title: str | None = None) -> Table:
+    """The rollout's measurement history per step and metric: the value, stable's over the same window, the
+    condition or limit that judged it, the outcome, and the source. Dry-run metrics are marked: judged and
+    recorded, never acted on.
+
+    `latest` (the live view): one row per step and metric, its newest window, with the outcomes of the earlier
+    ones as a trail of marks (oldest first). Otherwise (history): every window, each step its own section."""
+    table = Table(title=title or ("measurements (newest per step and metric)" if latest else
+                                  f"measurements of {r.id}"), title_justify="left")
+    columns = ("step", "metric", "value", "stable", "judged by", "outcome", "windows", "source", "at (UTC)") \
+        if latest else ("at (UTC)", "step", "metric", "value", "stable", "judged by", "outcome", "source")
+    for col in columns:
+        table.add_column(col, overflow="fold", justify="right" if col in ("value", "stable") else "left")
+    if latest:
+        groups: dict[tuple[int, str], list[Measurement]] = {}
+        for m in r.measurements:
+            groups.setdefault((m.step, m.metric), []).append(m)
+        step = None
+        for (at_step, _), history in groups.items():
+            if step is not None and at_step != step:
+                table.add_section()
+            step, m = at_step, history[-1]
+            trail = Text()
+            for earlier in history[-TRAIL:]:
+                trail.append(check_mark(_passed(earlier.outcome)), style=OUTCOME_STYLE[earlier.outcome])
+            table.add_row(measurement_step_label(r, m.step), *_measurement_cells(m), trail, Text(m.source),
+                          f"{m.at:%H:%M:%S}")
+        return table
+    step = None
+    for m in r.measurements:
+        if step is not None and m.step != step:
+            table.add_section()
+        step = m.step
+        table.add_row(f"{m.at:%H:%M:%S}", measurement_step_label(r, m.step), *_measurement_cells(m), Text(m.source))
+    return table
+
+
+def _measurement_cells(m: Measurement) -> tuple[Text, ...]:
+    """metric, value, stable, judged by, outcome: Text cells, so a condition's brackets are not rich markup."""
+    judged_by = m.condition if m.condition else f"limit {check_value(m.metric, m.threshold)}" \
+        if m.threshold is not None else "-"
+    outcome = Text(f"{check_mark(_passed(m.outcome))} {m.outcome}", style=OUTCOME_STYLE[m.outcome])
+    if m.dry_run:  # judged and recorded, never acted on: dimmed, and said in words
+        outcome.stylize("dim")
+        outcome.append(" (dry run: no action)", style="italic")
+    stable = "-" if m.stable is None else check_value(m.metric, m.stable)
+    metric = m.metric if m.condition else check_label(m.metric)  # a custom metric keeps the spec's name
+    return (Text(metric), Text(check_value(m.metric, m.value)), Text(stable), Text(judged_by),
+            outcome)
+
+
+def _passed(outcome: str) -> bool | None:
+    return {"pass": True, "fail": False}.get(outcome)
 
 
 def events_table(events: list[AuditEvent], title: str = "Audit trail", compact: bool = False) -> Table:

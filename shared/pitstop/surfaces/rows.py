@@ -41,5 +41,21 @@ def rollout_row(r: Rollout) -> dict[str, Any]:
     }
 
 
+def measurement_step_label(r: Rollout, step: int) -> str:
+    """The step a measurement was taken in: `2 (10%)` for a canary step, `100%` at full traffic (the bake),
+    `verify` / `bake` for blue-green."""
+    if r.strategy.canary and r.kind == "canary":
+        steps = r.strategy.canary.steps
+        return f"{step + 1} ({steps[step].weight}%)" if 0 <= step < len(steps) else "100%"
+    if r.kind == "blue_green":
+        return "verify" if step <= 0 else "bake"
+    return "100%"
+
+
+def measurement_rows(r: Rollout) -> list[dict[str, Any]]:
+    """The rollout's measurement history (oldest first) as JSON rows, each with its step's label."""
+    return [{**m.model_dump(mode="json"), "step_label": measurement_step_label(r, m.step)} for m in r.measurements]
+
+
 def event_row(e: AuditEvent) -> dict[str, Any]:
     return e.model_dump(mode="json", exclude_none=True)
