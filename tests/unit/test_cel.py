@@ -269,3 +269,66 @@ def test_a_pipeline_environment_with_a_bad_condition_is_refused() -> None:
                                      "condition: metric checkouts: the condition reads canary.checkout, which is "
                                      "neither a built-in value nor a declared metric")
     load_pipeline(PIPELINE.replace("canary.checkout ", "canary.checkouts "))
+
+
+# ---------------------------------------------------------------- PUT /api/v1/specs and /pipelines refuse them
+
+class _Call:
+    """A request with a YAML body, from a caller the API never gets to authorize: the body is refused first."""
+
+    def __init__(self, body: str) -> None:
+        from types import SimpleNamespace
+
+        self.request = SimpleNamespace(mimetype="application/yaml")
+        self.engine = SimpleNamespace(store=None)
+        self._body = body.encode()
+
+    def body(self) -> bytes:
+        return self._body
+
+    def who(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(email="ana@example.com")
+
+    def must(self, *_: object) -> None:
+        raise AssertionError("an invalid document is refused before anyone's grants are checked")
+
+
+def test_the_api_refuses_a_spec_with_a_bad_condition_and_says_nothing_was_applied() -> None:
+    from pitstop.surfaces import api
+
+    body = SPEC + metric("checkouts", "canary.checkout >= stable.checkouts")
+    with pytest.raises(api.ApiError) as err:
+        api.put_spec(_Call(body), "shop--production")
+    assert (err.value.code, err.value.status) == ("invalid_request", 400)
+    assert err.value.message.startswith("spec shop--production: invalid rollout spec\n  health.metrics.0.condition: "
+                                        "metric checkouts: the condition reads canary.checkout, which is neither")
+    assert err.value.message.endswith("\nNothing was applied; the stored spec is unchanged.")
+
+
+def test_the_api_refuses_a_pipeline_with_a_bad_condition_and_says_nothing_was_applied() -> None:
+    from pitstop.surfaces import api
+
+    with pytest.raises(api.ApiError) as err:
+        api.put_pipeline(_Call(PIPELINE), "shop")
+    assert err.value.code == "invalid_request"
+    assert err.value.message.startswith("pipeline shop: invalid pipeline\n  environments.production.health.metrics.0."
+                                        "condition: metric checkouts: the condition reads canary.checkout")
+    assert err.value.message.endswith("\nNothing was applied; the stored pipeline and specs are unchanged.")
+
+
+def test_pitstop_apply_dry_run_names_the_metric_and_its_problem(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from pitstop.surfaces import cli
+
+    monkeypatch.setenv("COLUMNS", "300")
+    path = tmp_path / "shop.yaml"
+    path.write_text(SPEC + metric("checkouts", "canary.checkouts >= thresholds.min_ratoi * stable.checkouts"))
+    result = CliRunner().invoke(cli.app, ["apply", "--dry-run", str(path)])
+    assert result.exit_code == 1
+    assert "invalid rollout spec" in result.output and "metric checkouts" in result.output
+    assert "thresholds.min_ratoi, which is not defined" in " ".join(result.output.split())
+    path.write_text(SPEC + metric("checkouts", "canary.checkouts >= thresholds.min_ratio * stable.checkouts"))
+    assert CliRunner().invoke(cli.app, ["apply", "--dry-run", str(path)]).exit_code == 0
