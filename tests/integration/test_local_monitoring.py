@@ -25,7 +25,9 @@ from google.cloud.monitoring_v3.services.metric_service.transports import Metric
 
 from pitstop.local.monitoring import start_monitoring_server
 from pitstop.local.requestlog import RequestLog, Served
-from pitstop.gcp.metrics import ENDPOINT_ENV, Metrics, MetricsUnavailable, RevisionHealth
+from pitstop.core import stats
+from pitstop.core.models import CustomMetric, MetricQuery
+from pitstop.gcp.metrics import ENDPOINT_ENV, MetricQueryRefused, Metrics, MetricsUnavailable, RevisionHealth
 
 COUNT = "run.googleapis.com/request_count"
 LATENCIES = "run.googleapis.com/request_latencies"
@@ -431,6 +433,81 @@ def test_revision_health_counts_errors_and_latencies(client, metrics):
             assert_within_bucket(estimate, latencies, p, options)
         assert (h.window_start, h.window_end) == (at(START), at(END))
     assert health[CANARY].latency_p99_ms > health[STABLE].latency_p99_ms
+
+
+@pytest.mark.parametrize("p", [50, 95, 99])
+def test_revision_health_buckets_hold_every_request_and_give_monitorings_percentiles(client, metrics, p):
+    """One distribution per revision: its buckets (what the statistical judge compares) and the percentiles
+    read from them are what Monitoring's own percentile reducer answers."""
+    health = metrics.revision_health(PROJECT, LOCATION, SERVICE, [STABLE, CANARY, IDLE], at(START), at(END))
+    reported = {s.resource.labels["revision_name"]: s.points[0].value.double_value
+                for s in query(client, LATENCIES, aligner=Aligner.ALIGN_DELTA, period=300,
+                               reducer=getattr(Reducer, f"REDUCE_PERCENTILE_{p}"),
+                               group_by=("resource.labels.revision_name",))}
+    for revision in (STABLE, CANARY):
+        h = health[revision]
+        assert sum(h.latency_buckets) == h.request_count == len(in_window(revision=revision))
+        assert h.latency_buckets == stats.buckets_of(r.latency_ms for r in in_window(revision=revision))
+        assert stats.percentile(h.latency_buckets, p) == pytest.approx(reported[revision])
+        assert getattr(h, f"latency_p{p}_ms") == pytest.approx(reported[revision])
+    assert health[IDLE].latency_buckets is None
+
+
+def custom(name: str, flt: str, aligner: str = "ALIGN_RATE", reducer: str = "REDUCE_SUM") -> CustomMetric:
+    return CustomMetric(name=name, query=MetricQuery(filter=flt, aligner=aligner, reducer=reducer), condition="true")
+
+
+def test_custom_metrics_read_their_filter_per_revision(metrics):
+    ok = f'metric.type = "{COUNT}" AND metric.labels.response_code_class = "2xx"'
+    values = metrics.custom_values(PROJECT, LOCATION, SERVICE, [STABLE, CANARY, IDLE], at(START), at(END), [
+        custom("ok_total", ok, "ALIGN_DELTA"),
+        custom("ok_per_s", ok),  # the default: ALIGN_RATE, REDUCE_SUM
+        custom("not_found", f'metric.type = "{COUNT}" AND metric.labels.response_code = "404"', "ALIGN_DELTA"),
+        custom("p99", f'metric.type = "{LATENCIES}"', "ALIGN_DELTA", "REDUCE_PERCENTILE_99"),
+        CustomMetric(name="built_in_only", condition="canary.error_rate < 0.5"),  # nothing to read
+    ])
+    health = metrics.revision_health(PROJECT, LOCATION, SERVICE, [STABLE, CANARY], at(START), at(END))
+    for revision in (STABLE, CANARY):
+        ok_count = len([r for r in in_window(revision=revision) if 200 <= r.status < 300])
+        assert values[revision]["ok_total"] == ok_count
+        assert values[revision]["ok_per_s"] == pytest.approx(ok_count / 300)  # one period over the window
+        assert values[revision]["p99"] == pytest.approx(health[revision].latency_p99_ms)
+    assert values[CANARY]["not_found"] == 6
+    assert "not_found" not in values[STABLE]  # no 404 at all: no point, no value (never a made-up 0)
+    assert values[IDLE] == {}
+
+
+def test_custom_metrics_read_only_this_services_revisions(metrics):
+    flt = f'metric.type = "{COUNT}" AND resource.labels.service_name = "api"'  # ANDed with ours: nothing
+    values = metrics.custom_values(PROJECT, LOCATION, SERVICE, [STABLE], at(START), at(END), [custom("api", flt)])
+    assert values == {STABLE: {}}
+
+
+@pytest.mark.parametrize(("metric", "reason"), [
+    (custom("by_route", f'metric.type = "{COUNT}" AND metric.labels.route = "/checkout"'), "metric.labels.route"),
+    (custom("either", f'metric.type = "{COUNT}" OR metric.type = "{LATENCIES}"'), "'OR'"),
+    (custom("whole", f'metric.type = "{LATENCIES}"', "ALIGN_DELTA", "REDUCE_SUM"), "distribution, not a number"),
+    (custom("odd", f'metric.type = "{COUNT}"', "ALIGN_SOMETIMES"), "no aligner ALIGN_SOMETIMES"),
+    (CustomMetric(name="checkouts", log_metric="checkouts", condition="true"), "no log-based metrics"),
+])
+def test_a_refused_custom_metric_names_itself_its_filter_and_why(metrics, metric, reason):
+    with pytest.raises(MetricQueryRefused) as refused:
+        metrics.custom_values(PROJECT, LOCATION, SERVICE, [STABLE], at(START), at(END), [metric])
+    message = str(refused.value)
+    assert f"custom metric {metric.name!r}" in message and reason in message
+    assert (metric.query.filter if metric.query else f"logging.googleapis.com/user/{metric.log_metric}") in message
+    assert 'resource.labels.revision_name = one_of("web-00001-stable")' in refused.value.filter
+    assert not isinstance(refused.value, MetricsUnavailable)  # the spec must change: retrying will not help
+
+
+def test_a_refused_custom_metric_leaves_the_others_read(metrics):
+    refused = []
+    values = metrics.custom_values(PROJECT, LOCATION, SERVICE, [STABLE], at(START), at(END), [
+        custom("bad", f'metric.type = "{COUNT}" AND metric.labels.route = "/"'),
+        custom("good", f'metric.type = "{COUNT}"', "ALIGN_DELTA"),
+    ], on_refused=refused.append)
+    assert [r.metric for r in refused] == ["bad"]
+    assert values == {STABLE: {"good": len(in_window(revision=STABLE))}}
 
 
 def test_revision_without_traffic_is_no_data_not_healthy(metrics):
