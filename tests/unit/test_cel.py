@@ -52,6 +52,7 @@ def test_p99_against_a_threshold_of_the_health() -> None:
     ("2 * canary.requests > 239", {"requests": 120.0}, True),
     ("canary.requests / 7 > 17", {"requests": 120.0}, True),  # 17.14..., not integer division's 17
     ("canary['requests'] > 0x10", {"requests": 17.0}, True),  # index syntax and a hex literal
+    ("canary.requests > 010", {"requests": 11.0}, True),  # a leading zero: still decimal ten
 ])
 def test_ints_and_doubles_mix(condition: str, canary: dict, passed: bool) -> None:
     got = run(condition, canary, {"checkouts": 10})
@@ -222,6 +223,12 @@ def test_an_undefined_threshold_is_refused_naming_it() -> None:
 ])
 def test_a_condition_that_cannot_give_true_or_false_is_refused(condition: str, problem: str) -> None:
     assert problem in refusal(SPEC + metric("checkouts", condition))
+
+
+def test_a_condition_nested_too_deeply_is_refused_not_crashed_on() -> None:
+    condition = "(" * 400 + "canary.checkouts" + ")" * 400 + " > 0"
+    assert "metric checkouts: the condition" in refusal(SPEC + metric("checkouts", condition))
+    assert run(condition, {"checkouts": 1.0}).passed is None
 
 
 def test_a_division_that_is_zero_only_on_trial_values_is_accepted() -> None:

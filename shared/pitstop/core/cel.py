@@ -96,12 +96,15 @@ def _compiled(condition: str) -> _Compiled:
         raise _CompileError("nests too deeply to compile") from None
     except Exception as err:  # lark raises its own kinds for some inputs
         raise _CompileError(f"not a CEL expression: {limits.truncate(str(err), 200)}") from None
-    _doubles(tree)
     try:
+        _doubles(tree)
         program = env.program(tree, functions={"_/_": _divide})
+        reads = tuple(dict.fromkeys(_reads(tree)))
+    except RecursionError:
+        raise _CompileError("nests too deeply to compile") from None
     except Exception as err:
         raise _CompileError(f"cannot be compiled: {limits.truncate(str(err), 200)}") from None
-    return _Compiled(program, tuple(dict.fromkeys(_reads(tree, False))))
+    return _Compiled(program, reads)
 
 
 def _parse_message(err: Exception, condition: str) -> str:
@@ -125,7 +128,9 @@ def _doubles(tree: Any) -> None:
     for node in tree.iter_subtrees():
         for i, child in enumerate(node.children):
             if isinstance(child, Token) and child.type == "INT_LIT":
-                node.children[i] = Token("FLOAT_LIT", repr(float(int(child.value, 0))))
+                text = child.value
+                value = int(text, 16) if text.lower().lstrip("-").startswith("0x") else int(text, 10)  # 010 is ten
+                node.children[i] = Token("FLOAT_LIT", repr(float(value)))
 
 
 def _divide(a: Any, b: Any) -> Any:
@@ -135,21 +140,26 @@ def _divide(a: Any, b: Any) -> Any:
     return a / b
 
 
-def _reads(node: Any, guarded: bool):
-    """`canary.X`, `stable.X`, `thresholds.Y` (also `canary["X"]`) in the parse tree."""
+def _reads(tree: Any) -> list[_Read]:
+    """`canary.X`, `stable.X`, `thresholds.Y` (also `canary["X"]`) in the parse tree, in reading order; those
+    inside has() are `guarded`. Iterative: a deeply nested condition must not exhaust Python's stack here."""
     from lark import Token, Tree
 
-    if not isinstance(node, Tree):
-        return
-    if node.data == "ident_arg" and node.children and str(node.children[0]) == "has":
-        guarded = True
-    if node.data in ("member_dot", "member_index") and len(node.children) == 2:
-        root, field = _root(node.children[0]), node.children[1]
-        name = str(field) if isinstance(field, Token) else _string_literal(field)
-        if root is not None and name is not None:
-            yield _Read(root, name, guarded)
-    for child in node.children:
-        yield from _reads(child, guarded)
+    found: list[_Read] = []
+    stack: list[tuple[Any, bool]] = [(tree, False)]
+    while stack:
+        node, guarded = stack.pop()
+        if not isinstance(node, Tree):
+            continue
+        if node.data == "ident_arg" and node.children and str(node.children[0]) == "has":
+            guarded = True
+        if node.data in ("member_dot", "member_index") and len(node.children) == 2:
+            root, field = _root(node.children[0]), node.children[1]
+            name = str(field) if isinstance(field, Token) else _string_literal(field)
+            if root is not None and name is not None:
+                found.append(_Read(root, name, guarded))
+        stack.extend((child, guarded) for child in reversed(node.children))
+    return found
 
 
 def _root(member: Any) -> str | None:
