@@ -138,6 +138,8 @@ def test_valid_conditions_compile(condition: str) -> None:
     ("canary.x = 1", "not a CEL expression: cannot read it from column 10 (`=`) of `canary.x = 1` (CEL compares "
                      "with ==)"),
     ("canary.x @ 1", "not a CEL expression: cannot read it from column 10 (`@`) of `canary.x @ 1`"),
+    ("canary.x >= 1 &&\n  canary.y = 2\n", "not a CEL expression: cannot read it from line 2, column 12 (`=`) of "
+                                           "`canary.x >= 1 && canary.y = 2` (CEL compares with ==)"),  # a YAML block
 ])
 def test_compile_error_says_why(condition: str, reason: str) -> None:
     error = cel.compile_error(condition)

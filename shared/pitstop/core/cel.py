@@ -109,14 +109,17 @@ def _compiled(condition: str) -> _Compiled:
 
 def _parse_message(err: Exception, condition: str) -> str:
     """celpy's message is the text with a caret under the error (it knows the column): say it on one line."""
-    column = getattr(err, "column", None)
-    shown = limits.truncate(condition, 200)
-    if isinstance(column, int) and 1 <= column <= len(condition):
-        rest = condition[column - 1:].split()
+    line, column = getattr(err, "line", None) or 1, getattr(err, "column", None)
+    lines = condition.split("\n")
+    shown = limits.truncate(" ".join(condition.split()), 200)
+    if isinstance(line, int) and isinstance(column, int) and 1 <= line <= len(lines) and column >= 1:
+        offset = sum(len(text) + 1 for text in lines[:line - 1]) + column - 1
+        rest = condition[offset:].split()
         at = f" (`{limits.truncate(rest[0], 40)}`)" if rest else ""
+        where = f"line {line}, column {column}" if len(lines) > 1 else f"column {column}"
         hint = ", which ends there: is something missing?" if len(rest) == 1 else \
             " (CEL compares with ==)" if rest and rest[0] == "=" else ""
-        return f"cannot read it from column {column}{at} of `{shown}`{hint}"
+        return f"cannot read it from {where}{at} of `{shown}`{hint}"
     lines = [line for line in str(err).splitlines() if line.strip() and line.strip() != "^"]
     return limits.truncate(" ".join(lines), 300) or f"cannot read `{shown}`"
 
