@@ -800,7 +800,8 @@ def _run_stack(tick: float, health_lag: float, state_dir: Path) -> None:
 @dev.command("ship")
 def dev_ship(version: str = typer.Argument(..., help="version to build, e.g. v2"),
              repo: str = typer.Option("web", help="the repo name the build reports (a spec matches on it)"),
-             env: list[str] = typer.Option([], "--env", "-e", help="behaviour of the example app, e.g. FAIL_RATE=0.3"),
+             env: list[str] = typer.Option([], "--env", "-e", help="behaviour of the example app, e.g. FAIL_RATE=0.3 "
+                                                                    "or CPU_BURN=1 (see examples/web/app.py)"),
              branch: Optional[str] = typer.Option(None, "--branch", help="the branch built (BRANCH_NAME); default main"),
              tag: Optional[str] = typer.Option(None, "--tag", help="build a tag instead (TAG_NAME, no BRANCH_NAME), "
                                                                 "as a tag trigger does"),
