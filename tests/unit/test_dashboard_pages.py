@@ -141,11 +141,8 @@ class FakeEngine:
         return Denial(permission, f"{email} lacks permission {permission}")
 
 
-@pytest.fixture
-def page():
-    failed = rollout("rolled_back", 0, verdict=FAILING.model_dump(), message="rolled back: " + FAILING.rule)
-    live = rollout(id="web-production-us-central1-v4", version="v4", revision="web-v4")
-    store = FakeStore([live, failed], {failed.id: [sample_event(1, "web-v3", 100, 30, 60)]})
+def serve(store: FakeStore):
+    """GET a path as someone (a token) through the API's entry; the response."""
     app = flask.Flask(__name__)
 
     def get(path: str, who: str | None) -> flask.Response:
@@ -153,6 +150,13 @@ def page():
             return api.respond(flask.request, lambda: FakeEngine(store))
 
     return get
+
+
+@pytest.fixture
+def page():
+    failed = rollout("rolled_back", 0, verdict=FAILING.model_dump(), message="rolled back: " + FAILING.rule)
+    live = rollout(id="web-production-us-central1-v4", version="v4", revision="web-v4")
+    return serve(FakeStore([live, failed], {failed.id: [sample_event(1, "web-v3", 100, 30, 60)]}))
 
 
 def test_the_overview_shows_the_live_split_and_the_services(page):
@@ -279,3 +283,100 @@ def test_a_refresh_of_the_overview_skips_dora(page):
     assert 'data-dora="web/production"' in page("/dashboard/", VIEWER).get_data(as_text=True)
     refreshed = page("/dashboard/?live=1", VIEWER).get_data(as_text=True)
     assert 'data-dora=' not in refreshed and 'data-percent="25"' in refreshed
+
+
+# ---------------------------------------------------------------- measurements and the statistical tests
+
+CONDITION = "canary.checkouts_per_min >= 0.9 * stable.checkouts_per_min"
+STATISTICAL = Verdict(
+    outcome="fail", rule="error rate 9.0% vs stable 1.0% (×9): P(worse) = 0.9991 ≥ 0.99 → fail", revision="web-v3",
+    window_start=T0 + timedelta(seconds=60), window_end=T0 + timedelta(seconds=120), request_count=400,
+    source="monitoring", on_fail="rollback",
+    checks=[{"name": "error_rate", "measured": 0.09, "threshold": 0.05, "passed": False, "stable": 0.01},
+            {"name": "checkouts_per_min", "measured": 12.0, "threshold": None, "passed": False, "stable": 40.0,
+             "condition": CONDITION, "dry_run": True}],
+    tests=[{"test": "max_error_rate", "statistic": "error rate", "value": 0.09, "p": 0.8123, "confidence": 0.99,
+            "effect": None, "decision": "inconclusive", "sentence": "error rate 9.0%: P(above the hard limit) < 0.99"},
+           {"test": "beta-binomial", "statistic": "P(worse)", "value": 0.99913, "p": 0.99913, "confidence": 0.99,
+            "effect": 9.0, "decision": "fail", "sentence": "P(canary worse by > 40% + 0.05 pt) = 0.9991 ≥ 0.99"},
+           {"test": "mann-whitney", "statistic": "z", "value": 1.234, "p": 0.1086, "confidence": 0.99,
+            "effect": 0.537, "decision": "inconclusive", "sentence": "latency: allowed 60%"}],
+    dry_run=[f"checkouts_per_min 12 vs stable 40: `{CONDITION}` does not hold"])
+
+
+def measurement(seconds: int, step: int, metric: str, value: float, outcome: str, **extra) -> dict:
+    return {"at": T0 + timedelta(seconds=seconds), "step": step, "metric": metric, "value": value,
+            "outcome": outcome, "source": "monitoring", **extra}
+
+
+MEASUREMENTS = [
+    measurement(30, 0, "error_rate", 0.012, "pass", stable=0.01, threshold=0.05),
+    measurement(30, 0, "latency_p99_ms", 310.0, "pass", stable=290.0, threshold=1000),
+    measurement(60, 1, "error_rate", 0.02, "pass", stable=0.01, threshold=0.05),
+    measurement(90, 1, "error_rate", 0.03, "inconclusive", stable=0.01, threshold=0.05),
+    measurement(120, 1, "error_rate", 0.09, "fail", stable=0.01, threshold=0.05),
+    measurement(120, 1, "checkouts_per_min", 12.0, "fail", stable=40.0, condition=CONDITION, dry_run=True),
+]
+
+
+@pytest.fixture
+def judged():
+    r = rollout("rolled_back", 0, verdict=STATISTICAL.model_dump(), measurements=MEASUREMENTS,
+                message="rolled back: " + STATISTICAL.rule)
+    html = serve(FakeStore([r], {}))(f"/dashboard/rollouts/{r.id}", VIEWER).get_data(as_text=True)
+    return html
+
+
+def cells(html: str, marker: str) -> list[str]:
+    """The text of each cell of the table row marked `marker` (an attribute), tags stripped."""
+    row = re.search(rf"<tr {marker}[^>]*>(.*?)</tr>", html, re.S).group(1)
+    return [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+
+
+def test_the_measurements_show_each_step_and_metric_newest_with_its_limit(judged):
+    section = judged[judged.index("<section data-measurements>"):judged.index("Audit trail")]
+    step1 = cells(section, 'data-measurement="1/error_rate"')
+    # step, metric, value, stable, judged by, outcome, marks of the latest windows, source, at
+    assert step1[:6] == ["2 (25%)", "error rate", "9.0 %", "1.0 %", "limit 5.0 %", "✗ fail"]
+    assert re.sub(r"\s+", "", step1[6]) == "✓?✗"  # its three windows, oldest first
+    assert step1[7:] == ["monitoring", dashboard._when(T0 + timedelta(seconds=120))]
+    step0 = cells(section, 'data-measurement="0/latency_p99_ms"')
+    assert step0[:6] == ["1 (10%)", "latency p99", "310 ms", "290 ms", "limit 1000 ms", "✓ pass"]
+    # In the order measured: step 1's rows after step 0's, the first of each step set apart.
+    order = re.findall(r'data-measurement="([^"]+)" class="([^"]*)"', section)
+    assert [o for o, _ in order] == ["0/error_rate", "0/latency_p99_ms", "1/error_rate", "1/checkouts_per_min"]
+    assert [o for o, c in order if "step-start" in c] == ["0/error_rate", "1/error_rate"]
+    # Every window, folded underneath: all six, the passing 2.0 % one too.
+    windows = section[section.index('<details id="measurement-windows">'):]
+    assert "every window (6)" in windows and windows.count("<tr") == 7 and "2.0 %" in windows
+
+
+def test_a_dry_run_measurement_shows_its_condition_and_that_it_did_not_act(judged):
+    custom = cells(judged, 'data-measurement="1/checkouts_per_min"')
+    assert custom[1:4] == ["checkouts_per_min", "12", "40"]  # a custom metric keeps the spec's name
+    assert custom[4] == CONDITION.replace(">", "&gt;")
+    assert custom[5] == "✗ fail (dry run: no action)"
+    row = re.search(r'<tr data-measurement="1/checkouts_per_min" class="([^"]*)"', judged).group(1)
+    assert "dry-run" in row.split()
+    assert "dry-run" not in re.search(r'<tr data-measurement="1/error_rate" class="([^"]*)"', judged).group(1)
+
+
+def test_the_latest_verdict_shows_its_statistical_tests_and_dry_run_sentences(judged):
+    assert cells(judged, 'data-test="beta-binomial"')[:7] == [
+        "beta-binomial", "P(worse)", "0.9991", "0.9991", "0.99", "×9", "fail"]
+    assert cells(judged, 'data-test="mann-whitney"')[:7] == [
+        "mann-whitney", "z", "1.23", "0.1086", "0.99", "slower in 53.7% of pairs", "inconclusive"]
+    limit = cells(judged, 'data-test="max_error_rate"')
+    assert limit[2] == "9.0 %" and limit[5] == "—" and "P(above the hard limit) &lt; 0.99" in limit[7]
+    dry = re.findall(r"<div class=\"dry-run\" data-dry-run>(.*?)</div>", judged, re.S)
+    assert len(dry) == 1 and "no action" in dry[0] and "does not hold" in dry[0] and "checkouts_per_min 12" in dry[0]
+    # The verdict's checks: a limit's value against it, a condition's value vs stable's and the condition.
+    assert cells(judged, 'data-check="error_rate"') == ["error rate 9.0 % &gt; limit 5.0 % ✗"]
+    assert cells(judged, 'data-check="checkouts_per_min"') == [
+        f"checkouts per min 12 vs stable 40: {CONDITION.replace('>', '&gt;')} ✗ (dry run)"]
+
+
+def test_a_rollout_without_measurements_or_tests_says_so(page):
+    html = page("/dashboard/rollouts/web-production-us-central1-v3", VIEWER).get_data(as_text=True)
+    assert "no measurements yet" in html and "data-measurement=" not in html
+    assert " data-tests>" not in html and " data-dry-run>" not in html  # FAILING is a threshold verdict

@@ -130,6 +130,8 @@ def release(call: Call, release_id: str) -> str:
 
 
 def rollout(call: Call, rollout_id: str) -> str:
+    from pitstop.surfaces.rows import measurement_rows
+
     store = call.engine.store
     r = store.rollout(rollout_id) if re.fullmatch(DOC_ID, rollout_id) else None
     if r is None or not _may_read(call, r.service, r.environment):
@@ -137,7 +139,9 @@ def rollout(call: Call, rollout_id: str) -> str:
     events = store.events(r.id)
     may = _permissions(call, r.service, r.environment)
     live = r.state not in TERMINAL
+    windows = measurement_rows(r)
     return render("rollout.html", r=_rollout_view(r, events), events=[_event(e, r) for e in events],
+                  measurements=measurement_groups(windows), windows=windows,
                   actions=rollout_actions(r.state, may) if live else [],
                   confirm=_confirmation(call, f"/api/v1/rollouts/{r.id}", may, live, release=False))
 
@@ -217,6 +221,23 @@ def _event(e: AuditEvent, r: Rollout) -> dict[str, Any]:
     from pitstop.surfaces.rows import event_row
 
     return {**event_row(e), "where": f"{r.environment}/{r.region}"}
+
+
+TRAIL = 12  # outcomes of the latest windows shown per step and metric (as `pitstop status --watch`)
+
+
+def measurement_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A rollout's measurement history (`rows.measurement_rows`, the API's rows, oldest first) per step and
+    metric, in the order first measured: each group's newest window, and its last TRAIL windows (oldest first)."""
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["step"], row["metric"]), []).append(row)
+    out, step = [], None
+    for (at_step, _), history in groups.items():
+        out.append({"latest": history[-1], "trail": history[-TRAIL:], "count": len(history),
+                    "first_of_step": at_step != step})
+        step = at_step
+    return out
 
 
 def rollout_charts(r: Rollout, events: list[AuditEvent]) -> dict[str, Markup]:
@@ -357,12 +378,14 @@ def readable_dora(report: dict[str, Any], may_read: Callable[[str, str], bool],
 def _templates() -> Any:
     import jinja2
 
-    from pitstop.core.explain import check_label
+    from pitstop.core.explain import check_line
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True,
                              lstrip_blocks=True)
     env.globals.update(refresh_s=REFRESH_S)
-    env.filters.update(when=_when, pct=_pct, value=_value, label=check_label)
+    env.filters.update(when=_when, pct=_pct, check=check_line, metric=_metric, measure=_measure,
+                       judged_by=_judged_by, mark=_mark, test_value=_test_value, test_p=_test_p,
+                       effect=_effect)
     env.globals.update(dora_metrics=_dora_metrics())
     return env
 
@@ -390,11 +413,62 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
-def _value(check: dict[str, Any]) -> str:
-    """A verdict check's measured value against its threshold, worded as everywhere: `2.0 % ≤ limit 5.0 %`."""
-    from pitstop.core.explain import check_measure
+def _metric(m: dict[str, Any]) -> str:
+    """A measurement's metric: a custom one keeps the spec's name, a built-in one is worded (`error rate`)."""
+    from pitstop.core.explain import check_label
 
-    return check_measure(check["name"], check["measured"], check["threshold"], check["passed"])
+    return m["metric"] if m.get("condition") else check_label(m["metric"])
+
+
+def _measure(m: dict[str, Any], key: str = "value") -> str:
+    """A measurement's value (or stable's, `key`) in its metric's unit: `2.0 %`, `450 ms`."""
+    from pitstop.core.explain import check_value
+
+    return check_value(m["metric"], m.get(key))
+
+
+def _judged_by(m: dict[str, Any]) -> str:
+    """What judged a measurement: a custom metric's CEL condition, or the limit it was held to."""
+    if m.get("condition"):
+        return m["condition"]
+    return f"limit {_measure(m, 'threshold')}" if m.get("threshold") is not None else "no limit"
+
+
+def _mark(outcome: str) -> str:
+    from pitstop.core.explain import check_mark
+
+    return check_mark({"pass": True, "fail": False}.get(outcome))
+
+
+def _test_value(t: dict[str, Any]) -> str:
+    """A statistical test's statistic in its own terms (core/stats.py `Result.statistic`)."""
+    from pitstop.core.explain import check_value
+
+    value, statistic = t.get("value"), t.get("statistic")
+    if value is None:
+        return "n/a"
+    if statistic == "error rate":
+        return check_value("error_rate", value)
+    if statistic == "p99 ms":
+        return check_value("latency_p99_ms", value)
+    return f"{value:.4f}" if statistic == "P(worse)" else f"{value:.2f}"  # a probability, or z
+
+
+def _test_p(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _effect(t: dict[str, Any]) -> str:
+    """The effect size: the canary's error rate as a multiple of stable's (beta-binomial), the share of request
+    pairs in which the canary is slower (Mann–Whitney); hard limits have none."""
+    effect = t.get("effect")
+    if effect is None:
+        return "—"
+    if t.get("test") == "beta-binomial":
+        return f"×{effect:.2g}"
+    if t.get("test") == "mann-whitney":
+        return f"slower in {effect:.1%} of pairs"
+    return f"{effect:.3g}"
 
 
 def _error_page(err: ApiError) -> str:

@@ -13,7 +13,13 @@
       const page = new DOMParser().parseFromString(await response.text(), "text/html");
       for (const part of document.querySelectorAll("[data-live]")) {
         const fresh = page.getElementById(part.id);
-        if (fresh) part.replaceWith(document.importNode(fresh, true));
+        if (!fresh) continue;
+        // What the person opened (a <details> with an id) stays open across the swap.
+        for (const open of part.querySelectorAll("details[open][id]")) {
+          const same = fresh.querySelector("#" + CSS.escape(open.id));
+          if (same) same.open = true;
+        }
+        part.replaceWith(document.importNode(fresh, true));
       }
       stamp.textContent = "updated " + new Date().toLocaleTimeString();
     } catch (err) {
