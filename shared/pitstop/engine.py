@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from dataclasses import dataclass, field
 
+from pitstop import drain
 from pitstop.core import access, machine, routing, sampling
 from pitstop.core.models import (
     TERMINAL, Alert, Applied, ApplyFailed, ApplyTraffic, Artifact, BuildFinished, Command, HealthSample, Input,
@@ -898,6 +899,7 @@ class Engine:
         with ThreadPoolExecutor(TICK_CONCURRENCY) as pool:
             list(pool.map(lambda item: self._isolated(item[0], self._tick_one, item[0], item[1], tick, now), due))
             list(pool.map(lambda r: self._isolated(r, self._reconcile_finished, r, now), finished))
+        drain.arm(due, now)  # while a rollout is watched, the request-log drain runs every 5 s (pitstop/drain.py)
         self._sync_releases(now)
 
     def _isolated(self, r: Rollout, work: Callable[..., None], *args: Any) -> None:
@@ -975,7 +977,14 @@ class Engine:
         whole, recent = (sampling.sample_of(r, w, read[w].get(r.revision), read[w].get(r.stable_revision))
                          for w in windows)
         for sample in sampling.to_publish(r, whole, recent):
-            # Signed like any sender's: on_health trusts pitstop's own identity (PITSTOP_SAMPLER_IDENTITY).
-            payload = sample.model_dump(mode="json", exclude={"kind", "id"}, exclude_none=True)
-            token = self._adapter("tokens")(f"{self.config.audiences[0]}#{messages.payload_digest(payload)}")
-            self.bus.publish(self.config.health_topic, {**payload, "id_token": token})
+            self.publish_sample(sample)
+
+    def publish_sample(self, sample: HealthSample) -> None:
+        """A sample of pitstop's own (the tick's sampler, the request-log drain) on the health topic, signed like
+        any sender's: on_health trusts pitstop's own identity (PITSTOP_SAMPLER_IDENTITY), and the token names this
+        payload's digest, so it proves nothing for any other message."""
+        from pitstop.core import messages
+
+        payload = sample.model_dump(mode="json", exclude={"kind", "id"}, exclude_none=True)
+        token = self._adapter("tokens")(f"{self.config.audiences[0]}#{messages.payload_digest(payload)}")
+        self.bus.publish(self.config.health_topic, {**payload, "id_token": token})
