@@ -1,9 +1,12 @@
-"""A spec's custom metric, judged by its CEL condition on the local stack, on what the production path reads:
-the tick's sampler queries the local Monitoring with the spec's filter (2xx responses per revision), the judge
-evaluates the condition over canary and stable, and either rolls back or, as a dry run, only records.
+"""The judge on the local stack, on what the production path reads (the tick's sampler, the local Monitoring):
 
-Both services run at once on one stack; their built-in limits are set out of the way (errors up to 60 %), so
-only the custom metric can be the reason for what happens."""
+- shop: a custom metric (2xx responses per revision, the spec's own filter) whose CEL condition fails rolls
+  the canary back; shop-dry: the same metric as a dry run is judged and recorded and never acts. Their
+  built-in limits are set out of the way (errors up to 60 %), so only the custom metric can be the reason;
+- stat: `judge: statistical` rolls back a canary at 3 % errors against stable's 0 %, under the 5 % limit that
+  the threshold judge reads, with the beta-binomial test's figures in the verdict.
+
+The three run at once on one stack (one stack's start-up for the file)."""
 
 from __future__ import annotations
 
@@ -23,6 +26,15 @@ from pitstop.local.stack import Stack, wait_for
 pytestmark = pytest.mark.emulators
 REGION = "us-central1"
 CONDITION = "canary.ok / canary.requests >= 0.9 * (stable.ok / stable.requests)"
+
+
+STATISTICAL = f"""
+service: stat
+regions: [{REGION}]
+match: {{repo: stat, branch: main}}
+strategy: {{canary: {{steps: [{{weight: 50, pause: 60s}}]}}}}
+health: {{judge: statistical, min_requests: 50, interval: 2s, max_p99_ms: 5000}}
+"""
 
 
 def spec(service: str, dry_run: bool) -> str:
@@ -50,22 +62,26 @@ health:
 
 @pytest.fixture(scope="module")
 def outcome(emulators, tmp_path_factory):
-    """shop (the metric acts) and shop-dry (a dry run) each ship v1, then a v2 whose requests fail 30 %."""
+    """shop (the metric acts) and shop-dry (a dry run) ship v1, then a v2 whose requests fail 30 %; stat ships
+    v1, then a v2 whose requests fail 3 %."""
     wipe_firestore(emulators.firestore.host, emulators.project)
     with Stack(tmp_path_factory.mktemp("custom"), emulators=emulators, tick_interval=0.5, health_lag=1.5,
                identity="alice@example.com") as stack:
         store = Store.from_env(stack.project)
-        for service, dry in (("shop", False), ("shop-dry", True)):
-            store.put_spec(load_spec(spec(service, dry)), "test", datetime.now(timezone.utc))
+        specs = {"shop": spec("shop", False), "shop-dry": spec("shop-dry", True), "stat": STATISTICAL}
+        failing = {"shop": "0.3", "shop-dry": "0.3", "stat": "0.03"}
+        for service, text in specs.items():
+            store.put_spec(load_spec(text), "test", datetime.now(timezone.utc))
             ship(stack.state_dir, stack.project, service, "v1")
-        for service in ("shop", "shop-dry"):
+        for service in specs:
             wait_for(f"{service} v1 stable", lambda: (store.service(service, REGION) or {}).get("stable_revision"), 90)
         ended = {}
         with Load(service_uri(stack, "shop"), rps=20, max_duration_s=150), \
-                Load(service_uri(stack, "shop-dry"), rps=20, max_duration_s=150):
-            for service in ("shop", "shop-dry"):
-                ship(stack.state_dir, stack.project, service, "v2", {"FAIL_RATE": "0.3"})
-            for service in ("shop", "shop-dry"):
+                Load(service_uri(stack, "shop-dry"), rps=20, max_duration_s=150), \
+                Load(service_uri(stack, "stat"), rps=40, max_duration_s=150):
+            for service in specs:
+                ship(stack.state_dir, stack.project, service, "v2", {"FAIL_RATE": failing[service]})
+            for service in specs:
                 r = wait_for(f"{service} v2", lambda: (x := store.active_rollout(service, REGION)) and
                              x.version == "v2" and x)
                 ended[service] = wait_for(f"{service} v2 ended", lambda: (x := store.rollout(r.id)).state in (
@@ -101,3 +117,17 @@ def test_a_dry_run_metric_is_judged_and_recorded_and_never_acts(outcome):
     assert sentences and sentences[0].startswith("[dry run] ok "), sentences
     reasons = [reason for d in docs for reason in d.get("reasons", [])]
     assert any("recorded, no action (dry_run)" in reason for reason in reasons)
+
+
+def test_the_statistical_judge_rolls_back_3_percent_errors_against_stables_0_under_the_5_percent_limit(outcome):
+    store, ended = outcome
+    r = ended["stat"]
+    assert r.state == "rolled_back", r.message
+    docs, _ = store.audit_trail(r.id)
+    failed = next(d["verdict"] for d in docs if d.get("verdict", {}).get("outcome") == "fail")
+    assert "beta-binomial" in failed["rule"] and "→ fail" in failed["rule"], failed["rule"]
+    test = next(t for t in failed["tests"] if t["test"] == "beta-binomial")
+    assert test["decision"] == "fail" and test["p"] >= test["confidence"] == 0.99
+    limit = next(t for t in failed["tests"] if t["test"] == "max_error_rate")
+    assert limit["decision"] != "fail", "the 5 % hard limit did not fire: the comparison with stable did"
+    assert {t["test"] for t in failed["tests"]} == {"max_error_rate", "max_p99_ms", "beta-binomial", "mann-whitney"}
