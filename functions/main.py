@@ -99,6 +99,22 @@ def on_tick(event: CloudEvent) -> None:
     _guarded("tick", event, handle)
 
 
+_drain = None
+
+
+@functions_framework.http
+def on_drain(request):
+    """Pull the request logs waiting, judge the watched rollouts, publish failures (pitstop/drain.py). Called
+    every 5 s by Cloud Tasks while a rollout is watched (the tick arms it); the counts stay in this instance."""
+    global _drain
+    if _drain is None:
+        from pitstop.drain import SUBSCRIPTION, Drain, fraction_from_env
+        from pitstop.gcp.subscription import Subscription
+
+        _drain = Drain(engine(), Subscription(engine().config.project, SUBSCRIPTION), fraction_from_env())
+    return _drain.run()
+
+
 @functions_framework.cloud_event
 def on_event(event: CloudEvent) -> None:
     """Deliver a pitstop event to the notification sinks configured for it (surfaces/notifications.py)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from pitstop.local.emulators import ManagedProcess, free_port, start_together
 
 START_TIMEOUT_S = 60.0
-HTTP_TARGETS = {"api"}  # the HTTP API; every other function is fed by a Pub/Sub push (a CloudEvent)
+HTTP_TARGETS = {"api", "on_drain"}  # HTTP functions; every other one is fed by a Pub/Sub push (a CloudEvent)
 
 
 def signature_type(target: str) -> str:

@@ -16,10 +16,14 @@ import random
 import socket
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
+from pitstop.core.requestlogs import Request
 from pitstop.local.requestlog import RequestLog, Served
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,7 @@ class Router:
         self._listeners: dict[tuple[str, str | None], _Listener] = {}  # (service, tag) -> listener
         self._lock = threading.Lock()  # guards listener creation, not routing
         self.upstream = _UpstreamPool(host)
+        self.log_export: Any = None  # local/logexport.LogExport once the stack has the Pub/Sub emulator
 
     def add_service(self, service_name: str) -> str:
         """Open the service's URL (no traffic yet) and return it."""
@@ -108,12 +113,17 @@ class Router:
 
     def record(self, service_name: str, revision: str, status: int, latency_ms: float) -> None:
         _, project, _, location, _, service = service_name.split("/")
+        at = time.time()
         self.request_log.add(
             Served(
-                at=time.time(), project=project, location=location, service=service,
+                at=at, project=project, location=location, service=service,
                 revision=revision, status=status, latency_ms=latency_ms,
             )
         )
+        if self.log_export is not None:  # Cloud Run's request log entry, through the sink's filter (non-blocking)
+            self.log_export.offer(Request(
+                insert_id=f"{uuid.uuid4().hex[:20]}", at=datetime.fromtimestamp(at, timezone.utc), project=project,
+                location=location, service=service, revision=revision, status=status, latency_ms=latency_ms))
 
     def _listener(self, service_name: str, tag: str | None) -> _Listener:
         with self._lock:

@@ -29,6 +29,7 @@ from pitstop.local.cloudbuild import register_trigger, start_cloudbuild
 from pitstop.local.emulators import Emulators, check_prerequisites, start_emulators
 from pitstop.local.functions import FunctionProcess, start_functions
 from pitstop.local.issuer import start_issuer
+from pitstop.local.logexport import LogExport
 from pitstop.surfaces.credentials import local_identity
 from pitstop.surfaces.proxy import start_proxy
 from pitstop.local.requestlog import RequestLog
@@ -48,6 +49,10 @@ class Stack:
     project: str = "pitstop-local"
     tick_interval: float = 1.0  # seconds between ticks; Cloud Scheduler's is 60
     health_lag: float = DEFAULT_HEALTH_LAG  # Monitoring's ingestion lag, seconds; GCP's is up to 180
+    # The request-log drain's cadence (Cloud Tasks every 5 s on GCP) and the sink's sample(insertId, F).
+    drain_interval: float = 0.5
+    log_fraction: float = 0.1
+    log_export: Any = None  # the local sink: router -> pitstop-request-logs (local/logexport.py)
     emulators: Emulators | None = None
     functions: dict[str, FunctionProcess] = field(default_factory=dict)
     request_log: RequestLog = field(default_factory=RequestLog)
@@ -103,14 +108,20 @@ class Stack:
             self.dashboard, url = start_proxy("http://127.0.0.1:1", headers=lambda: {"X-Pitstop-Token": self.token()})
             self._exit.callback(self.dashboard.shutdown)
             self.dashboard_url = url.rstrip("/")
-            self.functions = start_functions(list(ROUTES.values()) + ["api"], FUNCTIONS_SOURCE, self.function_env,
-                                             log_dir=self.state_dir / "logs")
+            self.functions = start_functions(list(ROUTES.values()) + ["api", "on_drain"], FUNCTIONS_SOURCE,
+                                             self.function_env, log_dir=self.state_dir / "logs")
             self._exit.callback(_stop_together, list(self.functions.values()))
             self.dashboard.RequestHandlerClass.api = self.api_url
             wire(self.project, {topic: self.functions[target].url for topic, target in ROUTES.items()})
+            self.log_export = LogExport(self.project, self.log_fraction)
+            self._exit.callback(self.log_export.stop)
+            self.cloud_run.router.log_export = self.log_export
             if self.tick_interval > 0:
                 ticker = threading.Thread(target=self._tick_forever, name="ticker", daemon=True)
                 ticker.start()
+                self._exit.callback(self._stop_ticks.set)
+            if self.drain_interval > 0:
+                threading.Thread(target=self._drain_forever, name="drain", daemon=True).start()
                 self._exit.callback(self._stop_ticks.set)
         except BaseException:
             self.stop()
@@ -163,7 +174,7 @@ class Stack:
         google-auth's metadata server (GCE_METADATA_HOST) is the issuer's stand-in, so `fetch_id_token` mints
         the functions' own tokens as on Cloud Functions."""
         return {**{k: v for k, v in self.env.items() if k not in ("PITSTOP_API", "PITSTOP_LOCAL_ISSUER")},
-                "PITSTOP_HEALTH_LAG": str(float(self.health_lag)),
+                "PITSTOP_HEALTH_LAG": str(float(self.health_lag)), "PITSTOP_LOG_FRACTION": str(self.log_fraction),
                 "PITSTOP_TOKEN_CERTS": self.issuer.certs_url, "PITSTOP_TOKEN_ISSUERS": self.issuer.url,
                 "GCE_METADATA_HOST": self.issuer.metadata_host, "GCE_METADATA_IP": self.issuer.metadata_host,
                 "PITSTOP_SAMPLER_IDENTITY": self.sampler_identity, "PITSTOP_ADMINS": f"user:{self.identity}",
@@ -209,6 +220,22 @@ class Stack:
                 self.publish("pitstop-ticks", {"at": datetime.now(timezone.utc).isoformat()})
             except Exception:  # the emulator is going away at shutdown; the next tick retries
                 time.sleep(self.tick_interval)
+
+
+    # ------------------------------------------------------------ Cloud Tasks stand-in (the drain chain)
+
+    def _drain_forever(self) -> None:
+        """Call on_drain every `drain_interval`, as the tick-armed Cloud Tasks chain does every 5 s on GCP (here
+        always: an idle drain pulls nothing and reads nothing)."""
+        import httpx
+
+        url = self.functions["on_drain"].url
+        with httpx.Client(timeout=30) as client:
+            while not self._stop_ticks.wait(self.drain_interval):
+                try:
+                    client.post(url, json={})
+                except httpx.HTTPError:  # the function is going away at shutdown; the next call retries
+                    pass
 
 
 def _stop_together(processes: list[FunctionProcess]) -> None:

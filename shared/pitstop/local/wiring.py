@@ -20,7 +20,11 @@ TOPICS: tuple[str, ...] = (
     "pitstop-commands",
     "pitstop-events",
     "pitstop-dead-letter",
+    "pitstop-request-logs",  # Cloud Run request logs (the sink's topic), pulled by on_drain
 )
+
+# Pull subscriptions: topic -> subscription (the drain pulls it; pitstop/drain.py SUBSCRIPTION)
+PULLS: dict[str, str] = {"pitstop-request-logs": "pitstop-request-logs-drain"}
 
 # topic -> function target (functions/main.py) that consumes it
 ROUTES: dict[str, str] = {
@@ -83,12 +87,27 @@ def create_push_subscription(project: str, topic: str, push_endpoint: str,
     return path
 
 
-def wire(project: str, routes: dict[str, str]) -> dict[str, str]:
-    """Create every pitstop topic and push each routed topic to its URL.
+def create_pull_subscription(project: str, topic: str, name: str) -> str:
+    """A pull subscription (kept if it exists); returns its path."""
+    _require_emulator()
+    with pubsub_v1.SubscriberClient() as subscriber:
+        path = subscriber.subscription_path(project, name)
+        try:
+            subscriber.create_subscription(request={"name": path, "topic": f"projects/{project}/topics/{topic}",
+                                                    "ack_deadline_seconds": PUSH_ACK_DEADLINE_S})
+        except AlreadyExists:
+            pass
+    return path
 
-    `routes` maps topic -> function URL. Returns topic -> subscription path.
+
+def wire(project: str, routes: dict[str, str]) -> dict[str, str]:
+    """Create every pitstop topic, push each routed topic to its URL, and create the pull subscriptions.
+
+    `routes` maps topic -> function URL. Returns topic -> push subscription path.
     """
     create_topics(project, TOPICS + tuple(t for t in routes if t not in TOPICS))
+    for topic, name in PULLS.items():
+        create_pull_subscription(project, topic, name)
     return {topic: create_push_subscription(project, topic, url) for topic, url in routes.items()}
 
 
