@@ -23,6 +23,11 @@ it and `bench/gcp_timing.py` sweeps it. What it models, each the way the engine 
 - **The sampler** asks `sampling.windows(rollout, now, lag)`, reads both windows for the new and the
   stable revision, builds the samples with `sampling.sample_of` (the stable one as its `Baseline`) and
   publishes `sampling.to_publish(...)`, as the engine does.
+- **Request logs** (`request_logs`, off by default; core/requestlogs.py, pitstop/drain.py): every 5xx and a
+  `log_fraction` sample of the other requests reach the drain's subscription `log_delay` after each second
+  of traffic; while a tick has armed it (`drain_armed_for` s ahead) the drain runs every `drain_every` s on
+  a fixed grid (Cloud Tasks named per slot, `drain_jitter` late) and publishes `requestlogs.failing_sample`
+  as a health sample, as the engine's `publish_sample` does.
 - **Alert incidents** (`alerts`, off by default): an incident on the new revision opens `alert_delay`
   after it starts failing while serving users.
 - **Pub/Sub**: every message (tick, sample, alert, Cloud Run result) is delivered after
@@ -136,6 +141,16 @@ class Timing:
     reapply_on_duplicate: bool = True  # the engine: a duplicate of a stored decision re-applies its split
     reconcile: bool = True
     apply_wait: float = 5.0  # the engine waits this long for an update (gcp/cloudrun.APPLY_WAIT), then reconciles
+    # The request-log path (core/requestlogs.py): Cloud Run's request log entries reach the drain's pull
+    # subscription `log_delay` after the request (Logging ingestion, the sink, Pub/Sub); the sink keeps every 5xx
+    # and `log_fraction` of the rest; a drain runs every `drain_every` s (Cloud Tasks: `drain_jitter` late) while
+    # the last tick that saw the rollout watched armed it (`drain_armed_for` s of slots ahead).
+    request_logs: bool = False
+    log_fraction: float = 0.1
+    log_delay: tuple[float, float] = (2.0, 8.0)
+    drain_every: float = 5.0
+    drain_jitter: tuple[float, float] = (0.0, 1.0)
+    drain_armed_for: float = 70.0
     max_time: float = 4 * 3600.0
     tail: float = 300.0  # keep going this long after the rollout finished: late duplicates, drift
 
@@ -165,6 +180,7 @@ class Result:
     back_on_stable_at: float | None  # traffic 100 % on stable again, for good (None: never)
     violations: list[str]
     rolled_back_by: str | None = None  # the input kind whose decision rolled back
+    rollback_source: str | None = None  # for a health sample: its source (cloud-monitoring, request-logs)
     rollback_decided_at: float | None = None
     serving_at_rollback: int = 0  # % of users the new revision served when the rollback was decided
     decisions: list[tuple[float, str, str]] = field(default_factory=list)  # (t, audit decision, state after)
@@ -356,6 +372,14 @@ class Model:
         self.failed_once: set[int] = set()
         self.rollback_served = False  # the new revision at 0 % after the rollback was decided
         self.alert_scheduled = False
+        # the request-log path: what reached the drain's subscription, and until when the drain chain is armed
+        self.log_rng = random.Random(f"logs/{seed}")
+        self.log_entries: list[tuple[float, float, str, int, int]] = []  # (delivered, at, revision, 5xx, ok seen)
+        self.drain_until = -1.0
+        self.drain_slot = 0.0
+        self.drain_scheduled = False
+        self.last_input: Any = None
+        self.rollback_source: str | None = None
 
     # ------------------------------------------------------------ plumbing
 
@@ -413,7 +437,8 @@ class Model:
             first_served_at=self.first_served_at, final_deadline=self.final_deadline, finished_at=self.finished_at,
             bad_requests=self.bad, new_requests_after_onset=self.new_after_onset,
             back_on_stable_at=self.back_on_stable_at, violations=self.violations,
-            rolled_back_by=self.rolled_back_by, rollback_decided_at=self.rollback_decided_at,
+            rolled_back_by=self.rolled_back_by, rollback_source=self.rollback_source,
+            rollback_decided_at=self.rollback_decided_at,
             serving_at_rollback=self.serving_at_rollback, decisions=self.decisions, applies=self.applies,
             crashes=self.crashes, faults=self.faults)
 
@@ -453,6 +478,7 @@ class Model:
             if self.cfg.reconcile:
                 self._reconcile(msg)
             self._sample(msg)
+            self._arm_drain()
         elif (self.cfg.reconcile and r.finished_at is not None
               and timedelta(seconds=60) < now - r.finished_at <= timedelta(seconds=120)):
             self._reconcile(msg)
@@ -490,6 +516,7 @@ class Model:
             self._reassert(inp, stored=False, msg=msg)
             return
         d = machine.decide(r, inp, self.dt(self.now))
+        self.last_input = inp
         if d.audit is None:
             return  # nothing stored: a redelivery decides again
         self.stored.add(inp.id)
@@ -687,7 +714,9 @@ class Model:
         n_tag = poisson(rng, cfg.tag_rps * (b - a)) if tagged else 0
         point = self.minutes.setdefault(m, {})
         if n_stable:
-            self._add(point, self.stable, n_stable, self._healthy_errors(n_stable, err_s), p99_s)
+            e_s = self._healthy_errors(n_stable, err_s)
+            self._add(point, self.stable, n_stable, e_s, p99_s)
+            self._logged(a, b, self.stable, n_stable, e_s)
         if not n_new and not n_tag:
             return
         failing = self.onset is not None and a >= self.onset
@@ -704,6 +733,7 @@ class Model:
                 p99 = cfg.fail_p99_ms
                 self.bad += n_new
         self._add(point, self.new, n_new + n_tag, errors, p99)
+        self._logged(a, b, self.new, n_new + n_tag, min(errors, n_new + n_tag))
 
     def _healthy_errors(self, n: int, rate: float) -> int:
         return binomial(self.traffic_rng, n, rate)
@@ -746,6 +776,62 @@ class Model:
         self.alert_scheduled = True
         self.at(self.now + self.rng.uniform(*self.cfg.alert_delay), "alert", f"inc-{self.seed}")
 
+    # ------------------------------------------------------------ the request-log path
+
+    def _logged(self, a: float, b: float, revision: str, n: int, errors: int) -> None:
+        """A stretch of requests as the sink exports them: every 5xx, a sampled share of the rest, spread over
+        the stretch second by second, each second reaching the subscription `log_delay` after it."""
+        if not self.cfg.request_logs or not n:
+            return
+        rng, ok = self.log_rng, n - errors
+        t = a
+        while t < b and (errors or ok):
+            end = min(b, t + 1.0)
+            share = (end - t) / (b - t)
+            e, o = binomial(rng, errors, share), binomial(rng, ok, share)
+            errors, ok = errors - e, ok - o
+            seen = binomial(rng, o, self.cfg.log_fraction)
+            if e or seen:
+                self.log_entries.append((end + rng.uniform(*self.cfg.log_delay), (t + end) / 2, revision, e, seen))
+            t = end
+
+    def _arm_drain(self) -> None:
+        """The tick arms the next slots of the drain chain while the rollout is watched (Cloud Tasks)."""
+        if not self.cfg.request_logs:
+            return
+        self.drain_until = self.now + self.cfg.drain_armed_for
+        if not self.drain_scheduled:
+            self.drain_scheduled = True
+            self.drain_slot = math.ceil(self.now / self.cfg.drain_every) * self.cfg.drain_every
+            self.at(self.drain_slot + self.log_rng.uniform(*self.cfg.drain_jitter), "drain")
+
+    def _on_drain(self, _: Any) -> None:
+        """The drain (`pitstop.drain`): what has reached the subscription, judged over the recent windows; a
+        clearly failing one is published as a health sample, as the engine's helper publishes it."""
+        from pitstop.core import requestlogs
+
+        self._accrue(self.now)
+        now = self.dt(self.now)
+        seen = [e for e in self.log_entries if e[0] <= self.now]
+        self.log_entries = [e for e in self.log_entries if e[0] > self.now or e[1] > self.now - 120]
+
+        def counts(revision: str, start: datetime, end: datetime) -> requestlogs.Count:
+            a, b = self.sec(start), self.sec(end)
+            picked = [e for e in seen if e[2] == revision and a <= e[1] < b]
+            return requestlogs.Count(sum(e[3] for e in picked), sum(e[4] for e in picked))
+
+        s = requestlogs.failing_sample(self.rollout, counts, self.cfg.log_fraction, now)
+        if s is not None:
+            sid = self.next_id("h")
+            self.note("logs", f"{sid} [{self.sec(s.window_start):.0f}, {self.sec(s.window_end):.0f}] "
+                              f"~{s.request_count} req {s.error_count} err: clearly failing")
+            self.publish(_Message(id=sid, kind="health", payload=s.model_copy(update={"id": sid})))
+        self.drain_slot += self.cfg.drain_every  # tasks are named per slot: the chain keeps its grid
+        if self.drain_slot <= self.drain_until and self.rollout.state not in TERMINAL:
+            self.at(self.drain_slot + self.log_rng.uniform(*self.cfg.drain_jitter), "drain")
+        else:
+            self.drain_scheduled = False
+
     # ------------------------------------------------------------ invariants
 
     def _check_desired(self, before: Rollout | None, r: Rollout, kind: str) -> None:
@@ -756,6 +842,7 @@ class Model:
         if r.state in ("rolling_back", "rolled_back") and r.kind != "direct":
             if self.rolled_back_by is None:
                 self.rolled_back_by, self.rollback_decided_at = kind, self.now
+                self.rollback_source = getattr(self.last_input, "source", None)
                 self.serving_at_rollback = {t.revision: t.percent for t in self.served}.get(r.revision, 0)
             if new_pct:
                 self.violations.append(f"{self.now:.1f}s: {r.state} rollout desires {new_pct} % on {r.revision}")
