@@ -267,3 +267,56 @@ def test_without_reapplying_on_a_duplicate_the_crash_waits_for_the_reconciler():
     assert any(line.what == "reapply" for line in with_rule.log)
     assert without.back_on_stable_at - without.rollback_decided_at > 2 * CRASH_BOUND
     assert without.bad_requests > with_rule.bad_requests
+
+
+# ---------------------------------------------------------------- the request-log path (issue #12)
+
+LOGS = dict(request_logs=True)
+SOME = settings(FAST, max_examples=max(EXAMPLES // 5, 10))
+
+
+def first_step_onset(healthy: tm.Result, at: float) -> float:
+    """A moment `at` (0-1) through the first (5 %) step, from when the new revision first serves users."""
+    ends = next(t for t in healthy.when("advanced") if t > healthy.first_served_at)
+    return healthy.first_served_at + at * (ends - healthy.first_served_at)
+
+
+def test_request_logs_roll_a_failing_first_step_back_in_seconds_with_far_fewer_bad_requests():
+    healthy = tm.simulate(seed=1, **LOGS)
+    onset = first_step_onset(healthy, 0.5)
+    alone = tm.simulate(seed=1, onset=onset, failure="errors")
+    logs = tm.simulate(seed=1, onset=onset, failure="errors", **LOGS)
+    assert alone.rollback_source == "cloud-monitoring" and alone.onset_to_stable > T.lag
+    assert (logs.rolled_back_by, logs.rollback_source) == ("health", "request-logs"), logs.text()
+    assert logs.onset_to_stable < 60 and logs.bad_requests * 5 <= alone.bad_requests
+    published = [line for line in logs.log if line.what == "logs"]
+    assert published and all("clearly failing" in line.detail for line in published)
+
+
+@SOME
+@given(seed=seeds, at=st.floats(0, 1))
+def test_request_logs_catch_30_percent_errors_in_the_first_step_within_a_minute(seed, at):
+    healthy = twin("default", seed, **LOGS)
+    assume(healthy.succeeded)
+    r = tm.simulate(seed=seed, onset=first_step_onset(healthy, at), failure="errors", **LOGS)
+    assert r.rollback_source == "request-logs", r.text()
+    assert r.onset_to_stable is not None and r.onset_to_stable < 60, r.text()
+    assert not r.violations
+
+
+@SOME
+@given(spec=specs, seed=seeds, rps=st.sampled_from([50, 200]))
+def test_request_logs_never_roll_back_a_healthy_canary(spec, seed, rps):
+    """Errors up to 2 % a minute, a 5 % limit: the clear-failure test holds the sampled counts' noise."""
+    r = tm.simulate(SPECS[spec], seed=seed, rps=rps, **LOGS)
+    assert r.state == "succeeded", r.text()
+
+
+@SOME
+@given(spec=specs, seed=seeds, at=st.floats(0, 1.05), failure=failures)
+def test_with_request_logs_a_failure_before_the_final_watch_ends_is_still_never_promoted(spec, seed, at, failure):
+    healthy = twin(spec, seed, **LOGS)
+    assume(healthy.succeeded)
+    r = tm.simulate(SPECS[spec], seed=seed, onset=at * healthy.final_deadline, failure=failure, **LOGS)
+    assert not promoted_while_failing(r), r.text()
+    assert not r.violations, r.violations
