@@ -609,9 +609,10 @@ class Check(Model):
     """One measured value against its threshold."""
 
     name: str
-    measured: float | None
-    threshold: float | None
-    passed: bool | None  # None: could not be measured
+    # Defaults: to_doc() drops None, so a stored check without them reads back as what was written.
+    measured: float | None = None
+    threshold: float | None = None
+    passed: bool | None = None  # None: could not be measured
     stable: float | None = None  # the stable revision's value over the same window, where compared
     condition: str | None = None  # a custom metric's CEL condition
     dry_run: bool = False  # recorded, never acts
