@@ -22,6 +22,8 @@ locals {
     commands    = "pitstop-commands"
     events      = "pitstop-events"
     dead_letter = "pitstop-dead-letter"
+    # Cloud Run request logs of the managed services, from the sinks in requestlogs.tf; pulled by on_drain.
+    request_logs = "pitstop-request-logs"
   }
 
   # One entry per entry point in functions/main.py and everything per-function derives from it:
@@ -74,6 +76,11 @@ locals {
     PITSTOP_BUILD_PROJECT    = local.build_project
     # Links in notifications (dashboard page, one-click actions); empty: messages carry no dashboard links.
     PITSTOP_DASHBOARD_URL = var.dashboard_url
+    # The request-log drain (requestlogs.tf): the sinks' sample fraction, and the chain on_tick arms.
+    PITSTOP_LOG_FRACTION  = tostring(var.request_log_fraction)
+    PITSTOP_DRAIN_QUEUE   = google_cloud_tasks_queue.drain.id
+    PITSTOP_DRAIN_URL     = local.drain_url
+    PITSTOP_DRAIN_INVOKER = google_service_account.drain_invoker.email
   }
 
   # Managed services with their defaults filled in: project = project_id, location = region.
@@ -120,6 +127,7 @@ locals {
     "cloudbuild.googleapis.com",
     "cloudfunctions.googleapis.com",
     "cloudscheduler.googleapis.com",
+    "cloudtasks.googleapis.com",
     "containeranalysis.googleapis.com",
     "firestore.googleapis.com",
     "iam.googleapis.com",

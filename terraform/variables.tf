@@ -123,6 +123,17 @@ variable "health_lag_seconds" {
   }
 }
 
+variable "request_log_fraction" {
+  description = "Share of the managed services' non-5xx request log entries the sinks export to pitstop-request-logs (sample(insertId, F)); every 5xx is exported. 0.1 suits ~100 req/s, 0.01 ~10,000 req/s."
+  type        = number
+  default     = 0.1
+
+  validation {
+    condition     = var.request_log_fraction > 0 && var.request_log_fraction <= 1
+    error_message = "request_log_fraction must be above 0 and at most 1."
+  }
+}
+
 variable "max_delivery_attempts" {
   description = "Deliveries of one message before Pub/Sub moves it to pitstop-dead-letter."
   type        = number

@@ -22,6 +22,10 @@ MAIN_PY = ROOT / "functions" / "main.py"
 PACKAGE = ROOT / "shared" / "pitstop"
 WIRING = PACKAGE / "local" / "wiring.py"
 
+# HTTP entry points that run as another function's identity: the request-log drain is the sampler's fast half
+# and signs its samples as the sampler (on_tick), which on_health trusts (terraform/requestlogs.tf).
+RUNS_AS = {"on_drain": "on_tick"}
+
 PRIMITIVE_ROLES = re.compile(r"\broles/(owner|editor|viewer)\b")
 TOPIC_NAME = re.compile(r"^(cloud-builds|pitstop-[a-z0-9]+(-[a-z0-9]+)*)$")
 
@@ -101,7 +105,8 @@ def _local_map(tf: dict[str, Any], expr: str) -> dict[str, Any]:
 def _terraform_functions(tf: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Entry point -> its local.functions entry, checking the function resource iterates over it."""
     functions = _of_type(tf, "google_cloudfunctions2_function")
-    assert set(functions) == {"function", *_http_functions(tf)}, "expected one for_each function + one per HTTP entry point"
+    assert set(functions) == {"function", *_http_functions(tf), *RUNS_AS}, \
+        "expected one for_each function + one per HTTP entry point"
     body = functions["function"]
     assert _block(body, "build_config")["entry_point"] == "${each.key}", "entry_point must be the map key"
     return _local_map(tf, body["for_each"])
@@ -253,7 +258,7 @@ def test_every_function_has_its_own_service_account(tf: dict[str, Any]) -> None:
     assert "each.key" in account["account_id"]
     for name, body in _function_bodies(tf).items():
         expected = ("${google_service_account.function[each.key].email}" if name == "function"
-                    else f'${{google_service_account.function["{name}"].email}}')
+                    else f'${{google_service_account.function["{RUNS_AS.get(name, name)}"].email}}')
         assert _block(body, "service_config")["service_account_email"] == expected, name
     assert set(identities) >= {"on_tick", "api"}
     # No other identity (e.g. the push signer) is shared with a function.
@@ -341,7 +346,8 @@ def test_terraform_routes_match_the_local_wiring(tf: dict[str, Any]) -> None:
 
 def test_entry_points_match_functions_main(tf: dict[str, Any]) -> None:
     assert MAIN_PY.exists(), f"{MAIN_PY} is missing: Terraform deploys its entry points"
-    for kind, in_terraform in (("cloud_event", set(_terraform_functions(tf))), ("http", set(_http_functions(tf)))):
+    for kind, in_terraform in (("cloud_event", set(_terraform_functions(tf))),
+                               ("http", {*_http_functions(tf), *RUNS_AS})):
         in_code = _decorated_functions(MAIN_PY, kind)
         assert in_terraform - in_code == set(), f"Terraform deploys {kind} entry points main.py lacks"
         assert in_code - in_terraform == set(), f"main.py has {kind} entry points Terraform does not deploy"
@@ -440,7 +446,8 @@ def test_api_is_iam_protected_and_invoked_only_by_api_invokers(tf: dict[str, Any
     assert binding["members"] == "${var.api_invokers}"
     # Every other invoker grant is the push identity on the event-driven functions.
     for rtype, name, role, member in _iam_grants(tf):
-        if role in ("roles/run.invoker", "roles/cloudfunctions.invoker") and name != "api_invokers":
+        if role in ("roles/run.invoker", "roles/cloudfunctions.invoker") and name not in ("api_invokers",
+                                                                                          "drain_invoker"):
             body = tf["resource"][(rtype, name)]
             assert (rtype, member) == ("google_cloud_run_v2_service_iam_member", "${google_service_account.pusher.member}"), name
             assert body["for_each"] == "${google_cloudfunctions2_function.function}", name
@@ -541,7 +548,7 @@ def test_audit_events_go_to_a_locked_log_bucket(tf: dict[str, Any]) -> None:
     assert bucket["retention_days"] == "${var.audit_log_retention_days}"
     assert tf["variable"]["audit_log_retention_days"]["default"] == 400
     sinks = _of_type(tf, "google_logging_project_sink")
-    assert list(sinks) == ["audit"]
+    assert sorted(sinks) == ["audit", "request_logs"]  # request_logs: Cloud Run's request logs to Pub/Sub (#12)
     sink = sinks["audit"]
     assert sink["destination"] == (
         "logging.googleapis.com/projects/${var.project_id}/locations/${var.audit_log_location}"
@@ -555,7 +562,8 @@ def test_audit_events_go_to_a_locked_log_bucket(tf: dict[str, Any]) -> None:
     assert "for fn, name in local.function_name" in flt
     assert tf["locals"]["function_name"] == '${{for fn in keys(local.identities) : fn => "pitstop-${replace(fn, "_", "-")}"}}'
     names = {n: b["name"] for n, b in _function_bodies(tf).items()}
-    assert names == {"function": "${local.function_name[each.key]}", "api": '${local.function_name["api"]}'}
+    assert names == {"function": "${local.function_name[each.key]}", "api": '${local.function_name["api"]}',
+                     "on_drain": "${local.drain_name}"}
 
 
 def _checkov() -> str | None:
@@ -890,7 +898,8 @@ def test_check_jobs_role_holds_exactly_the_jobs_permissions(tf: dict[str, Any]) 
     # A job runs as an account the functions may act as: the managed services' runtime accounts
     # only (no project-level serviceAccountUser, no actAs on any other account).
     act_as = [(rtype, name) for rtype, name, role_, _ in _iam_grants(tf) if role_ == "roles/iam.serviceAccountUser"]
-    assert act_as == [("google_service_account_iam_member", "function_acts_as_runtime")]
+    assert act_as == [("google_service_account_iam_member", "function_acts_as_runtime"),
+                      ("google_service_account_iam_member", "tick_acts_as_drain_invoker")]
     assert "for key, sa in local.runtime_service_accounts" in tf["resource"][act_as[0]]["for_each"]
 
 
@@ -937,3 +946,61 @@ def test_on_event_reads_secrets_and_deploys_nothing(tf: dict[str, Any]) -> None:
     assert secrets.search("slack-hook") and secrets.search("projects/acme/secrets/chat-hook")
     assert not secrets.search("projects/acme/secrets/a/versions/1")
     assert topics.search("projects/acme-audit/topics/deployments") and not topics.search("deployments")
+
+
+# ---------------------------------------------------------------- request logs (issue #12)
+
+def test_request_logs_are_sunk_per_service_project_with_a_bounded_filter(tf: dict[str, Any]) -> None:
+    sink = _of_type(tf, "google_logging_project_sink")["request_logs"]
+    assert sink["for_each"] == "${local.request_log_services}" and sink["project"] == "${each.key}"
+    assert "local.check_projects" in tf["locals"]["request_log_services"], "every project holding managed services"
+    assert sink["destination"] == 'pubsub.googleapis.com/${google_pubsub_topic.pitstop["request_logs"].id}'
+    assert tf["locals"]["pitstop_topics"]["request_logs"] == "pitstop-request-logs"
+    assert sink["unique_writer_identity"] is True
+    flt = sink["filter"]
+    # The log name as Cloud Logging spells it (the slash URL-encoded), the revision resource, the services,
+    # and the volume bound: every 5xx, a sample of the rest.
+    assert 'logName = \\"projects/${each.key}/logs/run.googleapis.com%2Frequests\\"' in flt, flt
+    assert 'resource.type = \\"cloud_run_revision\\"' in flt
+    assert "resource.labels.service_name = (" in flt and "each.value" in flt
+    assert "(httpRequest.status >= 500 OR sample(insertId, ${var.request_log_fraction}))" in flt
+    variable = tf["variable"]["request_log_fraction"]
+    assert variable["default"] == 0.1 and "var.request_log_fraction > 0" in variable["validation"][0]["condition"]
+    # Each sink's writer identity may publish on the topic, and nothing else is granted to it.
+    grant = _of_type(tf, "google_pubsub_topic_iam_member")["request_log_sink_publishes"]
+    assert grant["for_each"] == "${google_logging_project_sink.request_logs}"
+    assert (grant["role"], grant["member"]) == (PUBLISHER, "${each.value.writer_identity}")
+    assert _topic_of(tf, grant["topic"]) == "pitstop-request-logs"
+
+
+def test_the_drain_pulls_its_subscription_on_a_tick_armed_cloud_tasks_chain(tf: dict[str, Any]) -> None:
+    from pitstop.drain import SUBSCRIPTION
+
+    sub = _of_type(tf, "google_pubsub_subscription")["request_logs"]
+    assert sub["name"] == SUBSCRIPTION and "push_config" not in sub, "a pull subscription, named as the code names it"
+    assert sub["topic"] == '${google_pubsub_topic.pitstop["request_logs"].id}'
+    assert _wiring_constant("PULLS") == {"pitstop-request-logs": SUBSCRIPTION}, "the same locally"
+    pulls = _of_type(tf, "google_pubsub_subscription_iam_member")["drain_pulls"]
+    assert (pulls["role"], pulls["member"]) == ("roles/pubsub.subscriber",
+                                                '${google_service_account.function["on_tick"].member}')
+    drain = _function_bodies(tf)["on_drain"]
+    config = _block(drain, "service_config")
+    assert config["max_instance_count"] == 1, "the counts live in one instance's memory"
+    assert config["ingress_settings"] == "ALLOW_INTERNAL_ONLY"
+    assert tf["locals"]["drain_url"].endswith("/${local.drain_name}")
+    # Cloud Tasks: a queue on_tick may enqueue to, calling the drain as an account that may only invoke it.
+    queue = _of_type(tf, "google_cloud_tasks_queue")["drain"]
+    assert _block(queue, "retry_config")["max_attempts"] == 1, "a missed slot is not retried: the next is 5 s on"
+    enqueue = _of_type(tf, "google_cloud_tasks_queue_iam_member")["tick_enqueues"]
+    assert (enqueue["role"], enqueue["member"]) == ("roles/cloudtasks.enqueuer",
+                                                    '${google_service_account.function["on_tick"].member}')
+    invoker = _of_type(tf, "google_cloud_run_v2_service_iam_member")["drain_invoker"]
+    assert (invoker["name"], invoker["member"]) == ("${google_cloudfunctions2_function.on_drain.name}",
+                                                    "${google_service_account.drain_invoker.member}")
+    acts = _of_type(tf, "google_service_account_iam_member")["tick_acts_as_drain_invoker"]
+    assert acts["service_account_id"] == "${google_service_account.drain_invoker.name}"
+    env = tf["locals"]["function_environment"]
+    assert (env["PITSTOP_DRAIN_QUEUE"], env["PITSTOP_DRAIN_URL"], env["PITSTOP_DRAIN_INVOKER"]) == (
+        "${google_cloud_tasks_queue.drain.id}", "${local.drain_url}", "${google_service_account.drain_invoker.email}")
+    assert env["PITSTOP_LOG_FRACTION"] == "${tostring(var.request_log_fraction)}"
+    assert "cloudtasks.googleapis.com" in tf["locals"]["apis"]
