@@ -2,7 +2,7 @@
 
     /dashboard/                        services, releases and rollouts in flight, recent rollouts, DORA summary
     /dashboard/releases/{id}           a release: route, stages, waves, regions, verdicts, charts, audit trail
-    /dashboard/rollouts/{id}           a rollout on its own: the same parts
+    /dashboard/rollouts/{id}           a rollout on its own: the same parts, and its measurements per step and metric
     /dashboard/metrics                 DORA metrics per service and environment, 7/30/90 days
     ?action=promote|approve|abort|pause|resume|rollback[&environment=E&region=R]
                                        a confirmation panel; its button POSTs JSON to the API's command route
@@ -243,7 +243,10 @@ def measurement_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def rollout_charts(r: Rollout, events: list[AuditEvent]) -> dict[str, Markup]:
     """Error rate and p99 over the rollout, new revision vs stable, from its audit trail: each health sample's
     event records the revision, requests, errors and p99 it measured, and the stable revision's over the same
-    window when the sampler measured it; a `baseline` event is a sample of the stable revision alone."""
+    window when the sampler measured it; a `baseline` event is a sample of the stable revision alone.
+
+    Not from `Rollout.measurements`: those keep only the newest windows, have no stable-only baseline samples,
+    and the threshold judge records no stable p99 there, so the stable line would thin out or vanish."""
     new: list[tuple[float, float, float | None]] = []
     stable: list[tuple[float, float, float | None]] = []
     for e in events:
