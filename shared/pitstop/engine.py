@@ -944,7 +944,6 @@ class Engine:
         """Read Monitoring over the windows the sampler policy names; publish what can change a decision."""
         from dataclasses import replace
 
-        from pitstop.core import messages
         from pitstop.gcp.metrics import MetricQueryRefused, MetricsUnavailable
 
         windows = sampling.windows(r, now, self.config.health_lag)
