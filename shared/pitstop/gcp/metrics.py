@@ -113,8 +113,7 @@ class Metrics:
             if series.metric.labels.get("response_code_class") == "5xx":
                 counts[revision][1] += total
         latencies = self._latencies(query)
-        cpu = self._utilization(query, CPU_UTILIZATIONS)
-        memory = self._utilization(query, MEMORY_UTILIZATIONS)
+        cpu, memory = self._utilizations(query)
         health = {}
         for r in revisions:
             served = counts[r][0] > 0
@@ -133,6 +132,18 @@ class Metrics:
                 memory_utilization=memory.get(r),
             )
         return health
+
+    def _utilizations(self, query: _WindowQuery) -> tuple[dict[str, float], dict[str, float]]:
+        """CPU and memory p95 per revision; when Monitoring cannot answer for them, none: the errors and latency
+        just read must not wait a tick for a resource reading (a revision without one is not judged on it)."""
+        try:
+            return self._utilization(query, CPU_UTILIZATIONS), self._utilization(query, MEMORY_UTILIZATIONS)
+        except MetricsUnavailable as err:
+            from pitstop.log import log
+
+            log("WARNING", f"CPU and memory of {query.service} not read: {err}. Judged without them this window.",
+                service=query.service)
+            return {}, {}
 
     def custom_values(
         self,
