@@ -79,7 +79,7 @@ class Drain:
             if (r.project, r.region, r.service) not in seen:
                 continue
 
-            def counts(revision: str, start: datetime, end: datetime, r: Any = r) -> requestlogs.Count:
+            def counts(revision: str | None, start: datetime, end: datetime, r: Any = r) -> requestlogs.Count:
                 return self.tally.count(r.project, r.region, r.service, revision, start, end)
 
             sample = requestlogs.failing_sample(r, counts, self.fraction, now)

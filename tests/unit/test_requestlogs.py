@@ -102,7 +102,8 @@ def test_windows_count_by_second_per_revision_and_old_counts_are_forgotten():
 
 
 @pytest.mark.parametrize("errors, ok_seen, clear", [
-    (7, 1, True),  # q 0.88 of 8 entries seen: 30 % errors or so
+    (9, 1, True),  # q 0.9 of 10 entries seen: 30 % errors or more
+    (7, 1, False),  # q 0.88 of 8 entries: 3 in 1,000 at the limit, not clear enough
     (3, 0, False),  # too few entries for any confidence
     (14, 4, True),
     (12, 7, False),  # ~17 % perhaps, but 19 entries seen do not say so at z = 3
@@ -112,6 +113,17 @@ def test_windows_count_by_second_per_revision_and_old_counts_are_forgotten():
 ])
 def test_a_failure_is_clear_only_beyond_the_noise_of_the_sample(errors, ok_seen, clear):
     assert rl.clearly_failing(rl.Count(errors, ok_seen), 0.1, 0.05) is clear
+
+
+def test_a_canary_with_few_entries_of_its_own_is_judged_by_its_share_of_the_service():
+    """At 5 % of the service, 9 errors and 3 good entries seen are not clear on their own; the service's 72
+    entries (F = 0.1) say the canary had at most ~41 requests, where 9 errors are far over 5 %."""
+    canary = rl.Count(errors=9, ok_seen=3)
+    assert not rl.clearly_failing(canary, 0.1, 0.05)
+    service = rl.Count(errors=12, ok_seen=60)
+    assert rl.clearly_failing_by_share(9, service, 0.05, 0.1, 0.05)
+    assert not rl.clearly_failing_by_share(4, service, 0.05, 0.1, 0.05), "4 errors in ~30-41 requests: noise"
+    assert not rl.clearly_failing_by_share(9, service, 0.5, 0.1, 0.05), "at 50 % the canary had ~300-400 requests"
 
 
 def test_clear_failures_are_rare_for_a_healthy_revision():
@@ -151,7 +163,7 @@ def test_a_clearly_failing_window_becomes_a_sample_the_judge_fails_with_stable_b
 
     sample = rl.failing_sample(r, counts, 1.0, now)
     assert sample is not None and sample.source == "request-logs" and sample.rollout_id == r.id
-    assert (sample.revision, sample.window_end, sample.window_start) == (r.revision, now, now - timedelta(seconds=10))
+    assert (sample.revision, sample.window_end, sample.window_start) == (r.revision, now, now - timedelta(seconds=5))
     assert sample.stable is not None and sample.stable.revision == r.stable_revision
     assert sample.latency_p99_ms is None, "latency stays Monitoring's"
     assert judge(sample, r.health, sample.stable).outcome == "fail"

@@ -29,12 +29,14 @@ SOURCE = "request-logs"
 LOG_NAME = "run.googleapis.com%2Frequests"  # the `logName` of Cloud Run request logs ends in this
 # Windows a drain judges, shortest first, each ending now: a short one
 # sees a failure that has just begun, undiluted; a longer one sees a slow failure with enough evidence.
-WINDOWS = (timedelta(seconds=10), timedelta(seconds=20), timedelta(seconds=30), timedelta(seconds=60))
-# A window fails clearly when even the low end of its error rate's confidence interval is over the limit.
-# z = 3 (one-sided 99.87 %): a drain judges each rollout every 5 s, several windows at a time, so the level is
-# stricter than one test's (at z = 2.5, 5 errors among 6 entries seen from a healthy canary at 2 % rolled one
-# back in the timing model's healthy sweep).
-CLEAR_Z = 3.0
+WINDOWS = tuple(timedelta(seconds=s) for s in (5, 10, 15, 20, 30, 45, 60))
+# A window fails clearly when so many errors would happen less than once in 1/ALPHA windows at the limit (an
+# exact binomial tail: a normal approximation is far too kind to 3 errors in 6 requests). A drain judges each
+# rollout every 5 s, several overlapping windows at a time; at 1e-3 none of the timing model's 300 healthy
+# canaries (errors up to 2 %, limit 5 %) is rolled back (a Wilson bound at z = 2.5 rolled back 1 %).
+ALPHA = 1e-3
+# The service's sampled non-5xx, at the high end of their Poisson interval (z), bound its requests.
+TRAFFIC_Z = 2.0
 KEEP = timedelta(minutes=5)  # counts older than this are forgotten (the longest window is 60 s)
 REMEMBER_IDS = 200_000  # insertIds kept for de-duplication (~20 MB at most)
 
@@ -155,15 +157,17 @@ class Tally:
         second[0 if request.status >= 500 else 1] += 1
         return True
 
-    def count(self, project: str, location: str, service: str, revision: str, start: datetime,
+    def count(self, project: str, location: str, service: str, revision: str | None, start: datetime,
               end: datetime) -> Count:
-        """Requests with start <= second < end."""
-        seconds = self._counts.get((project, location, service, revision), {})
+        """Requests with start <= second < end, of one revision (None: of all the service's)."""
         lo, hi = math.floor(start.timestamp()), math.floor(end.timestamp())
         errors = ok = 0
-        for second, (e, o) in seconds.items():
-            if lo <= second < hi:
-                errors, ok = errors + e, ok + o
+        for key, seconds in self._counts.items():
+            if key[:3] != (project, location, service) or revision not in (None, key[3]):
+                continue
+            for second, (e, o) in seconds.items():
+                if lo <= second < hi:
+                    errors, ok = errors + e, ok + o
         return Count(errors, ok)
 
     def services(self) -> set[tuple[str, str, str]]:
@@ -181,23 +185,58 @@ class Tally:
                 del self._counts[key]
 
 
-def clearly_failing(count: Count, fraction: float, limit: float, z: float = CLEAR_Z) -> bool:
+def clearly_failing(count: Count, fraction: float, limit: float, alpha: float | None = None) -> bool:
     """The error rate is over `limit` beyond the noise of the counts.
 
     Conditioned on the entries seen, each one is an error with probability q = p / (p + F (1 - p)) for a
     true error rate p, so the errors among the entries seen are binomial in q: the rate is clearly over
-    the limit when the low end of q's Wilson interval is over the q of the limit."""
-    seen = count.errors + count.ok_seen
-    if not seen:
-        return False
+    the limit when that many errors are less likely than `alpha` at the limit's q."""
     q_limit = limit / (limit + fraction * (1 - limit))
-    q = count.errors / seen
-    centre = q + z * z / (2 * seen)
-    spread = z * math.sqrt((q * (1 - q) + z * z / (4 * seen)) / seen)
-    return (centre - spread) / (1 + z * z / seen) > q_limit
+    return _tail(count.errors, count.errors + count.ok_seen, q_limit) < (alpha or ALPHA)
 
 
-Counts = Callable[[str, datetime, datetime], Count]  # (revision, start, end) -> what was seen of it
+def clearly_failing_by_share(errors: int, service: Count, share: float, fraction: float, limit: float,
+                             alpha: float | None = None) -> bool:
+    """The canary's errors are clearly too many for the requests its share of the service's traffic brings.
+
+    A canary at 5 % has few entries of its own; the service's requests are estimated from twenty times more.
+    With the service's sampled non-5xx at the high end of their interval, the canary has at most N requests
+    (`share` of them); the rate is clearly over the limit when that many errors in N are less likely than
+    `alpha` at the limit."""
+    ok_high = service.ok_seen + TRAFFIC_Z * math.sqrt(service.ok_seen) + TRAFFIC_Z ** 2
+    most = math.ceil(share * (service.errors + ok_high / fraction))
+    return _tail(errors, max(most, errors), limit) < (alpha or ALPHA)
+
+
+def _tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), exactly enough where it matters (k above the mean)."""
+    if k <= n * p:
+        return 1.0
+    if p >= 1:
+        return 1.0
+    total, i = 0.0, k
+    log_p, log_q = math.log(p), math.log1p(-p)
+    while i <= n:
+        term = math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p
+                        + (n - i) * log_q)
+        total += term
+        if term < total * 1e-12:  # above the mean the terms fall off geometrically
+            break
+        i += 1
+    return total
+
+
+# (revision, start, end) -> what was seen of it; revision None: of every revision of the service
+Counts = Callable[[str | None, datetime, datetime], Count]
+
+
+def served_share(r: Rollout) -> float | None:
+    """The new revision's share of the service's traffic as Cloud Run serves it (None while a change is in flight,
+    and at 0 or 100 %, where the service's traffic says nothing about the canary's)."""
+    if not r.applied or not r.observed:
+        return None
+    share = sum(t.percent for t in r.observed if t.revision == r.revision) / 100
+    return share if 0 < share < 1 else None
 
 
 def failing_sample(r: Rollout, counts: Counts, fraction: float, now: datetime) -> HealthSample | None:
@@ -205,13 +244,21 @@ def failing_sample(r: Rollout, counts: Counts, fraction: float, now: datetime) -
     publish; None when none does (a pass is never claimed from logs). `counts` reads the rollout's service."""
     if r.state not in WATCHED:
         return None
+    share, limit = served_share(r), r.health.max_error_rate
     for length in WINDOWS:
         # Not cut at the step's start: that is when pitstop learnt the split was real, often well after users
-        # met it, and an error rate is one whatever the step.
+        # met it, and an error rate is one whatever the step. (A window reaching back into a smaller step, or
+        # before the canary served, only makes the share's estimate of its requests larger: conservative.)
         start = now - length
         new = counts(r.revision, start, now)
-        if not new.errors or not clearly_failing(new, fraction, r.health.max_error_rate):
+        if not new.errors:
             continue
+        estimate = new.requests(fraction)
+        if not clearly_failing(new, fraction, limit):
+            service = counts(None, start, now) if share else None
+            if service is None or not clearly_failing_by_share(new.errors, service, share, fraction, limit):
+                continue
+            estimate = max(new.errors, round(share * service.requests(fraction)))
         stable = counts(r.stable_revision, start, now) if r.stable_revision else Count(0, 0)
         baseline = None
         if stable.errors + stable.ok_seen and r.stable_revision != r.revision:
@@ -219,7 +266,7 @@ def failing_sample(r: Rollout, counts: Counts, fraction: float, now: datetime) -
                                 error_count=stable.errors)
         sample = HealthSample(
             service=r.service, region=r.region, revision=r.revision, rollout_id=r.id, window_start=start,
-            window_end=now, request_count=new.requests(fraction), error_count=new.errors, source=SOURCE,
+            window_end=now, request_count=estimate, error_count=new.errors, source=SOURCE,
             stable=baseline)
         if judge(sample, r.health, sample.stable).outcome == "fail":
             return sample

@@ -815,9 +815,9 @@ class Model:
         seen = [e for e in self.log_entries if e[0] <= self.now]
         self.log_entries = [e for e in self.log_entries if e[0] > self.now or e[1] > self.now - 120]
 
-        def counts(revision: str, start: datetime, end: datetime) -> requestlogs.Count:
+        def counts(revision: str | None, start: datetime, end: datetime) -> requestlogs.Count:
             a, b = self.sec(start), self.sec(end)
-            picked = [e for e in seen if e[2] == revision and a <= e[1] < b]
+            picked = [e for e in seen if revision in (None, e[2]) and a <= e[1] < b]
             return requestlogs.Count(sum(e[3] for e in picked), sum(e[4] for e in picked))
 
         s = requestlogs.failing_sample(self.rollout, counts, self.cfg.log_fraction, now)
