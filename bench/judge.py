@@ -27,7 +27,8 @@ Judges, each fed exactly what it would see:
 All three read the CPU limit (80 %) the same way.
 
 Figures: false rollbacks per 1,000 healthy canaries, healthy steps judged *pass* at their deadline,
-detection per failure kind, and the bad requests served before the rollback (errors above the stable
+detection per failure kind, the bad canaries promoted (passed at every step's deadline: a miss that is still
+inconclusive at a deadline holds there instead), and the bad requests served before the rollback (errors above the stable
 rate; with a latency failure every canary request), p50 and p99 over the canaries of that kind
 (undetected ones count all they served). Goals (issue #12): ≤ 5 false rollbacks per 1,000; ≥ 99 %
 detection from ×5; catching 0.1 % → 3 %; ≥ 2× fewer bad requests at no more false rollbacks.
@@ -259,7 +260,7 @@ def bad_served(c: Canary, minutes: list[Minute], until: int | None) -> float:
 
 def evaluate(seed: int, healthy: int, per_kind: int, statistical: Health = Health(judge="statistical")) -> dict:
     figures = {j: {"false": 0, "steps": 0, "passes": 0,
-                   **{k: {"caught": 0, "n": 0, "busy_caught": 0, "busy": 0, "bad": []} for k in KINDS}}
+                   **{k: {"caught": 0, "n": 0, "busy_caught": 0, "busy": 0, "promoted": 0, "bad": []} for k in KINDS}}
                for j in JUDGES}
     for c in make_corpus(seed, healthy, per_kind):
         minutes = simulate(c, seed)
@@ -273,6 +274,9 @@ def evaluate(seed: int, healthy: int, per_kind: int, statistical: Health = Healt
                 k = f[c.kind]
                 k["n"] += 1
                 k["caught"] += o.rolled_back_at is not None
+                # Missed and passed at every step's deadline: promoted. A miss that is inconclusive at a deadline
+                # is held (then paused for a person), not promoted.
+                k["promoted"] += o.rolled_back_at is None and o.deadline_passes == len(_default_steps())
                 if c.rps >= BUSY:
                     k["busy"] += 1
                     k["busy_caught"] += o.rolled_back_at is not None
@@ -291,6 +295,8 @@ def table(figures: dict, healthy: int) -> str:
                                         for j in JUDGES)))
         rows.append((f"{k}: detected at ≥ {BUSY} req/s", *(
             f"{figures[j][k]['busy_caught'] / max(figures[j][k]['busy'], 1):.1%}" for j in JUDGES)))
+        rows.append((f"{k}: promoted", *(f"{figures[j][k]['promoted'] / max(figures[j][k]['n'], 1):.1%}"
+                                         for j in JUDGES)))
         rows.append((f"{k}: bad served p50 / p99", *(
             f"{_q(figures[j][k]['bad'], 50):,.0f} / {_q(figures[j][k]['bad'], 99):,.0f}" for j in JUDGES)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
