@@ -9,8 +9,9 @@ instance; a duplicate that another instance saw is counted twice: the counts are
 
 Only failure is read from here. Cloud Monitoring stays the source of passes, latency percentiles and
 the count of record; a window is published only when the judge fails it *and* the failure is clear
-beyond the noise of sampled counts (`clearly_failing`), so a healthy canary is not rolled back by a
-few unlucky seconds.
+beyond the noise of sampled counts, so a healthy canary is not rolled back by a few unlucky seconds:
+by the canary's own entries (`clearly_failing`), or, since a canary at 5 % has few of its own, by its
+errors against the requests its share of the service's traffic brings (`clearly_failing_by_share`).
 """
 
 from __future__ import annotations
