@@ -85,9 +85,10 @@ class Drain:
             sample = requestlogs.failing_sample(r, counts, self.fraction, now)
             if sample is None:
                 continue
+            seconds = int((sample.window_end - sample.window_start).total_seconds())
             log("WARNING", f"request logs: {sample.error_count} errors in ~{sample.request_count} requests of "
-                           f"{r.revision} over the last {int((sample.window_end - sample.window_start).total_seconds())}"
-                           f" s; publishing the failing sample", **rollout_fields(r))
+                           f"{r.revision} over the last {seconds} s; publishing the failing sample",
+                **rollout_fields(r))
             self.engine.publish_sample(sample)
             published += 1
         return published
