@@ -102,10 +102,10 @@ def test_windows_count_by_second_per_revision_and_old_counts_are_forgotten():
 
 
 @pytest.mark.parametrize("errors, ok_seen, clear", [
-    (9, 1, True),  # q 0.9 of 10 entries seen: 30 % errors or more
-    (7, 1, False),  # q 0.88 of 8 entries: 3 in 1,000 at the limit, not clear enough
+    (11, 1, True),  # q 0.92 of 12 entries seen: 30 % errors or more
+    (9, 1, False),  # q 0.9 of 10 entries: 5 in 10,000 at the limit, not clear enough
     (3, 0, False),  # too few entries for any confidence
-    (14, 4, True),
+    (16, 4, True),
     (12, 7, False),  # ~17 % perhaps, but 19 entries seen do not say so at z = 3
     (5, 20, False),  # 5 errors and ~200 good requests: 2.4 %
     (20, 40, False),  # ~5 %: at the limit, not over it
@@ -116,12 +116,12 @@ def test_a_failure_is_clear_only_beyond_the_noise_of_the_sample(errors, ok_seen,
 
 
 def test_a_canary_with_few_entries_of_its_own_is_judged_by_its_share_of_the_service():
-    """At 5 % of the service, 9 errors and 3 good entries seen are not clear on their own; the service's 72
-    entries (F = 0.1) say the canary had at most ~41 requests, where 9 errors are far over 5 %."""
-    canary = rl.Count(errors=9, ok_seen=3)
+    """At 5 % of the service, 10 errors and 3 good entries seen are not clear on their own; the service's 72
+    entries (F = 0.1) say the canary had at most ~41 requests, where 10 errors are far over 5 %."""
+    canary = rl.Count(errors=10, ok_seen=3)
     assert not rl.clearly_failing(canary, 0.1, 0.05)
     service = rl.Count(errors=12, ok_seen=60)
-    assert rl.clearly_failing_by_share(9, service, 0.05, 0.1, 0.05)
+    assert rl.clearly_failing_by_share(10, service, 0.05, 0.1, 0.05)
     assert not rl.clearly_failing_by_share(4, service, 0.05, 0.1, 0.05), "4 errors in ~30-41 requests: noise"
     assert not rl.clearly_failing_by_share(9, service, 0.5, 0.1, 0.05), "at 50 % the canary had ~300-400 requests"
 

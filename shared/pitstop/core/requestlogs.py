@@ -33,9 +33,10 @@ LOG_NAME = "run.googleapis.com%2Frequests"  # the `logName` of Cloud Run request
 WINDOWS = tuple(timedelta(seconds=s) for s in (5, 10, 15, 20, 30, 45, 60))
 # A window fails clearly when so many errors would happen less than once in 1/ALPHA windows at the limit (an
 # exact binomial tail: a normal approximation is far too kind to 3 errors in 6 requests). A drain judges each
-# rollout every 5 s, several overlapping windows at a time; at 1e-3 none of the timing model's 300 healthy
-# canaries (errors up to 2 %, limit 5 %) is rolled back (a Wilson bound at z = 2.5 rolled back 1 %).
-ALPHA = 1e-3
+# rollout every 5 s, several overlapping windows at a time; at 1e-4 none of the timing model's 300 healthy
+# canaries (errors up to 2 %, limit 5 %) is rolled back with F = 0.1 or F = 1 (1e-3 rolled back 1 % with
+# F = 1, a Wilson bound at z = 2.5 1 % with F = 0.1).
+ALPHA = 1e-4
 # The service's sampled non-5xx, at the high end of their Poisson interval (z), bound its requests.
 TRAFFIC_Z = 2.0
 KEEP = timedelta(minutes=5)  # counts older than this are forgotten (the longest window is 60 s)
