@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pitstop.core import requestlogs
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 SUBSCRIPTION = "pitstop-request-logs-drain"
 BUDGET_S = 3.0  # pulling stops after this long, so a drain every 5 s never overlaps the next
+QUIET = timedelta(seconds=15)  # after publishing a failure, the rollout's decision is awaited this long
 
 
 def fraction_from_env() -> float:
@@ -40,6 +41,7 @@ class Drain:
                  tally: requestlogs.Tally | None = None) -> None:
         self.engine, self.subscription, self.fraction = engine, subscription, fraction
         self.tally = tally or requestlogs.Tally()
+        self._published: dict[str, datetime] = {}  # rollout id -> when its failure was published
 
     def run(self, budget: float = BUDGET_S) -> dict[str, int]:
         counts = {"pulled": 0, "counted": 0, "duplicates": 0, "malformed": 0, "published": 0}
@@ -75,9 +77,10 @@ class Drain:
         """Each watched rollout of a service seen: publish its new revision's clearly failing window, if any."""
         seen = self.tally.services()
         published = 0
+        self._published = {k: t for k, t in self._published.items() if now - t < QUIET}
         for r in self.engine.store.watched():
-            if (r.project, r.region, r.service) not in seen:
-                continue
+            if (r.project, r.region, r.service) not in seen or r.id in self._published:
+                continue  # not seen, or its failure is on its way: one sample, not one per drain
 
             def counts(revision: str | None, start: datetime, end: datetime, r: Any = r) -> requestlogs.Count:
                 return self.tally.count(r.project, r.region, r.service, revision, start, end)
@@ -90,6 +93,7 @@ class Drain:
                            f"{r.revision} over the last {seconds} s; publishing the failing sample",
                 **rollout_fields(r))
             self.engine.publish_sample(sample)
+            self._published[r.id] = now
             published += 1
         return published
 

@@ -70,6 +70,11 @@ def test_a_failing_canary_is_published_then_everything_acknowledged_malformed_in
     sample = calls[0][1]
     assert (sample.source, sample.error_count, sample.rollout_id) == ("request-logs", 10, r.id)
     assert set(calls[1][1]) == {m.ack_id for m in batch}
+    # The next drain, before the rollout has decided: its failure is on its way, not published again.
+    more = [message(100 + i, r, 500, now - timedelta(seconds=2)) for i in range(10)]
+    drain.subscription.batches.append(more)
+    drain.engine.now = now + timedelta(seconds=5)
+    assert drain.run()["published"] == 0
     logged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     refused = [x for x in logged if x["severity"] == "ERROR"]
     assert [x["message_id"] for x in refused] == ["m-bad", "m-other"]
