@@ -145,7 +145,7 @@ from functions_framework import create_app
 app = create_app(target=sys.argv[1], source="main.py", signature_type=sys.argv[2])
 loaded = time.perf_counter() - started
 first = None
-if sys.argv[2] == "http":
+if sys.argv[1] == "api":
     # main.api imports the API on its first request: serve one that needs no token, nor Google, to load it all.
     started = time.perf_counter()
     response = app.test_client().get("/api/v1/openapi.json")

@@ -51,7 +51,7 @@ def test_dev_up_detached_then_down_leaves_nothing_running(tmp_path):
                for line in (tmp_path / ".pitstop" / "dev.env").read_text().splitlines())
     pid = int((tmp_path / ".pitstop" / "dev.pid").read_text())
     functions = re.findall(r"on_\w+\s+(http://127\.0\.0\.1:\d+)", (tmp_path / ".pitstop" / "dev.log").read_text())
-    assert len(functions) == 6  # on_build, on_health, on_tick, on_alert, on_command, on_event
+    assert len(functions) == 7  # on_build, on_health, on_tick, on_alert, on_command, on_event, on_drain
     endpoints = [env["FIRESTORE_EMULATOR_HOST"], env["PUBSUB_EMULATOR_HOST"], env["PITSTOP_RUN_ENDPOINT"],
                  env["PITSTOP_MONITORING_ENDPOINT"], *functions]
     try:

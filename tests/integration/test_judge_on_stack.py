@@ -81,14 +81,19 @@ def outcome(emulators, tmp_path_factory):
                 Load(service_uri(stack, "stat"), rps=40, max_duration_s=150):
             for service in specs:
                 ship(stack.state_dir, stack.project, service, "v2", {"FAIL_RATE": failing[service]})
-            for service in specs:
-                r = wait_for(f"{service} v2", lambda: (x := store.active_rollout(service, REGION)) and
-                             x.version == "v2" and x)
+            for service in specs:  # one may have ended before the others are looked at: its last rollout then
+                r = wait_for(f"{service} v2", lambda: (x := _latest(store, service)) and x.version == "v2" and x)
                 ended[service] = wait_for(f"{service} v2 ended", lambda: (x := store.rollout(r.id)).state in (
                     "rolled_back", "failed", "succeeded", "paused") and x, 120)
         yield store, ended
     for process in stack.functions.values():
         print(f"--- {process.name}\n{Path(process.log_path).read_text()[-3000:]}")
+
+
+def _latest(store: Store, service: str):
+    record = store.service(service, REGION) or {}
+    rollout_id = record.get("active_rollout") or record.get("last_rollout")
+    return store.rollout(rollout_id) if rollout_id else None
 
 
 def test_a_failing_custom_metric_rolls_the_canary_back_with_its_condition_and_values(outcome):
