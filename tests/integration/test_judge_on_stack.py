@@ -10,6 +10,7 @@ The three run at once on one stack (one stack's start-up for the file)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from pitstop.local.stack import Stack, wait_for
 pytestmark = pytest.mark.emulators
 REGION = "us-central1"
 CONDITION = "canary.ok / canary.requests >= 0.9 * (stable.ok / stable.requests)"
+REFUSED_FILTER = 'metric.type = "run.googleapis.com/request_count" OR metric.labels.response_code = "200"'
 
 
 STATISTICAL = f"""
@@ -57,6 +59,10 @@ health:
         reducer: REDUCE_SUM
       condition: "{CONDITION}"
       dry_run: {str(dry_run).lower()}
+    - name: refused                     # Monitoring refuses this filter (an OR): named in the log, never a value
+      query: {{filter: '{REFUSED_FILTER}'}}
+      condition: canary.refused >= 0.0
+      dry_run: true
 """
 
 
@@ -85,7 +91,7 @@ def outcome(emulators, tmp_path_factory):
                 r = wait_for(f"{service} v2", lambda: (x := _latest(store, service)) and x.version == "v2" and x)
                 ended[service] = wait_for(f"{service} v2 ended", lambda: (x := store.rollout(r.id)).state in (
                     "rolled_back", "failed", "succeeded", "paused") and x, 120)
-        yield store, ended
+        yield store, ended, stack
     for process in stack.functions.values():
         print(f"--- {process.name}\n{Path(process.log_path).read_text()[-3000:]}")
 
@@ -97,7 +103,7 @@ def _latest(store: Store, service: str):
 
 
 def test_a_failing_custom_metric_rolls_the_canary_back_with_its_condition_and_values(outcome):
-    store, ended = outcome
+    store, ended, _ = outcome
     r = ended["shop"]
     assert r.state == "rolled_back", r.message
     docs, _ = store.audit_trail(r.id)  # the raw audit documents, as an auditor reads them in Firestore
@@ -111,7 +117,7 @@ def test_a_failing_custom_metric_rolls_the_canary_back_with_its_condition_and_va
 
 
 def test_a_dry_run_metric_is_judged_and_recorded_and_never_acts(outcome):
-    store, ended = outcome
+    store, ended, _ = outcome
     r = ended["shop-dry"]
     assert r.state == "succeeded", r.message
     dry = [m for m in r.measurements if m.metric == "ok"]
@@ -125,7 +131,7 @@ def test_a_dry_run_metric_is_judged_and_recorded_and_never_acts(outcome):
 
 
 def test_the_statistical_judge_rolls_back_3_percent_errors_against_stables_0_under_the_5_percent_limit(outcome):
-    store, ended = outcome
+    store, ended, _ = outcome
     r = ended["stat"]
     assert r.state == "rolled_back", r.message
     docs, _ = store.audit_trail(r.id)
@@ -136,3 +142,14 @@ def test_the_statistical_judge_rolls_back_3_percent_errors_against_stables_0_und
     limit = next(t for t in failed["tests"] if t["test"] == "max_error_rate")
     assert limit["decision"] != "fail", "the 5 % hard limit did not fire: the comparison with stable did"
     assert {t["test"] for t in failed["tests"]} == {"max_error_rate", "max_p99_ms", "beta-binomial", "mann-whitney"}
+
+
+def test_a_custom_metric_monitoring_refuses_is_named_in_the_log_and_never_has_a_value(outcome):
+    store, ended, stack = outcome
+    docs, _ = store.audit_trail(ended["shop"].id)
+    refused = [c for d in docs for c in d.get("verdict", {}).get("checks", []) if c["name"] == "refused"]
+    assert refused and all("measured" not in c and c.get("passed") is None for c in refused), "no value: not judged"
+    tick_log = Path(stack.functions["on_tick"].log_path).read_text()
+    logged = [json.loads(line) for line in tick_log.splitlines() if "refused" in line and '"shop"' in line]
+    assert logged and logged[0]["severity"] == "ERROR", tick_log[-2000:]
+    assert "custom metric 'refused'" in logged[0]["message"] and " OR " in logged[0]["message"]
