@@ -44,7 +44,7 @@ def spec(service: str, dry_run: bool) -> str:
 service: {service}
 regions: [{REGION}]
 match: {{repo: {service}, branch: main}}
-strategy: {{canary: {{steps: [{{weight: 50, pause: 12s}}]}}}}
+strategy: {{canary: {{steps: [{{weight: 50, pause: 8s}}]}}}}
 health:
   min_requests: 10
   interval: 2s
