@@ -166,9 +166,11 @@ def test_a_burning_revision_is_busy_and_an_idle_one_is_not(running):
     finally:
         metrics.close()
     idle, burning = health[IDLE], health[BURNING]
-    # A whole core: close to 1 on an idle machine; 2 cores shared with other tests still leave it well above.
-    assert burning.cpu_utilization >= 0.6, burning
+    # A whole core: close to 1 on an idle machine; 2 cores shared with three test workers and their emulators
+    # left it 0.54 once in CI, so the check is that the measure follows the real usage, far from the idle one.
+    assert burning.cpu_utilization >= 0.3, burning
     assert idle.cpu_utilization <= 0.2, idle
+    assert burning.cpu_utilization >= idle.cpu_utilization + 0.25, (idle, burning)
     # Resident memory over the limit: 512 MiB by default (Cloud Run's), 128 MiB where the revision sets it.
     assert idle.memory_utilization == pytest.approx(rss_bytes(IDLE, cloud_run) / DEFAULT_MEMORY_BYTES, rel=0.25)
     assert burning.memory_utilization == pytest.approx(rss_bytes(BURNING, cloud_run) / 2**27, rel=0.25)
