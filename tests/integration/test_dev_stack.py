@@ -47,14 +47,16 @@ def test_dev_up_detached_then_down_leaves_nothing_running(tmp_path):
     up = run(tmp_path, "dev", "up", "--detach", "--tick", "2", "--health-lag", "4.5")
     assert up.returncode == 0, up.stdout + up.stderr
     assert "a tick every 2 s" in up.stdout and "Monitoring shows requests 4.5 s after they are served" in up.stdout
-    env = dict(line.removeprefix("export ").split("=", 1)
-               for line in (tmp_path / ".pitstop" / "dev.env").read_text().splitlines())
-    pid = int((tmp_path / ".pitstop" / "dev.pid").read_text())
-    functions = re.findall(r"on_\w+\s+(http://127\.0\.0\.1:\d+)", (tmp_path / ".pitstop" / "dev.log").read_text())
-    assert len(functions) == 7  # on_build, on_health, on_tick, on_alert, on_command, on_event, on_drain
-    endpoints = [env["FIRESTORE_EMULATOR_HOST"], env["PUBSUB_EMULATOR_HOST"], env["PITSTOP_RUN_ENDPOINT"],
-                 env["PITSTOP_MONITORING_ENDPOINT"], *functions]
+    # From here on the stack runs detached: whatever fails, `dev down` below stops it (a failed check must not
+    # leave emulators behind for the rest of the suite).
     try:
+        env = dict(line.removeprefix("export ").split("=", 1)
+                   for line in (tmp_path / ".pitstop" / "dev.env").read_text().splitlines())
+        pid = int((tmp_path / ".pitstop" / "dev.pid").read_text())
+        functions = re.findall(r"on_\w+\s+(http://127\.0\.0\.1:\d+)", (tmp_path / ".pitstop" / "dev.log").read_text())
+        assert len(functions) == 7  # on_build, on_health, on_tick, on_alert, on_command, on_event, on_drain
+        endpoints = [env["FIRESTORE_EMULATOR_HOST"], env["PUBSUB_EMULATOR_HOST"], env["PITSTOP_RUN_ENDPOINT"],
+                     env["PITSTOP_MONITORING_ENDPOINT"], *functions]
         assert all(listening(e) for e in endpoints), endpoints
         assert children_of(pid), "the stack runs its emulators and functions as children"
         lags = {environ(child).get("PITSTOP_HEALTH_LAG") for child in children_of(pid)}
