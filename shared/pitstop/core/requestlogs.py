@@ -211,21 +211,12 @@ def clearly_failing_by_share(errors: int, service: Count, share: float, fraction
 
 
 def _tail(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p), exactly enough where it matters (k above the mean)."""
-    if k <= n * p:
+    """P(X >= k) for X ~ Binomial(n, p); 1 at or below the mean, where no window is clearly failing."""
+    if k <= n * p or p >= 1:
         return 1.0
-    if p >= 1:
-        return 1.0
-    total, i = 0.0, k
-    log_p, log_q = math.log(p), math.log1p(-p)
-    while i <= n:
-        term = math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p
-                        + (n - i) * log_q)
-        total += term
-        if term < total * 1e-12:  # above the mean the terms fall off geometrically
-            break
-        i += 1
-    return total
+    from scipy.special import bdtrc  # late, as in core/stats.py: the drain and the bench pay for scipy, not imports
+
+    return float(bdtrc(k - 1, n, p))  # bdtrc(k - 1, ...) sums the terms k..n
 
 
 # (revision, start, end) -> what was seen of it; revision None: of every revision of the service
