@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,3 +100,17 @@ def functions(emulators: Emulators, tmp_path: Path) -> Iterator[
     for process in started:
         process.stop()
         print(f"--- {process.name}: {process.log_path}\n{tail(process.log_path)}")
+
+
+@contextmanager
+def local_stack(emulators: Emulators, state_dir: Path, health_lag: float = 1.5) -> Iterator:
+    """The whole local stack on the shared emulators (Firestore wiped first), a tick every 0.5 s; the functions'
+    logs are printed when it stops, so a failing stack test shows what the functions said."""
+    from pitstop.local.stack import Stack
+
+    wipe_firestore(emulators.firestore.host, emulators.project)
+    with Stack(state_dir, emulators=emulators, tick_interval=0.5, health_lag=health_lag,
+               identity="alice@example.com") as running:
+        yield running
+    for process in running.functions.values():
+        print(f"--- {process.name}\n{Path(process.log_path).read_text()[-3000:]}")

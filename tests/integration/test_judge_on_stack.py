@@ -15,14 +15,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from conftest import local_stack
 
 from pitstop.core.spec import load_spec
 from pitstop.gcp.store import Store
 from pitstop.local.build import ship
 from pitstop.local.demo import service_uri
-from pitstop.local.emulators import wipe_firestore
 from pitstop.local.load import Load
-from pitstop.local.stack import Stack, wait_for
+from pitstop.local.stack import wait_for
 
 pytestmark = pytest.mark.emulators
 REGION = "us-central1"
@@ -70,9 +70,7 @@ health:
 def outcome(emulators, tmp_path_factory):
     """shop (the metric acts) and shop-dry (a dry run) ship v1, then a v2 whose requests fail 30 %; stat ships
     v1, then a v2 whose requests fail 3 %."""
-    wipe_firestore(emulators.firestore.host, emulators.project)
-    with Stack(tmp_path_factory.mktemp("custom"), emulators=emulators, tick_interval=0.5, health_lag=1.5,
-               identity="alice@example.com") as stack:
+    with local_stack(emulators, tmp_path_factory.mktemp("judge")) as stack:
         store = Store.from_env(stack.project)
         specs = {"shop": spec("shop", False), "shop-dry": spec("shop-dry", True), "stat": STATISTICAL}
         failing = {"shop": "0.3", "shop-dry": "0.3", "stat": "0.03"}
@@ -92,8 +90,6 @@ def outcome(emulators, tmp_path_factory):
                 ended[service] = wait_for(f"{service} v2 ended", lambda: (x := store.rollout(r.id)).state in (
                     "rolled_back", "failed", "succeeded", "paused") and x, 120)
         yield store, ended, stack
-    for process in stack.functions.values():
-        print(f"--- {process.name}\n{Path(process.log_path).read_text()[-3000:]}")
 
 
 def _latest(store: Store, service: str):

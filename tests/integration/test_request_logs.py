@@ -11,14 +11,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from conftest import local_stack
 
 from pitstop.core.spec import load_spec
 from pitstop.gcp.store import Store
 from pitstop.local.build import ship
 from pitstop.local.demo import service_uri
-from pitstop.local.emulators import wipe_firestore
 from pitstop.local.load import Load
-from pitstop.local.stack import Stack, wait_for
+from pitstop.local.stack import wait_for
 
 pytestmark = pytest.mark.emulators
 REGION = "us-central1"
@@ -35,12 +35,8 @@ health: {{min_requests: 20, interval: 2s}}
 
 @pytest.fixture(scope="module")
 def stack(emulators, tmp_path_factory):
-    wipe_firestore(emulators.firestore.host, emulators.project)
-    with Stack(tmp_path_factory.mktemp("requestlogs"), emulators=emulators, tick_interval=0.5, health_lag=LAG,
-               identity="alice@example.com") as running:
+    with local_stack(emulators, tmp_path_factory.mktemp("requestlogs"), health_lag=LAG) as running:
         yield running
-    for process in running.functions.values():
-        print(f"--- {process.name}\n{Path(process.log_path).read_text()[-3000:]}")
 
 
 def test_malformed_request_log_messages_are_logged_acknowledged_and_change_nothing(stack):

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
+from conftest import local_stack
 
 from pitstop.core.spec import load_spec
 from pitstop.gcp.store import Store
 from pitstop.local.build import ship
 from pitstop.local.demo import service_uri
-from pitstop.local.emulators import wipe_firestore
 from pitstop.local.load import Load
-from pitstop.local.stack import Stack, wait_for
+from pitstop.local.stack import wait_for
 
 pytestmark = [pytest.mark.emulators, pytest.mark.skipif(not os.path.isdir("/proc"), reason="usage is read from /proc")]
 SERVICE, REGION = "burner", "us-central1"
@@ -43,12 +42,8 @@ health:
 
 @pytest.fixture(scope="module")
 def stack(emulators, tmp_path_factory):
-    wipe_firestore(emulators.firestore.host, emulators.project)
-    with Stack(tmp_path_factory.mktemp("resources"), emulators=emulators, tick_interval=0.5, health_lag=1.5,
-               identity="alice@example.com") as running:
+    with local_stack(emulators, tmp_path_factory.mktemp("resources"), health_lag=1.5) as running:
         yield running
-    for process in running.functions.values():
-        print(f"--- {process.name}\n{Path(process.log_path).read_text()[-3000:]}")
 
 
 def test_a_canary_saturating_its_cpu_is_rolled_back_naming_cpu(stack):
