@@ -39,7 +39,7 @@ def judge(sample: HealthSample, health: Health, baseline: HealthSample | Baselin
     baseline = _comparable(sample, baseline)
     core = _statistical(sample, health, baseline) if health.judge == "statistical" else \
         _thresholds(sample, health, baseline)
-    others = [*_resources(sample, health), *_custom(sample, health, baseline)]
+    others = [*_resources(sample, health, baseline), *_custom(sample, health, baseline)]
     acting = [r for r in (core, *others) if not r.dry_run]
     failed = sorted((r for r in acting if r.outcome == "fail"), key=lambda r: r.on_fail != "rollback")
     waiting = [r for r in acting if r.outcome == "inconclusive"]
@@ -205,7 +205,7 @@ def _test(r) -> TestResult:
 
 # ---------------------------------------------------------------- resources and custom metrics
 
-def _resources(sample: HealthSample, health: Health) -> list[_Reading]:
+def _resources(sample: HealthSample, health: Health, baseline: HealthSample | Baseline | None) -> list[_Reading]:
     readings = []
     for name, label, measured, limit in (
             ("cpu_utilization", "CPU", sample.cpu_utilization, health.cpu),
@@ -214,7 +214,7 @@ def _resources(sample: HealthSample, health: Health) -> list[_Reading]:
             continue  # not measured by this source: nothing to say, and nothing withheld
         ok = measured <= limit.max
         check = Check(name=name, measured=_round(measured), threshold=limit.max, passed=ok, dry_run=limit.dry_run,
-                      stable=_round(getattr(sample.stable, name, None)) if sample.stable else None)
+                      stable=_round(getattr(baseline, name, None)))
         rule = f"{label} utilization {measured:.0%} (p95) is {'within' if ok else 'above'} the {limit.max:.0%} limit"
         readings.append(_Reading("pass" if ok else "fail", rule, [check], on_fail=limit.on_fail,
                                  dry_run=limit.dry_run))
